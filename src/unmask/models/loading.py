@@ -1,0 +1,216 @@
+"""Load and save LLaDA checkpoints in the Hugging Face layout (config.json + safetensors, sharded or not)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from unmask.models.config import ConfigError, LLaDAConfig
+from unmask.models.llada import LLaDAModel
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+    "float64": torch.float64,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """A model folder or hub id that does not hold a loadable checkpoint."""
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (allowed: {', '.join(sorted(_DTYPES))})")
+    return _DTYPES[dtype]
+
+
+def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
+    """A local folder as is; otherwise a hub id ``org/name`` downloaded (or found in the HF cache)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"model path {str(path)!r} is a file; expected a folder with config.json")
+    name = str(path_or_id)
+    if not _HUB_ID.match(name):
+        raise CheckpointError(f"model path {name!r} does not exist and is not a hub id of the form 'org/name'")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.jinja"]
+    try:
+        return Path(snapshot_download(repo_id=name, allow_patterns=patterns))
+    except Exception as err:  # offline, unknown repo, gated, ...
+        try:
+            return Path(snapshot_download(repo_id=name, allow_patterns=patterns, local_files_only=True))
+        except Exception:
+            raise CheckpointError(
+                f"model {name!r} is not a local folder and could not be fetched from the Hugging Face hub "
+                f"({type(err).__name__}: {err})"
+            ) from err
+
+
+def read_config(folder: Path) -> LLaDAConfig:
+    file = folder / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"no config.json in {str(folder)!r}")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{str(file)!r} is not valid JSON: {err}") from err
+    try:
+        return LLaDAConfig.from_dict(data)
+    except ConfigError as err:
+        raise CheckpointError(f"{str(file)!r}: {err}") from err
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{str(index)!r} is not a valid safetensors index: {err}") from err
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+    elif (folder / WEIGHTS_NAME).is_file():
+        files = [folder / WEIGHTS_NAME]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no safetensors weights in {str(folder)!r} (expected {WEIGHTS_NAME} or {INDEX_NAME})")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"weight files listed in the index are missing: {missing}")
+    return files
+
+
+def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for file in _weight_files(folder):
+        try:
+            state.update(load_file(str(file)))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read weights {str(file)!r}: {err}") from err
+    return state
+
+
+def default_dtype(config: LLaDAConfig, device: torch.device) -> torch.dtype:
+    """The checkpoint's dtype on an accelerator; float32 on the CPU (bf16 matmuls are slow there)."""
+    if device.type == "cpu":
+        return torch.float32
+    return _DTYPES.get(str(config.torch_dtype), torch.bfloat16)
+
+
+def load_model(
+    path_or_id: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> LLaDAModel:
+    """Build a ``LLaDAModel`` from a folder or hub id and load its weights (exact names, exact shapes)."""
+    folder = resolve_model_path(path_or_id)
+    config = read_config(folder)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = parse_dtype(dtype) or default_dtype(config, device)
+    state = load_state_dict(folder)
+    with torch.device("meta"):
+        model = LLaDAModel(config)
+    expected = {name: p.shape for name, p in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} does not match the LLaDA layout: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for name, shape in expected.items():
+        if state[name].shape != shape:
+            raise CheckpointError(f"weight {name} has shape {tuple(state[name].shape)}, config implies {tuple(shape)}")
+    state = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
+    model.load_state_dict(state, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def random_model(config: LLaDAConfig, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
+                 seed: int = 0) -> LLaDAModel:
+    """A model with N(0, 0.02) weights (RMSNorm weights 1): for speed benchmarks and tests."""
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.device("meta"):
+        model = LLaDAModel(config)
+    state = {}
+    for name, p in model.state_dict().items():
+        if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+            state[name] = torch.ones(p.shape, dtype=dtype, device=device)
+        else:  # drawn where it lives: an 8B model is too large to draw on the host quickly
+            state[name] = torch.empty(p.shape, dtype=torch.float32 if device.type == "cpu" else dtype,
+                                      device=device).normal_(0.0, 0.02, generator=gen).to(dtype)
+    model.load_state_dict(state, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def save_pretrained(
+    model: LLaDAModel,
+    path: str | os.PathLike,
+    dtype: str | torch.dtype | None = torch.bfloat16,
+    max_shard_bytes: int = 15 * 2**20,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write config.json + safetensors (sharded with an index above ``max_shard_bytes``) atomically.
+
+    The folder is written to a temporary sibling and renamed into place, so a crash leaves nothing
+    half-written. ``extra_files`` maps file names to text (e.g. tokenizer files).
+    """
+    out = Path(path)
+    dtype = parse_dtype(dtype) or model.dtype
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        config = model.config.to_dict()
+        config["torch_dtype"] = str(dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / name), metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(shard, name))
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
