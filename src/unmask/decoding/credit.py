@@ -1,0 +1,78 @@
+"""CreditDecoding (Wang et al. 2025, arXiv 2510.06133): trace credits fused into the logits.
+
+Per position i of the current block and token v, a credit C_i(v), reset at every new block:
+
+    update (every model forward, before fusion, masked positions only):
+        C_i(v) <- beta * C_i(v) + 1[v = argmax_i] * p_i(v)^gamma,   p_i = softmax(raw logits_i)
+    fusion:
+        fused_i(v) = logit_i(v) + alpha * log(1 + C_i(v))
+
+The policy then sees the softmax/argmax of the fused logits, so a token that has been top-1 for
+several steps gains confidence (and may overtake the raw argmax). An old candidate's credit just
+decays when the argmax changes. Paper defaults alpha = 0.65, beta = 0.7, gamma = 0.2 (dInfer's code
+uses 0.7, 0.8, 0.2). Parameter-free variant (``adaptive``): gamma = 1, alpha = beta = 1 - r, with r
+the row's current mask ratio in the block.
+
+Storage is sparse: only tokens that were top-1 at a position hold credit, ``slots`` of them per
+position (a full slot table evicts the smallest credit, which by then has decayed by beta^k). This
+replaces dInfer's dense B x L x V buffer, and credit is updated exactly once per forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CreditConfig:
+    alpha: float = 0.65
+    beta: float = 0.7
+    gamma: float = 0.2
+    adaptive: bool = False
+    slots: int = 4
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ValueError(f"credit alpha must be >= 0, got {self.alpha}")
+        if not 0 <= self.beta <= 1:
+            raise ValueError(f"credit beta must be in [0, 1], got {self.beta}")
+        if self.gamma <= 0:
+            raise ValueError(f"credit gamma must be > 0, got {self.gamma}")
+        if self.slots < 1:
+            raise ValueError(f"credit slots must be >= 1, got {self.slots}")
+
+
+class CreditState:
+    """Sparse credit of one block: ``tokens`` [B, L, S] (-1 = empty) and ``credit`` [B, L, S]."""
+
+    def __init__(self, config: CreditConfig, batch: int, length: int, device: torch.device) -> None:
+        self.config = config
+        self.tokens = torch.full((batch, length, config.slots), -1, dtype=torch.long, device=device)
+        self.credit = torch.zeros((batch, length, config.slots), dtype=torch.float32, device=device)
+
+    def _coefficients(self, masked: torch.Tensor) -> tuple[torch.Tensor | float, ...]:
+        cfg = self.config
+        if not cfg.adaptive:
+            return cfg.alpha, cfg.beta, cfg.gamma
+        keep = 1.0 - masked.float().mean(dim=-1)[:, None, None]  # 1 - mask ratio, per row
+        return keep, keep, 1.0
+
+    def update_and_fuse(self, logits: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Update credit from ``logits`` [B, L, V] at ``masked`` [B, L]; return fused float logits."""
+        alpha, beta, gamma = self._coefficients(masked)
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        top = logits.argmax(dim=-1, keepdim=True)  # [B, L, 1]
+        p_top = (logits.gather(-1, top) - torch.logsumexp(logits, dim=-1, keepdim=True)).exp()
+        boost = p_top.float().pow(gamma) * masked[..., None]
+        self.credit.mul_(beta)
+        hit = self.tokens == top
+        has_slot = hit.any(dim=-1, keepdim=True)
+        # a new top-1 token takes the empty or smallest-credit slot
+        free = torch.where(self.tokens < 0, -1.0, self.credit).argmin(dim=-1, keepdim=True)
+        new_slot = torch.zeros_like(hit).scatter(-1, free, True) & ~has_slot & masked[..., None]
+        self.tokens = torch.where(new_slot, top, self.tokens)
+        self.credit = torch.where(new_slot, 0.0, self.credit) + boost * (hit | new_slot)
+        bonus = alpha * torch.log1p(self.credit) * (self.tokens >= 0)
+        return logits.scatter_add(-1, self.tokens.clamp(min=0), bonus.to(logits.dtype))
