@@ -34,10 +34,10 @@ class DecodeResult:
 
     sequences: torch.Tensor  # [B, P + G] the final canvas
     tokens: torch.Tensor  # [B, G]
-    commit_step: torch.Tensor  # [B, G] global step at which each token was committed (-2: early-stop fill)
+    commit_step: torch.Tensor  # [B, G] the row's own step (0-based) that committed each token (-2: early-stop fill)
     commit_confidence: torch.Tensor  # [B, G] the confidence the policy saw when committing
     nfe: int  # model forwards for the batch (cache refreshes included)
-    nfe_per_row: torch.Tensor  # [B] forwards while each row was still decoding
+    nfe_per_row: torch.Tensor  # [B] forwards in which the row had masked tokens in the current block
     lengths: torch.Tensor  # [B] generated tokens up to and including the first stop token
     elapsed_s: float
     step_times_s: list[float] = field(default_factory=list)
@@ -115,7 +115,7 @@ def decode(
     commit_conf = torch.zeros((B, gen_length), dtype=torch.float32, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     nfe_per_row = torch.zeros(B, dtype=torch.long, device=device)
-    nfe, step = 0, 0
+    nfe = 0
     step_times: list[float] = []
     fixed_steps = policy.steps_per_block
     sync = device.type == "cuda"
@@ -143,10 +143,11 @@ def decode(
         kv = None if cache == "none" else KVCache(cache)
         i = 0
         while True:
-            if fixed_steps is not None:
-                if i >= fixed_steps:  # LLaDA: exactly steps_per_block forwards per block
-                    break
-            elif not bool(block_masked.any()):  # dynamic policies: until the block is decoded
+            if fixed_steps is not None and i >= fixed_steps:  # LLaDA: steps_per_block forwards per block
+                break
+            # until the block is decoded (one host sync per step; skipped for a fixed schedule without
+            # early stop, where the schedule alone decides)
+            if (fixed_steps is None or early_stop) and not bool(block_masked.any()):
                 break
             tic = time.perf_counter()
             if kv is None or i == 0:  # no cache, or the block's refresh (fills the cache; also a step)
@@ -155,7 +156,7 @@ def decode(
                 ws, we = kv.window(s, e, T)
                 logits = forward(x, kv, ws, we, s, e)
             nfe += 1
-            nfe_per_row += (~finished).long()
+            nfe_per_row += block_masked.any(dim=-1).long()  # a row waiting on others costs it nothing
             if logits_eos_inf:
                 logits[..., eos_id] = -torch.inf
             if credit_state is not None:
@@ -165,7 +166,7 @@ def decode(
             commit = policy(confidence, block_masked, i, schedule)
             x[:, s:e] = torch.where(commit, candidates, x[:, s:e])
             g = slice(s - P, e - P)
-            commit_step[:, g] = torch.where(commit, step, commit_step[:, g])
+            commit_step[:, g] = torch.where(commit, nfe_per_row[:, None] - 1, commit_step[:, g])
             commit_conf[:, g] = torch.where(commit, confidence.float(), commit_conf[:, g])
             if early_stop:
                 gen = x[:, P:]
@@ -175,7 +176,6 @@ def decode(
                 commit_step[fill] = FILLED_BY_EARLY_STOP
                 finished |= newly
             block_masked = x[:, s:e] == mask_id
-            step += 1
             i += 1
             if time_steps:
                 if sync:

@@ -35,13 +35,16 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
-def rotary_tables(head_dim: int, theta: float, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(
+    head_dim: int, theta: float, positions: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of shape [B, 1, L, head_dim] for integer ``positions`` [B, L] (LLaDA's RotaryEmbedding).
 
     inv_freq_j = theta^(-2j/d); angle = pos * inv_freq, duplicated over both halves (rotate_half style).
+    Computed in float32 as the reference (float64 for a float64 model).
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float) / head_dim))
-    freqs = positions.float()[..., None] * inv_freq  # [B, L, d/2]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim))
+    freqs = positions.to(dtype)[..., None] * inv_freq  # [B, L, d/2]
     angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, L, d]
     return angles.cos(), angles.sin()
 
@@ -157,7 +160,8 @@ class LLaDAModel(nn.Module):
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         positions = positions[:, start : start + n]
         hd = self.config.head_dim
-        cos, sin = rotary_tables(hd, self.config.rope_theta, positions)
+        table_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        cos, sin = rotary_tables(hd, self.config.rope_theta, positions, table_dtype)
         # Pass attention_mask=None when nothing is padded: SDPA then takes its fastest (flash) path.
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.transformer.wte(input_ids)

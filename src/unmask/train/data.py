@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -88,11 +89,11 @@ def pack_sft_rows(
         kept.append(i)
         rows.append(row)
         plens.append(len(p))
-    ids = torch.full((len(rows), seq_len), eos_id, dtype=torch.int32)
+    ids = np.full((len(rows), seq_len), eos_id, dtype=np.int32)
     for j, row in enumerate(rows):
-        ids[j, : len(row)] = torch.tensor(row, dtype=torch.int32)
+        ids[j, : len(row)] = row
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.int32)
-    return TokenData(ids, torch.tensor(plens, dtype=torch.int32), lengths), kept
+    return TokenData(torch.from_numpy(ids), torch.tensor(plens, dtype=torch.int32), lengths), kept
 
 
 def encode_sft(

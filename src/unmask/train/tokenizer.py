@@ -94,9 +94,17 @@ def padded_embedding_size(vocab_size: int, multiple: int = 64) -> int:
 
 def special_ids(tok: Tokenizer) -> dict[str, int]:
     """Ids of the special tokens: bos, eos, pad (= eos), mask, eot, start_header, end_header."""
-    ids = {name: tok.token_to_id(t) for name, t in
-           [("bos", BOS), ("eos", EOS), ("mask", MASK), ("eot", EOT),
-            ("start_header", START_HEADER), ("end_header", END_HEADER)]}
+    ids = {
+        name: tok.token_to_id(t)
+        for name, t in [
+            ("bos", BOS),
+            ("eos", EOS),
+            ("mask", MASK),
+            ("eot", EOT),
+            ("start_header", START_HEADER),
+            ("end_header", END_HEADER),
+        ]
+    }
     missing = [k for k, v in ids.items() if v is None]
     if missing:
         raise ValueError(f"tokenizer lacks special tokens {missing}")
@@ -108,8 +116,12 @@ def tokenizer_config(tok: Tokenizer, model_max_length: int = 4096) -> dict:
     """``tokenizer_config.json`` in the shape of LLaDA-8B-Instruct's (fast-tokenizer fields + chat template)."""
     added = {
         str(tok.token_to_id(t)): {
-            "content": t, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True,
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
         }
         for t in SPECIAL_TOKENS
     }

@@ -1,0 +1,127 @@
+"""Task interface, split assignment by stable hashing, and the task registry."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+SPLITS = ("train", "validation", "test")
+TASK_NAMES = ("math", "code", "long")
+BENCHMARK_NAMES = ("gsm8k", "math500", "humaneval", "mbpp")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task instance.
+
+    prompt: the user message; target: full reference response (the SFT target);
+    reference: gold used by the scorer (a number for math, test code for code tasks,
+    a JSON list of numbers for long).
+    """
+
+    task: str
+    id: str
+    prompt: str
+    target: str
+    reference: str
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    return split
+
+
+def stable_hash(key: str, hex_chars: int = 16) -> str:
+    """Process-independent hash of a key (blake2b), as hex."""
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()[:hex_chars]
+
+
+def split_of(key: str) -> str:
+    """Assign a canonical key to a split: 90% train, 5% validation, 5% test."""
+    bucket = int(stable_hash("split:" + key), 16) % 100
+    return "train" if bucket < 90 else "validation" if bucket < 95 else "test"
+
+
+class Task(ABC):
+    """A task: deterministic example generation/loading plus a scorer."""
+
+    name: str = ""
+
+    @abstractmethod
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        """n examples of `split` (deterministic given seed)."""
+
+    @abstractmethod
+    def score(self, example: Example, completion: str) -> float:
+        """Score a model completion for `example`: 1.0/0.0 or a fraction."""
+
+
+class GeneratedTask(Task):
+    """A synthetic task whose examples are pure functions of a canonical key.
+
+    Subclasses implement `sample_key(rng)` (draw a candidate key) and `render(key)`. Each
+    key's split is `split_of(key)`, so splits are disjoint by construction whatever the seed.
+    """
+
+    max_tries_per_example = 400
+
+    @abstractmethod
+    def sample_key(self, rng: random.Random) -> str: ...
+
+    @abstractmethod
+    def render(self, key: str) -> Example: ...
+
+    def make_id(self, key: str) -> str:
+        return f"{self.name}-{stable_hash(key)}"
+
+    def keyed_examples(self, split: str, n: int, seed: int = 0) -> list[tuple[str, Example]]:
+        """Like `examples` but returns (canonical key, example) pairs."""
+        check_split(split)
+        rng = random.Random(f"{self.name}/{split}/{seed}")
+        out: list[tuple[str, Example]] = []
+        seen: set[str] = set()
+        tries, max_tries = 0, self.max_tries_per_example * n + 10_000
+        while len(out) < n:
+            tries += 1
+            if tries > max_tries:
+                raise RuntimeError(
+                    f"{self.name}: found only {len(out)} of {n} distinct {split} examples "
+                    f"after {max_tries} candidates; the key space is too small for this n"
+                )
+            key = self.sample_key(rng)
+            if key in seen or split_of(key) != split:
+                continue
+            seen.add(key)
+            out.append((key, self.render(key)))
+        return out
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        return [ex for _, ex in self.keyed_examples(split, n, seed)]
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build a task by name: "math", "code", "long", or a benchmark ("gsm8k", "math500",
+    "humaneval", "mbpp") which needs `path=` (a local file or directory)."""
+    if name == "math":
+        from unmask.tasks.arithmetic import ArithmeticTask
+
+        return ArithmeticTask(**kwargs)
+    if name == "code":
+        from unmask.tasks.code import CodeTask
+
+        return CodeTask(**kwargs)
+    if name == "long":
+        from unmask.tasks.long import LongTask
+
+        return LongTask(**kwargs)
+    if name in BENCHMARK_NAMES:
+        from unmask.tasks import benchmarks
+
+        if "path" not in kwargs:
+            raise TypeError(f"benchmark task {name!r} needs a local data path: get_task({name!r}, path=...)")
+        return benchmarks.BENCHMARKS[name](**kwargs)
+    raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASK_NAMES + BENCHMARK_NAMES)}")

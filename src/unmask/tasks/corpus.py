@@ -1,0 +1,26 @@
+"""Training corpora built from the generated tasks."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from unmask.tasks.base import Example, get_task
+
+DEFAULT_PRETRAIN = {"math": 20_000, "code": 5_000, "long": 1_000}
+
+
+def sft_corpus(n_per_task: dict[str, int], split: str = "train", seed: int = 0) -> list[Example]:
+    """n_per_task[name] examples of each task from `split`, shuffled together (deterministic)."""
+    out: list[Example] = []
+    for name, n in n_per_task.items():
+        out += get_task(name).examples(split, n, seed)
+    random.Random(f"corpus/{split}/{seed}").shuffle(out)
+    return out
+
+
+def pretrain_text(n_per_task: dict[str, int] | None = None, split: str = "train", seed: int = 0) -> Iterator[str]:
+    """Plain texts for tokenizer training / pretraining: each example's prompt, then its target."""
+    for ex in sft_corpus(n_per_task or DEFAULT_PRETRAIN, split, seed):
+        yield ex.prompt
+        yield ex.target

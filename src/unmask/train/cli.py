@@ -1,0 +1,88 @@
+"""``unmask train``: train a LLaDA-architecture model with the masked-diffusion objective.
+
+Mount with ``app.command("train")(train_command)`` (or ``app.add_typer(train_app, name=...)``), or run
+directly: ``python -m unmask.train.cli --config testbed --out runs/testbed --max-minutes 8``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from unmask.train.presets import load_preset
+
+
+def _parse_sizes(text: str | None) -> dict[str, int] | None:
+    """``"math=200000,code=80000"`` -> ``{"math": 200000, "code": 80000}``."""
+    if not text:
+        return None
+    sizes = {}
+    for part in text.split(","):
+        name, _, n = part.partition("=")
+        if not n.strip().isdigit():
+            raise typer.BadParameter(f"expected task=count pairs like 'math=1000,code=500', got {text!r}")
+        sizes[name.strip()] = int(n)
+    return sizes
+
+
+def train_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (model/, train_log.json, loss.png)."),
+    config: str = typer.Option("testbed", "--config", "-c", help="Preset name (testbed, tiny) or a JSON file."),
+    steps: int | None = typer.Option(None, help="Maximum optimiser steps."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Rows per step."),
+    lr: float | None = typer.Option(None, help="Peak learning rate (AdamW)."),
+    max_minutes: float | None = typer.Option(
+        None, "--max-minutes", help="Stop and save after this long (0: no limit)."
+    ),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Row length; longer examples are dropped."),
+    device: str | None = typer.Option(None, help="cuda, cpu, cuda:1, ... (default: cuda if available)."),
+    seed: int | None = typer.Option(None, help="Seed for data, init and masking."),
+    tokenizer_vocab: int | None = typer.Option(None, "--tokenizer-vocab", help="BPE vocabulary size."),
+    train_sizes: str | None = typer.Option(
+        None, "--train-sizes", help="Training examples per task: 'math=200000,code=80000,long=20000'."
+    ),
+    val_sizes: str | None = typer.Option(None, "--val-sizes", help="Validation examples per task."),
+    workers: int | None = typer.Option(None, help="Processes generating the corpus (0: all cores)."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Validate every N steps (0: at the end only)."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a LLaDA-architecture model (masked-diffusion SFT) and write a directly loadable folder."""
+    from unmask.train.pipeline import run
+
+    preset = load_preset(config)
+    t, d = preset.train, preset.data
+    for obj, name, value in [
+        (t, "steps", steps),
+        (t, "batch_size", batch_size),
+        (t, "lr", lr),
+        (t, "device", device),
+        (t, "seed", seed),
+        (t, "eval_every", eval_every),
+        (t, "compile", compile),
+        (t, "progress", progress),
+        (d, "seq_len", seq_len),
+        (d, "tokenizer_vocab", tokenizer_vocab),
+        (d, "workers", workers),
+        (d, "seed", seed),
+        (d, "n_per_task", _parse_sizes(train_sizes)),
+        (d, "n_val_per_task", _parse_sizes(val_sizes)),
+    ]:
+        if value is not None:
+            setattr(obj, name, value)
+    if max_minutes is not None:
+        t.max_minutes = max_minutes or None
+    run(preset, out, log=typer.echo)
+
+
+train_app = typer.Typer(add_completion=False, help="Train models with the masked-diffusion objective.")
+train_app.command("train")(train_command)
+
+
+def main() -> None:
+    typer.run(train_command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+"""Masked-diffusion training of a LLaDA model (Nie et al. 2025, "Large Language Diffusion Models").
+
+Forward process (Algorithm 1 pretraining / Algorithm 2 SFT of the paper; ``forward_process`` of the
+reference ``GUIDELINES.md``): per row draw ``t ~ U(0, 1)`` and set ``p = (1 - eps) t + eps`` (so
+``p ~ U(eps, 1)``, eps = 1e-3); every answer token is replaced by the mask token independently with
+probability ``p``. For SFT the prompt is never masked; for pretraining rows ``prompt_len = 0``.
+
+Loss (the SFT guideline's code)::
+
+    loss = sum_{rows b} sum_{masked i in b} CE(logits_bi, x_bi) / p_b / answer_len_b   /  B
+
+where ``answer_len_b = L - prompt_len_b`` counts the response and its end-of-text padding (all of it
+is target). For pretraining rows this is the paper's ``sum CE / t`` normalised by ``L`` (the
+guideline's ``/ (B * L)``). ``per_row_loss`` returns the per-row terms; the batch loss is their mean
+over the rows a ``BatchSelector`` keeps (all by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unmask.models.llada import LLaDAModel
+from unmask.train.data import TokenData, length_bucketed_batches, trim_batch
+from unmask.train.selection import AllSelector, BatchSelector
+
+EPS = 1e-3
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+def forward_process(
+    input_ids: torch.Tensor,
+    prompt_len: torch.Tensor,
+    mask_id: int,
+    eps: float = EPS,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise a batch: returns ``(noisy_ids, masked [B, L] bool, p_mask [B])``.
+
+    Positions ``< prompt_len`` are never masked; every later position (response and end-of-text
+    padding) is masked independently with the row's probability ``p_mask = (1 - eps) t + eps``.
+    """
+    B, L = input_ids.shape
+    dev = input_ids.device
+    t = torch.rand(B, device=dev, generator=generator)
+    p_mask = (1 - eps) * t + eps
+    answer = torch.arange(L, device=dev)[None, :] >= prompt_len.to(dev)[:, None]
+    masked = (torch.rand(B, L, device=dev, generator=generator) < p_mask[:, None]) & answer
+    noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
+    return noisy, masked, p_mask
+
+
+def per_row_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    masked: torch.Tensor,
+    p_mask: torch.Tensor,
+    prompt_len: torch.Tensor,
+) -> torch.Tensor:
+    """[B] float32: ``sum_{masked i} CE_i / p_mask / answer_len`` per row (``answer_len = L - prompt_len``).
+
+    Computed densely (cross-entropy at every position, zero weight where unmasked): no data-dependent
+    shapes, hence no host-device synchronisation in the training step.
+    """
+    B, L = input_ids.shape
+    ce = F.cross_entropy(logits.float().flatten(0, 1), input_ids.flatten(), reduction="none").view(B, L)
+    answer_len = (L - prompt_len.to(input_ids.device)).clamp(min=1).float()
+    weights = 1.0 / (p_mask.float() * answer_len)
+    return (ce * masked).sum(1) * weights
+
+
+def masked_diffusion_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    prompt_len: torch.Tensor,
+    mask_id: int,
+    eps: float = EPS,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The batch loss (mean of ``per_row_loss``) of one noising of ``input_ids``."""
+    noisy, masked, p_mask = forward_process(input_ids, prompt_len, mask_id, eps, generator)
+    return per_row_loss(model(noisy), input_ids, masked, p_mask, prompt_len).mean()
+
+
+# ----------------------------------------------------------------------------- model set-up
+
+
+def init_weights(model: LLaDAModel, std: float = 0.02, seed: int | None = None) -> LLaDAModel:
+    """N(0, std) for embeddings and linear layers, std / sqrt(2 n_layers) for the residual outputs
+    (``attn_out``, block ``ff_out``; GPT-2 style), RMSNorm weights 1."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    n_layers = model.config.n_layers
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                p.fill_(1.0)
+            elif ".blocks." in name and (name.endswith("attn_out.weight") or name.endswith("ff_out.weight")):
+                p.normal_(0.0, std / math.sqrt(2 * n_layers))
+            else:
+                p.normal_(0.0, std)
+    return model
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``steps`` is an upper bound when ``max_minutes`` is set: the LR
+    schedule then follows ``progress = max(step / steps, elapsed / max_minutes)`` so that it decays
+    fully by whichever limit comes first."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # or "linear"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eps: float = EPS
+    max_minutes: float | None = None
+    eval_every: int = 500
+    eval_rows: int = 512
+    log_every: int = 25
+    save_every: int = 0  # 0: save at the end only
+    device: str = "auto"
+    autocast_bf16: bool = True  # on CUDA only
+    compile: bool = False
+    seed: int = 0
+    selection_fraction: float = 1.0  # candidate batch = batch_size / fraction rows
+    dynamic_padding: bool = True  # trim each batch's common padding (LLaDA pads to the batch's longest)
+    pad_multiple: int = 64
+    data_on_device: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+@dataclass
+class TrainLog:
+    train: list[dict] = field(default_factory=list)
+    val: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"info": self.info, "train": self.train, "val": self.val}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+def lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine (or linear) decay to ``min_lr_ratio`` by progress 1."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    p = min(1.0, max(0.0, progress))
+    decay = 0.5 * (1 + math.cos(math.pi * p)) if cfg.schedule == "cosine" else 1.0 - p
+    return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+
+
+class Trainer:
+    """Masked-diffusion SFT/pretraining loop for a ``LLaDAModel`` on ``TokenData``.
+
+    ``save_fn(model, step)`` is called for checkpoints (periodic and final); ``fit`` returns the log.
+    """
+
+    def __init__(
+        self,
+        model: LLaDAModel,
+        train_data: TokenData,
+        cfg: TrainConfig,
+        mask_id: int,
+        val_data: TokenData | None = None,
+        selector: BatchSelector | None = None,
+        save_fn: Callable[[LLaDAModel, int], None] | None = None,
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device).train().requires_grad_(True)
+        self.mask_id = mask_id
+        self.train_data, self.val_data = train_data, val_data
+        self.selector = selector or AllSelector()
+        self.save_fn, self.log_path = save_fn, log_path
+        self.use_autocast = cfg.autocast_bf16 and self.device.type == "cuda"
+        self._fwd = torch.compile(self.model) if cfg.compile else self.model
+        self.opt = self._optimizer()
+        self.log = TrainLog(
+            info={
+                "params": param_count(model),
+                "device": str(self.device),
+                "train_rows": len(train_data),
+                "train_config": cfg.to_dict(),
+            }
+        )
+        self.step = 0
+        self.tokens_seen = 0
+        # Training rows stay on the device (a few hundred MB at most); lengths stay on the host
+        # so that trimming a batch needs no device sync.
+        on_dev = cfg.data_on_device and self.device.type == "cuda"
+        self._ids = train_data.input_ids.to(self.device) if on_dev else train_data.input_ids
+        self._plen = train_data.prompt_len.to(self.device) if on_dev else train_data.prompt_len
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if p.ndim < 2 else decay).append(p)  # norms: no weight decay
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, fused=fused)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_autocast)
+
+    def _batches(self, generator: torch.Generator):
+        rows = max(1, round(self.cfg.batch_size / self.cfg.selection_fraction))
+        if rows > len(self.train_data):
+            raise ValueError(f"candidate batch of {rows} rows > {len(self.train_data)} training rows")
+        while True:
+            yield from length_bucketed_batches(self.train_data.length, rows, generator)
+
+    def row_embeddings(self, input_ids: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
+        """[B, d_model] float32: mean input embedding of each row's clean answer tokens (for selectors)."""
+        with torch.no_grad():
+            emb = self.model.transformer.wte(input_ids).float()
+            L = input_ids.shape[1]
+            answer = (torch.arange(L, device=input_ids.device)[None, :] >= prompt_len[:, None]).float()
+            return (emb * answer[..., None]).sum(1) / answer.sum(1, keepdim=True).clamp(min=1)
+
+    def train_step(self, input_ids: torch.Tensor, prompt_len: torch.Tensor, lr: float) -> torch.Tensor:
+        """One optimiser step on a candidate batch; returns the (detached) loss of the kept rows."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        noisy, masked, p_mask = forward_process(input_ids, prompt_len, self.mask_id, self.cfg.eps)
+        with self._autocast():
+            logits = self._fwd(noisy)
+        losses = per_row_loss(logits, input_ids, masked, p_mask, prompt_len)
+        if isinstance(self.selector, AllSelector):
+            loss = losses.mean()
+        else:
+            per_row_logits = []
+            if getattr(self.selector, "needs_logits", True):
+                per_row_logits = [logits[b][masked[b]].detach() for b in range(logits.shape[0])]
+            keep = self.selector.select(
+                per_row_logits, losses.detach(), self.row_embeddings(input_ids, prompt_len), self.cfg.selection_fraction
+            )
+            loss = losses[keep.to(losses.device)].mean()
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self, data: TokenData | None = None, seed: int = 1234) -> dict:
+        """Masked-diffusion loss (and masked-token accuracy) on the first ``eval_rows`` rows, with a
+        fixed noise seed so that evaluations are comparable across steps; per task when known."""
+        data = data if data is not None else self.val_data
+        if data is None or len(data) == 0:
+            return {}
+        n = min(len(data), self.cfg.eval_rows)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.model.eval()
+        losses, correct, count = [], 0, 0
+        bs = self.cfg.batch_size
+        for s in range(0, n, bs):
+            ids = data.input_ids[s : min(n, s + bs)]
+            length = data.length[s : min(n, s + bs)]
+            if self.cfg.dynamic_padding:
+                ids = trim_batch(ids, length, self.cfg.pad_multiple)
+            ids = ids.to(self.device, torch.long)
+            plen = data.prompt_len[s : min(n, s + bs)].to(self.device, torch.long)
+            noisy, masked, p_mask = forward_process(ids, plen, self.mask_id, self.cfg.eps, gen)
+            with self._autocast():
+                logits = self.model(noisy)
+            losses.append(per_row_loss(logits, ids, masked, p_mask, plen))
+            correct += int((logits.argmax(-1)[masked] == ids[masked]).sum())
+            count += int(masked.sum())
+        self.model.train()
+        losses = torch.cat(losses).cpu()
+        out = {"step": self.step, "loss": float(losses.mean()), "masked_acc": correct / max(1, count)}
+        if data.tasks is not None:
+            tasks = data.tasks[:n]
+            for task in sorted(set(tasks)):
+                idx = torch.tensor([i for i, t in enumerate(tasks) if t == task])
+                out[f"loss_{task}"] = float(losses[idx].mean())
+        return out
+
+    def fit(self) -> TrainLog:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        batches = self._batches(gen)
+        budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
+        start = time.perf_counter()
+        pbar = _progress(cfg.steps, cfg.progress)
+        running, running_n, stop_reason = torch.zeros((), device=self.device), 0, "steps"
+        window_tokens, window_t = 0, time.perf_counter()
+        while self.step < cfg.steps:
+            elapsed = time.perf_counter() - start
+            progress = self.step / cfg.steps
+            if budget_s:
+                progress = max(progress, elapsed / budget_s)
+                if elapsed >= budget_s:
+                    stop_reason = "time"
+                    break
+            lr = cfg.lr * lr_factor(self.step, progress, cfg)
+            idx = next(batches)
+            length = self.train_data.length[idx]
+            ids = self._ids[idx.to(self._ids.device)]
+            if cfg.dynamic_padding:
+                ids = trim_batch(ids, length, cfg.pad_multiple)
+            ids = ids.to(self.device, torch.long, non_blocking=True)
+            plen = self._plen[idx.to(self._plen.device)].to(self.device, torch.long, non_blocking=True)
+            running += self.train_step(ids, plen, lr)
+            running_n += 1
+            self.step += 1
+            self.tokens_seen += ids.numel()
+            window_tokens += ids.numel()
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                loss = float(running) / running_n  # one device sync per log interval
+                now = time.perf_counter()
+                rec = {
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": lr,
+                    "elapsed_s": round(now - start, 2),
+                    "tokens": self.tokens_seen,
+                    "tok_per_s": round(window_tokens / (now - window_t)),
+                }
+                self.log.train.append(rec)
+                pbar.update(self.step, f"loss {loss:.4f} lr {lr:.2e} {rec['tok_per_s']} tok/s")
+                running, running_n, window_tokens, window_t = torch.zeros((), device=self.device), 0, 0, now
+            if self.val_data is not None and cfg.eval_every and self.step % cfg.eval_every == 0:
+                self._validate(pbar)
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self._checkpoint()
+        pbar.close()
+        if self.val_data is not None and (not self.log.val or self.log.val[-1]["step"] != self.step):
+            self._validate(None)
+        self.log.info.update(
+            steps=self.step,
+            stop_reason=stop_reason,
+            tokens=self.tokens_seen,
+            train_seconds=round(time.perf_counter() - start, 1),
+        )
+        self._checkpoint()
+        return self.log
+
+    def _validate(self, pbar) -> None:
+        rec = self.evaluate()
+        self.log.val.append(rec)
+        msg = "  ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "step")
+        (pbar.write if pbar is not None else print)(f"[val step {self.step}] {msg}")
+
+    def _checkpoint(self) -> None:
+        if self.save_fn is not None:
+            self.save_fn(self.model, self.step)
+        if self.log_path is not None:
+            self.log.save(self.log_path)
+
+
+class _progress:
+    """A tqdm bar over steps, or (disabled, e.g. in logs) a plain line every ``every_s`` seconds."""
+
+    def __init__(self, total: int, enabled: bool, every_s: float = 30.0) -> None:
+        self.bar, self.total, self.every_s, self.last = None, total, every_s, time.perf_counter()
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=2.0)
+
+    def update(self, step: int, text: str) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix_str(text, refresh=True)
+        elif time.perf_counter() - self.last >= self.every_s:
+            self.last = time.perf_counter()
+            print(f"step {step}: {text}", flush=True)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot_losses(log: TrainLog | dict, path: str | Path, title: str = "masked-diffusion loss") -> None:
+    """Training loss (per log interval) and validation loss against step, as a PNG (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = log.to_dict() if isinstance(log, TrainLog) else log
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if d["train"]:
+        ax.plot([r["step"] for r in d["train"]], [r["loss"] for r in d["train"]], lw=1, label="train")
+    if d["val"]:
+        ax.plot([r["step"] for r in d["val"]], [r["loss"] for r in d["val"]], "o-", ms=3, label="validation")
+        for key in sorted(k for k in d["val"][0] if k.startswith("loss_")):
+            ax.plot(
+                [r["step"] for r in d["val"]],
+                [r.get(key, float("nan")) for r in d["val"]],
+                "--",
+                lw=1,
+                label=f"val {key[5:]}",
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (sum CE / t, per answer token)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,113 @@
+"""The block loop: batches equal one-by-one runs, early stop keeps the text, bad input fails clearly."""
+
+import pytest
+import torch
+from conftest import write_checkpoint
+
+import unmask
+from unmask.decoding import CreditConfig, Factor, Frechet, Threshold, TopK, decode
+from unmask.decoding.loop import FILLED_BY_EARLY_STOP
+from unmask.models import load_model
+
+
+@pytest.fixture
+def eos_model(tmp_path, tiny_cfg, tiny_weights):
+    """The tiny model with end-of-text made a frequent candidate, so rows finish early."""
+    head = tiny_weights["model.transformer.ff_out.weight"]
+    head[tiny_cfg["eos_token_id"]] = head[76] * 1.2
+    return unmask.load(write_checkpoint(tmp_path / "eos", tiny_cfg, tiny_weights), dtype="float64")
+
+
+CASES = [
+    (TopK(4), "none", None), (Threshold(0.4), "none", None), (Factor(1.0), "prefix", None),
+    (Frechet(0.25), "dual", None), (Threshold(0.4), "dual", CreditConfig()), (TopK(8), "prefix", CreditConfig()),
+]
+
+
+@pytest.mark.parametrize("policy,cache,credit", CASES, ids=lambda v: repr(v)[:30])
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_batch_equals_one_by_one(eos_model, policy, cache, credit, early_stop):
+    lm = eos_model
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randint(0, 100, (n,), generator=g) for n in (9, 4, 7)]
+    width = max(len(r) for r in rows)
+    batch = torch.full((3, width), lm.tokenizer.pad_id)
+    attn = torch.zeros((3, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        batch[i, width - len(r):] = r
+        attn[i, width - len(r):] = 1
+    kw = dict(mask_id=lm.mask_id, gen_length=32, block_length=8, cache=cache, credit=credit,
+              early_stop=early_stop, stop_ids=lm.tokenizer.stop_ids)
+    together = decode(lm.model, batch, policy, attention_mask=attn, **kw)
+    for i, r in enumerate(rows):
+        alone = decode(lm.model, r[None], policy, **kw)
+        assert torch.equal(together.tokens[i], alone.tokens[0])
+        assert torch.equal(together.commit_step[i], alone.commit_step[0])
+        assert together.nfe_per_row[i] == alone.nfe_per_row[0] or not early_stop
+
+
+@pytest.mark.parametrize("policy", [TopK(8), Threshold(0.5), Frechet(0.25)], ids=repr)
+def test_early_stop_keeps_text_up_to_first_stop_and_saves_forwards(eos_model, policy):
+    lm = eos_model
+    x = torch.randint(0, 100, (4, 6), generator=torch.Generator().manual_seed(1))
+    kw = dict(mask_id=lm.mask_id, gen_length=64, block_length=8, stop_ids=lm.tokenizer.stop_ids)
+    full = decode(lm.model, x, policy, early_stop=False, **kw)
+    fast = decode(lm.model, x, policy, early_stop=True, **kw)
+    assert torch.equal(full.lengths, fast.lengths)
+    for b in range(4):
+        n = int(fast.lengths[b])
+        assert torch.equal(fast.tokens[b, :n], full.tokens[b, :n])
+        filled = fast.commit_step[b] == FILLED_BY_EARLY_STOP
+        assert (fast.tokens[b][filled] == lm.tokenizer.eos_id).all()
+    assert fast.nfe < full.nfe
+    assert (fast.tokens != lm.mask_id).all()
+
+
+def test_trace_records_commit_steps(tiny_ckpt, tiny_cfg):
+    model = load_model(tiny_ckpt, dtype="float64")
+    x = torch.randint(0, 100, (2, 5))
+    out = decode(model, x, TopK(8), mask_id=tiny_cfg["mask_token_id"], gen_length=16, block_length=8,
+                 early_stop=False)
+    for b in range(2):  # one token per step, blocks in order
+        assert sorted(out.commit_step[b].tolist()) == list(range(16))
+        assert out.commit_step[b, :8].max() < out.commit_step[b, 8:].min()
+    assert ((out.commit_confidence > 0) & (out.commit_confidence <= 1)).all()
+
+
+def test_sampling_is_reproducible_with_seed(tiny_ckpt):
+    lm = unmask.load(tiny_ckpt, dtype="float64")
+    a = lm.generate(["hello world"], temperature=1.0, seed=3, gen_length=16, block_length=8, early_stop=False)
+    b = lm.generate(["hello world"], temperature=1.0, seed=3, gen_length=16, block_length=8, early_stop=False)
+    c = lm.generate(["hello world"], temperature=1.0, seed=4, gen_length=16, block_length=8, early_stop=False)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+
+
+@pytest.mark.parametrize("scorer", ["margin", "entropy", "random"])
+def test_other_scorers_decode_everything(tiny_ckpt, scorer):
+    lm = unmask.load(tiny_ckpt, dtype="float64")
+    out = lm.generate(["hello world", "a b"], policy="topk", scorer=scorer, gen_length=16, block_length=8,
+                      early_stop=False, seed=0)
+    assert (out.tokens != lm.mask_id).all() and out.nfe == 16
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"gen_length": 30, "block_length": 8}, "gen_length=30 must be a positive multiple of block_length=8"),
+    ({"policy": "threshold", "threshold": 1.2}, r"threshold must be in \(0, 1\], got 1.2"),
+    ({"policy": "threshold", "threshold": 0.0}, r"threshold must be in \(0, 1\], got 0.0"),
+    ({"policy": "nope"}, "unknown policy 'nope'"),
+    ({"cache": "full"}, "unknown cache mode 'full'"),
+    ({"steps": 7, "gen_length": 16, "block_length": 8}, "steps=7 must be a positive multiple"),
+    ({"scorer": "vibes"}, "unknown scorer 'vibes'"),
+    ({"gen_length": 1024, "block_length": 32}, "exceeds the model's max_sequence_length 512"),
+])
+def test_bad_generate_arguments(tiny_ckpt, kwargs, match):
+    lm = unmask.load(tiny_ckpt, dtype="float32")
+    with pytest.raises(ValueError, match=match):
+        lm.generate(["hello world"], **kwargs)
+
+
+@pytest.mark.parametrize("prompts", [[], [""], ["  "], "", ["ok", ""]])
+def test_empty_prompts_rejected(tiny_ckpt, prompts):
+    lm = unmask.load(tiny_ckpt, dtype="float32")
+    with pytest.raises(ValueError, match="empty"):
+        lm.generate(prompts)

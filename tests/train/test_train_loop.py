@@ -1,0 +1,120 @@
+import json
+
+import pytest
+import torch
+
+from unmask.models.llada import LLaDAModel
+from unmask.models.loading import load_model
+from unmask.train import pipeline
+from unmask.train.data import encode_sft
+from unmask.train.presets import load_preset
+from unmask.train.selection import AllSelector, BatchSelector, HighLossSelector, RandomSelector, n_keep
+from unmask.train.tokenizer import special_ids
+from unmask.train.trainer import Trainer, init_weights, lr_factor
+
+
+def tiny_model(tokenizer, seed=0):
+    preset = load_preset("tiny")
+    config = pipeline.model_config(preset, tokenizer, 128)
+    return init_weights(LLaDAModel(config), seed=seed), preset
+
+
+def test_few_steps_reduce_loss(examples, tokenizer):
+    torch.manual_seed(0)
+    data = encode_sft(examples[:32], tokenizer, seq_len=96)
+    model, preset = tiny_model(tokenizer)
+    cfg = preset.train
+    cfg.steps, cfg.batch_size, cfg.eval_rows, cfg.lr, cfg.warmup_steps = 60, 8, 32, 1e-2, 5
+    trainer = Trainer(model, data, cfg, special_ids(tokenizer)["mask"], val_data=data)
+    before = trainer.evaluate()["loss"]
+    log = trainer.fit()
+    after = log.val[-1]["loss"]
+    assert log.info["steps"] == 60 and log.train[-1]["step"] == 60
+    assert after < 0.6 * before, (before, after)
+
+
+class RecordingSelector:
+    needs_logits = True
+
+    def __init__(self):
+        self.calls = []
+
+    def select(self, logits_masked_per_row, losses_per_row, embeddings, fraction):
+        self.calls.append((len(logits_masked_per_row), losses_per_row.shape, embeddings.shape, fraction))
+        for lg in logits_masked_per_row:
+            assert lg.ndim == 2 and not lg.requires_grad
+        return torch.tensor([0, 2])
+
+
+def test_selector_hook(examples, tokenizer):
+    data = encode_sft(examples[:16], tokenizer, seq_len=96)
+    model, preset = tiny_model(tokenizer)
+    cfg = preset.train
+    cfg.steps, cfg.batch_size, cfg.selection_fraction = 2, 2, 0.5
+    sel = RecordingSelector()
+    assert isinstance(sel, BatchSelector) and isinstance(AllSelector(), BatchSelector)
+    Trainer(model, data, cfg, special_ids(tokenizer)["mask"], selector=sel).fit()
+    assert len(sel.calls) == 2
+    n, loss_shape, emb_shape, frac = sel.calls[0]
+    assert n == 4 and loss_shape == (4,) and emb_shape == (4, model.config.d_model) and frac == 0.5
+    losses = torch.tensor([0.1, 3.0, 2.0, 0.5])
+    assert HighLossSelector().select([], losses, None, 0.5).tolist() == [1, 2]
+    assert len(RandomSelector().select([], losses, None, 0.5)) == n_keep(4, 0.5) == 2
+    assert AllSelector().select([], losses, None, 0.5).tolist() == [0, 1, 2, 3]
+
+
+def test_lr_schedule():
+    cfg = load_preset("tiny").train
+    cfg.warmup_steps, cfg.min_lr_ratio = 10, 0.1
+    assert lr_factor(0, 0.0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, 0.0, cfg) == pytest.approx(1.0)
+    assert lr_factor(500, 0.5, cfg) == pytest.approx(0.55)
+    assert lr_factor(1000, 1.0, cfg) == pytest.approx(0.1)
+
+
+def test_pipeline_writes_loadable_folder(examples, tmp_path, monkeypatch):
+    def fake_corpus(n_per_task, split="train", seed=0, workers=0):
+        pool = examples[:300] if split == "train" else examples[300:]
+        out = [ex for ex in pool if ex.task in n_per_task]
+        return out[: sum(n_per_task.values())]
+
+    monkeypatch.setattr(pipeline, "generate_corpus", fake_corpus)
+    monkeypatch.setattr(pipeline, "_pretrain_texts", lambda: ["Numbers: 1 2 3. Words and more words."] * 20)
+    preset = load_preset("tiny")
+    preset.train.steps, preset.train.eval_every = 6, 3
+    preset.data.seq_len, preset.data.tokenizer_vocab = 128, 320
+    pipeline.run(preset, tmp_path, log=lambda *a: None)
+
+    folder = tmp_path / "model"
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert any(n.endswith(".safetensors") for n in names)
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert [r["step"] for r in log["val"]] == [3, 6] and log["info"]["steps"] == 6
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llada" and config["embedding_size"] % 64 == 0
+    assert config["vocab_size"] <= config["embedding_size"]
+
+    from unmask.models.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(folder)
+    assert tok.mask_id == config["mask_token_id"] and tok.eos_id == config["eos_token_id"]
+    model = load_model(folder, dtype=torch.float32, device="cpu")
+    ids = torch.tensor([tok.encode(tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}]))])
+    ids = torch.cat([ids, torch.full((1, 8), tok.mask_id)], dim=1)
+    with torch.no_grad():
+        logits = model(ids)
+    assert logits.shape == (1, ids.shape[1], config["embedding_size"]) and torch.isfinite(logits).all()
+
+
+def test_save_reload_same_logits(tokenizer, tmp_path):
+    from unmask.models.loading import save_pretrained
+
+    model, _ = tiny_model(tokenizer, seed=3)
+    model = model.to(torch.bfloat16).float()  # representable in bf16: the save is exact
+    save_pretrained(model, tmp_path / "m", dtype=torch.bfloat16)
+    reloaded = load_model(tmp_path / "m", dtype=torch.float32, device="cpu")
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reloaded(ids), rtol=0, atol=0)
