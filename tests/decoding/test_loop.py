@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import write_checkpoint
+from llada_fixtures import write_checkpoint
 
 import unmask
 from unmask.decoding import CreditConfig, Factor, Frechet, Threshold, TopK, decode

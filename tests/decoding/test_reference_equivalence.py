@@ -73,8 +73,9 @@ def test_parallel_rules_commit_several_tokens_per_step(model, tiny_cfg):
     {"confidence_eos_eot_inf": True},
 ])
 def test_llada_options_equal_reference(tmp_path, tiny_cfg, tiny_weights, options):
+    from llada_fixtures import write_checkpoint
+
     import unmask
-    from conftest import write_checkpoint
 
     # make end-of-text and end-of-turn frequent candidates, so that the options matter
     mask_id, eos, eot = tiny_cfg["mask_token_id"], tiny_cfg["eos_token_id"], tiny_cfg["eos_token_id"] + 3

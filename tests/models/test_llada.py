@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import random_weights, tiny_config, write_checkpoint
+from llada_fixtures import random_weights, tiny_config, write_checkpoint
 from reference import ref_forward
 
 import unmask

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import random_weights, tiny_config, write_checkpoint
+from llada_fixtures import random_weights, tiny_config, write_checkpoint
 
 from unmask.models import CheckpointError, load_model, save_pretrained
 from unmask.models.loading import resolve_model_path
