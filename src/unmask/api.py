@@ -110,7 +110,9 @@ class DiffusionLM:
         """
         if isinstance(prompts, torch.Tensor):
             if prompts.dim() != 2 or prompts.numel() == 0:
-                raise ValueError(f"token prompts must be a non-empty [batch, length] tensor, got {tuple(prompts.shape)}")
+                raise ValueError(
+                    f"token prompts must be a non-empty [batch, length] tensor, got {tuple(prompts.shape)}"
+                )
             input_ids = prompts.to(self.device)
             attention_mask = None if attention_mask is None else attention_mask.to(self.device)
         else:
@@ -131,7 +133,9 @@ class DiffusionLM:
                 num_blocks = gen_length // block_length
                 steps = gen_length if steps is None else steps
                 if steps <= 0 or steps % num_blocks:
-                    raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({num_blocks})")
+                    raise ValueError(
+                        f"steps={steps} must be a positive multiple of the number of blocks ({num_blocks})"
+                    )
                 steps_per_block = steps // num_blocks
             policy = make_policy(policy, steps_per_block=steps_per_block, threshold=threshold, factor=factor,
                                  margin=margin)

@@ -16,7 +16,9 @@ import torch
 POLICY_NAMES: tuple[str, ...] = ("topk", "threshold", "factor", "frechet")
 
 
-def sorted_confidence(confidence: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sorted_confidence(
+    confidence: torch.Tensor, masked: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c_(1) >= c_(2) >= ... per row, the permutation that sorts, the masked count per row)."""
     values, order = confidence.sort(dim=-1, descending=True, stable=True)
     return values, order, masked.sum(dim=-1)
@@ -55,7 +57,9 @@ class TopK:
         """The per-row schedule for a block, from its masked positions at the block's start."""
         return num_transfer_tokens(masked.sum(dim=-1), self.steps_per_block)
 
-    def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int, schedule: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, confidence: torch.Tensor, masked: torch.Tensor, step: int, schedule: torch.Tensor
+    ) -> torch.Tensor:
         _, order, _ = sorted_confidence(confidence, masked)
         k = schedule[:, min(step, self.steps_per_block - 1)]
         if step >= self.steps_per_block:  # only when the caller runs extra steps: finish the block
