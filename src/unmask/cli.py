@@ -1,0 +1,148 @@
+"""The ``unmask`` command line: generate, compare, eval, trace, bench, train."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from unmask.decoding.credit import CreditConfig
+from unmask.decoding.policies import POLICY_NAMES
+from unmask.models.cache import CACHE_MODES
+from unmask.train.cli import train_command
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="unmask: fast decoding for diffusion language models (LLaDA). Without --model, the embedded "
+    "testbed model is used.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn bad input (ValueError, missing files, broken checkpoints) into one clear line and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
+            err_console.print(f"[bold red]error:[/] {err}")
+            raise typer.Exit(2) from err
+
+    return wrapper
+
+
+def read_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
+    """Prompts from arguments, or from a file: JSON lines with a "prompt" field, or plain lines."""
+    found = list(prompts or [])
+    if file is not None:
+        if not file.is_file():
+            raise FileNotFoundError(f"prompt file {str(file)!r} does not exist")
+        for number, line in enumerate(file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            if file.suffix in (".jsonl", ".json") or line.lstrip().startswith("{"):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{file}:{number} is not valid JSON ({err.msg})") from err
+                if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                    raise ValueError(f"{file}:{number} needs a string field \"prompt\"")
+                found.append(record["prompt"])
+            else:
+                found.append(line)
+    if not found:
+        raise ValueError("no prompt given: pass PROMPT arguments or --file")
+    return found
+
+
+def build_credit(credit: bool, alpha: float, beta: float, gamma: float, adaptive: bool) -> CreditConfig | None:
+    return CreditConfig(alpha=alpha, beta=beta, gamma=gamma, adaptive=adaptive) if credit else None
+
+
+@app.command()
+@friendly_errors
+def generate(
+    prompts: list[str] | None = typer.Argument(None, help="One or more prompts (the chat template is applied)."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="Prompts file: JSON lines {\"prompt\": ...} or text."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    policy: str = typer.Option("topk", help=f"Commit policy: {', '.join(POLICY_NAMES)}."),
+    gen_length: int = typer.Option(128, "--gen-length", help="Tokens to generate (multiple of block length)."),
+    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
+    steps: int | None = typer.Option(None, help="topk: total steps (default gen_length: 1 token per step)."),
+    threshold: float | None = typer.Option(None, help="threshold: tau in (0, 1] (default 0.9)."),
+    factor: float | None = typer.Option(None, help="factor: f > 0 (default 1.0); frechet: budget 1 - delta."),
+    margin: float | None = typer.Option(None, help="frechet: margin delta (default 0.25)."),
+    cache: str = typer.Option("none", help=f"KV cache: {', '.join(CACHE_MODES)}."),
+    credit: bool = typer.Option(False, "--credit/--no-credit", help="Fuse CreditDecoding trace credits."),
+    credit_alpha: float = typer.Option(0.65, "--credit-alpha"),
+    credit_beta: float = typer.Option(0.7, "--credit-beta"),
+    credit_gamma: float = typer.Option(0.2, "--credit-gamma"),
+    credit_adaptive: bool = typer.Option(False, "--credit-adaptive", help="Parameter-free credit variant."),
+    temperature: float = typer.Option(0.0, help="Gumbel sampling temperature (0: greedy)."),
+    scorer: str = typer.Option("confidence", help="confidence, margin, entropy or random."),
+    cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance scale (LLaDA)."),
+    logits_eos_inf: bool = typer.Option(False, "--logits-eos-inf", help="Never propose end-of-text (LLaDA)."),
+    confidence_eos_eot_inf: bool = typer.Option(False, "--confidence-eos-eot-inf", help="LLaDA's EoT confidence 0."),
+    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop rows at end-of-text."),
+    chat: bool = typer.Option(True, "--chat/--raw", help="Apply the chat template to prompts."),
+    seed: int | None = typer.Option(None, help="Random seed (sampling, random scorer)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per prompt."),
+) -> None:
+    """Generate responses with any commit policy, cache mode and credit fusion."""
+    import unmask
+
+    texts = read_prompts(prompts, file)
+    lm = unmask.load(model, device=device, dtype=dtype)
+    out = lm.generate(
+        texts, policy=policy, gen_length=gen_length, block_length=block_length, steps=steps, threshold=threshold,
+        factor=factor, margin=margin, cache=cache,
+        credit=build_credit(credit, credit_alpha, credit_beta, credit_gamma, credit_adaptive) or False,
+        temperature=temperature, scorer=scorer, cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
+        confidence_eos_eot_inf=confidence_eos_eot_inf, early_stop=early_stop, chat=chat, seed=seed,
+    )
+    if as_json:
+        for i, text in enumerate(out.texts):
+            record = {"prompt": texts[i], "response": text, "tokens": int(out.lengths[i]),
+                      "nfe": int(out.nfe_per_row[i]), "batch_nfe": out.nfe, "seconds": out.elapsed_s}
+            sys.stdout.write(json.dumps(record) + "\n")
+        return
+    for i, text in enumerate(out.texts):
+        console.rule(f"[bold]prompt {i + 1}[/]: {texts[i][:80]}")
+        console.print(text, markup=False, highlight=False)
+    console.print(
+        f"[dim]{len(texts)} prompt(s) | policy {policy} | cache {cache} | NFE {out.nfe} | "
+        f"tokens/NFE {out.tokens_per_nfe:.2f} | {out.elapsed_s:.2f} s[/]"
+    )
+
+
+app.command("train")(train_command)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("policy", "task", "cache") else "left")
+    for row in rows:
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
