@@ -50,10 +50,10 @@ def test_gold_passes_in_sandbox(examples):
     chosen, seen = [], set()
     for key, ex in examples:
         fam = key.split("|")[1]
-        if fam not in seen or len(chosen) < 150:
+        if fam not in seen or len(chosen) < 250:
             seen.add(fam)
             chosen.append(ex)
-    assert len(chosen) >= 150
+    assert len(chosen) >= 250
     for ex in chosen:
         assert TASK.score(ex, ex.target) == 1.0, (ex.target, ex.reference)
 
@@ -63,7 +63,10 @@ def test_wrong_code_fails(examples):
         header = ex.target.split("\n")[0]
         assert TASK.score(ex, header + "\n    return None") == 0.0
         assert TASK.score(ex, "") == 0.0
-        assert TASK.score(ex, header + "\n    while True:\n        pass") == 0.0 if ex is examples[0][1] else True
+    ex = examples[0][1]
+    header = ex.target.split("\n")[0]
+    assert CodeTask(timeout_s=1.0).score(ex, header + "\n    while True:\n        pass") == 0.0
+    assert TASK.score(ex, ex.target + "\n    x = (") == 0.0  # syntax error
 
 
 def test_completion_wrappers_are_handled(examples):
@@ -72,6 +75,7 @@ def test_completion_wrappers_are_handled(examples):
     assert TASK.score(ex, fenced) == 1.0
     assert TASK.score(ex, f"Sure.\n{ex.target}\n\nprint('junk'\n<|endoftext|>") == 1.0  # cut after the def
     assert TASK.score(ex, ex.target.replace("    ", "\t")) == 1.0
+    assert TASK.score(ex, ex.target + "<|eot_id|><|endoftext|><|endoftext|>") == 1.0
 
 
 def test_extract_code_and_first_function():

@@ -55,4 +55,4 @@ def test_subproblems_come_from_the_same_math_split():
 
 def test_long_targets_are_long(examples):
     lengths = [len(ex.target) for _, ex in examples]
-    assert max(lengths) > 1800 and min(lengths) > 300
+    assert max(lengths) > 1300 and min(lengths) > 300

@@ -29,6 +29,7 @@ WORDS = ["apple", "banana", "cherry", "dog", "elephant", "fish", "grape", "house
          "kite", "lemon", "mango", "night", "ocean", "pizza", "queen", "river", "sun", "tiger", "hello",
          "world", "code", "data", "level", "moon", "star", "tree", "book", "cat"]
 LETTERS = "abcdeilmnorst"
+END_RE = re.compile(r"<\|(?:endoftext|eot_id|im_end)\|>")
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,9 @@ def _inputs(fam: Family, rng: random.Random, const: Any) -> list[Any]:
 
 
 def extract_code(text: str) -> str:
-    """Code from a completion: the first ``` fenced block if any, from its first
-    import/def/class line."""
+    """Code from a completion: cut at the first end-of-text/end-of-turn token, then the first ```
+    fenced block if any, from its first import/def/class line."""
+    text = END_RE.split(text, maxsplit=1)[0]
     fence = re.search(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", text, re.DOTALL)
     if fence:
         text = fence.group(1)

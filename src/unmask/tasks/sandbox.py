@@ -3,7 +3,8 @@
 Not a security boundary (no namespaces or seccomp): it protects the evaluator from infinite
 loops, memory blow-ups, crashes and early exits in model-written code. A run counts as passed
 only if the process exits 0 *and* prints a random sentinel appended after the code, so
-`sys.exit(0)` or `os._exit(0)` before the tests cannot pass.
+`sys.exit(0)` or `os._exit(0)` before the tests cannot pass. Limits are set with `preexec_fn`,
+which CPython documents as unsafe with threads: score in parallel with processes, not threads.
 """
 
 from __future__ import annotations
