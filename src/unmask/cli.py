@@ -131,6 +131,31 @@ def generate(
 app.command("train")(train_command)
 
 
+@app.command()
+@friendly_errors
+def bench(
+    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id (default: embedded model)."),
+    random_weights: str | None = typer.Option(
+        None, "--random-weights", help="Benchmark a shape with random weights: llada-8b, llada-tiny."
+    ),
+    batch: list[int] = typer.Option([1, 32], "--batch", help="Batch sizes (repeat the option)."),
+    cache: list[str] = typer.Option(["none", "prefix", "dual"], "--cache", help="Cache modes (repeatable)."),
+    prompt_length: int = typer.Option(256, "--prompt-length"),
+    gen_length: int = typer.Option(256, "--gen-length"),
+    block_length: int = typer.Option(32, "--block-length"),
+    dtype: str | None = typer.Option(None, help="bfloat16 (GPU default), float16, float32 (CPU default)."),
+    device: str | None = typer.Option(None, help="cuda, cpu, ... (default: cuda if available)."),
+    repeats: int = typer.Option(10, help="Timed repeats per measurement (median reported)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write bench.json and bench.md here."),
+) -> None:
+    """Per-step latency and tokens/s of each cache mode, beside the weight-read and FLOP floors."""
+    from unmask.eval.speed import run_bench
+
+    command = "unmask " + " ".join(sys.argv[1:])
+    run_bench(model, random_weights, out, tuple(batch), tuple(cache), prompt_length, gen_length, block_length,
+              dtype, device, repeats, command, log=console.print)
+
+
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     table = Table(title=title)
     for column in columns:

@@ -1,0 +1,76 @@
+"""The command line: generate with each policy, JSON output, and clear errors for bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from unmask.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("policy_args", [
+    ["--policy", "topk", "--steps", "8"],
+    ["--policy", "threshold", "--threshold", "0.5", "--cache", "dual"],
+    ["--policy", "factor", "--factor", "1.0", "--cache", "prefix"],
+    ["--policy", "frechet", "--margin", "0.25", "--credit"],
+])
+def test_generate_each_policy_json(tiny_ckpt, policy_args):
+    result = run("generate", "hello world", "the answer is", "-m", tiny_ckpt, "--gen-length", 16,
+                 "--block-length", 8, "--json", *policy_args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["prompt"] for r in records] == ["hello world", "the answer is"]
+    assert all(1 <= r["nfe"] <= 16 and r["tokens"] <= 16 for r in records)
+
+
+def test_generate_reads_jsonl_file(tiny_ckpt, tmp_path):
+    file = tmp_path / "prompts.jsonl"
+    file.write_text('{"prompt": "hello"}\n\n{"prompt": "world"}\n')
+    result = run("generate", "-f", file, "-m", tiny_ckpt, "--gen-length", 8, "--block-length", 8, "--json")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--gen-length", "30", "--block-length", "8"], "gen_length=30 must be a positive multiple of block_length=8"),
+    (["--policy", "threshold", "--threshold", "1.5"], "threshold must be in (0, 1], got 1.5"),
+    (["--policy", "magic"], "unknown policy 'magic'"),
+    (["--cache", "full"], "unknown cache mode 'full'"),
+])
+def test_generate_bad_options(tiny_ckpt, args, message):
+    result = run("generate", "hello", "-m", tiny_ckpt, *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_generate_bad_model_path(tmp_path):
+    result = run("generate", "hello", "-m", tmp_path / "missing")
+    assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())
+
+
+def test_generate_bad_json_names_the_line(tiny_ckpt, tmp_path):
+    file = tmp_path / "p.jsonl"
+    file.write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
+    result = run("generate", "-f", file, "-m", tiny_ckpt)
+    assert result.exit_code == 2 and "p.jsonl:2 is not valid JSON" in " ".join(result.output.split())
+
+
+def test_generate_without_prompt(tiny_ckpt):
+    result = run("generate", "-m", tiny_ckpt)
+    assert result.exit_code == 2 and "no prompt given" in result.output
+
+
+def test_bench_on_cpu_writes_tables(tmp_path):
+    result = run("bench", "--random-weights", "llada-tiny", "--batch", 1, "--cache", "dual", "--prompt-length", 16,
+                 "--gen-length", 32, "--block-length", 16, "--repeats", 1, "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["cache"] for r in data["rows"]] == ["dual"]
+    assert data["rows"][0]["step_ms"] > 0 and data["rows"][0]["e2e_step_ms"] > 0
+    assert "| dual | 1 |" in (tmp_path / "bench.md").read_text()
