@@ -86,3 +86,29 @@ def test_no_weights(tmp_path):
     (folder / "config.json").write_text(json.dumps(tiny_config()))
     with pytest.raises(CheckpointError, match="no safetensors"):
         load_model(folder)
+
+
+def test_hub_id_goes_through_snapshot_download(monkeypatch, tiny_ckpt):
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, local_files_only=False):
+        calls.append((repo_id, local_files_only))
+        return str(tiny_ckpt)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = load_model("GSAI-ML/LLaDA-8B-Instruct", dtype="float32")
+    assert calls == [("GSAI-ML/LLaDA-8B-Instruct", False)]
+    assert model.config.n_layers == 2
+
+
+def test_hub_id_offline_error_names_the_id(monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, allow_patterns=None, local_files_only=False):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="'GSAI-ML/LLaDA-8B-Instruct' is not a local folder.*network unreachable"):
+        load_model("GSAI-ML/LLaDA-8B-Instruct")
