@@ -35,7 +35,7 @@ class LongTask(GeneratedTask):
 
     name = "long"
 
-    def __init__(self, min_problems: int = 3, max_problems: int = 8, math: ArithmeticTask | None = None):
+    def __init__(self, min_problems: int = 4, max_problems: int = 8, math: ArithmeticTask | None = None):
         if not 1 <= min_problems <= max_problems:
             raise ValueError(f"need 1 <= min_problems <= max_problems, got {min_problems}, {max_problems}")
         self.min_problems, self.max_problems = min_problems, max_problems
