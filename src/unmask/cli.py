@@ -15,6 +15,7 @@ from rich.table import Table
 
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.policies import POLICY_NAMES
+from unmask.eval.cli import compare_command, eval_command, trace_command
 from unmask.models.cache import CACHE_MODES
 from unmask.train.cli import train_command
 
@@ -129,6 +130,9 @@ def generate(
 
 
 app.command("train")(train_command)
+app.command("eval")(eval_command)
+app.command("compare")(compare_command)
+app.command("trace")(trace_command)
 
 
 @app.command()
