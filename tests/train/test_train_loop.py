@@ -8,7 +8,14 @@ from unmask.models.loading import load_model
 from unmask.train import pipeline
 from unmask.train.data import encode_sft
 from unmask.train.presets import load_preset
-from unmask.train.selection import AllSelector, BatchSelector, HighLossSelector, RandomSelector, n_keep
+from unmask.train.selection import (
+    AllSelector,
+    BatchSelector,
+    Candidates,
+    HighLossSelector,
+    RandomSelector,
+    n_keep,
+)
 from unmask.train.tokenizer import special_ids
 from unmask.train.trainer import Trainer, init_weights, lr_factor
 
@@ -34,33 +41,44 @@ def test_few_steps_reduce_loss(examples, tokenizer):
 
 
 class RecordingSelector:
-    needs_logits = True
+    needs_forward = True
 
     def __init__(self):
         self.calls = []
 
-    def select(self, logits_masked_per_row, losses_per_row, embeddings, fraction):
-        self.calls.append((len(logits_masked_per_row), losses_per_row.shape, embeddings.shape, fraction))
-        for lg in logits_masked_per_row:
-            assert lg.ndim == 2 and not lg.requires_grad
+    def select(self, batch: Candidates, k: int) -> torch.Tensor:
+        self.calls.append((batch.logits.shape, batch.losses.shape, batch.masked.shape, k))
+        assert not batch.logits.requires_grad and not batch.losses.requires_grad
         return torch.tensor([0, 2])
 
 
-def test_selector_hook(examples, tokenizer):
+def test_selector_trains_on_the_selected_rows_with_the_same_noise(examples, tokenizer):
     data = encode_sft(examples[:16], tokenizer, seq_len=96)
     model, preset = tiny_model(tokenizer)
     cfg = preset.train
-    cfg.steps, cfg.batch_size, cfg.selection_fraction = 2, 2, 0.5
+    cfg.steps, cfg.batch_size, cfg.selection_fraction, cfg.log_every = 2, 2, 0.5, 1
     sel = RecordingSelector()
     assert isinstance(sel, BatchSelector) and isinstance(AllSelector(), BatchSelector)
-    Trainer(model, data, cfg, special_ids(tokenizer)["mask"], selector=sel).fit()
+    inputs = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
+    log = Trainer(model, data, cfg, special_ids(tokenizer)["mask"], selector=sel).fit()
     assert len(sel.calls) == 2
-    n, loss_shape, emb_shape, frac = sel.calls[0]
-    assert n == 4 and loss_shape == (4,) and emb_shape == (4, model.config.d_model) and frac == 0.5
+    logits_shape, loss_shape, masked_shape, k = sel.calls[0]
+    assert logits_shape[0] == 4 and loss_shape == (4,) and masked_shape[0] == 4 and k == 2
+    scoring, training = inputs[0], inputs[1]  # step 1: scoring forward on 4 rows, train forward on rows 0, 2
+    assert scoring.shape[0] == 4 and training.shape[0] == 2
+    assert torch.equal(training, scoring[[0, 2]])
+    assert {"score_forward_ms", "select_ms", "train_ms"} <= set(log.train[0])
+
+
+def test_baseline_selectors():
     losses = torch.tensor([0.1, 3.0, 2.0, 0.5])
-    assert HighLossSelector().select([], losses, None, 0.5).tolist() == [1, 2]
-    assert len(RandomSelector().select([], losses, None, 0.5)) == n_keep(4, 0.5) == 2
-    assert AllSelector().select([], losses, None, 0.5).tolist() == [0, 1, 2, 3]
+    batch = Candidates(None, torch.ones(4, 3, dtype=torch.bool), losses, torch.zeros(4, 3), torch.zeros(4))
+    assert HighLossSelector().select(batch, 2).tolist() == [1, 2]
+    random_rows = RandomSelector(seed=1).select(batch, n_keep(4, 0.5))
+    assert len(random_rows) == 2 and len(set(random_rows.tolist())) == 2
+    assert AllSelector().select(batch, 4).tolist() == [0, 1, 2, 3]
+    assert not RandomSelector.needs_forward and HighLossSelector.needs_forward
 
 
 def test_lr_schedule():

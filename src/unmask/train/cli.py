@@ -47,10 +47,21 @@ def train_command(
     eval_every: int | None = typer.Option(None, "--eval-every", help="Validate every N steps (0: at the end only)."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+    select: str | None = typer.Option(
+        None, "--select", help="Online batch selection: all (plain SFT), random, high_loss, uds (UDS)."
+    ),
+    fraction: float | None = typer.Option(
+        None, "--fraction", help="Selection budget: train on this share of each candidate batch of batch_size/fraction."
+    ),
+    uds_alpha: float | None = typer.Option(None, "--uds-alpha", help="UDS weight of diversity (default 2.5e-3)."),
 ) -> None:
     """Train a LLaDA-architecture model (masked-diffusion SFT) and write a directly loadable folder."""
     from unmask.train.pipeline import run
 
+    if select is not None and select not in ("all", "random", "high_loss", "uds"):
+        raise typer.BadParameter(f"--select must be one of all, random, high_loss, uds; got {select!r}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise typer.BadParameter(f"--fraction must be in (0, 1], got {fraction}")
     preset = load_preset(config)
     t, d = preset.train, preset.data
     for obj, name, value in [
@@ -62,6 +73,9 @@ def train_command(
         (t, "eval_every", eval_every),
         (t, "compile", compile),
         (t, "progress", progress),
+        (t, "selector", select),
+        (t, "selection_fraction", fraction),
+        (t, "uds_alpha", uds_alpha),
         (d, "seq_len", seq_len),
         (d, "tokenizer_vocab", tokenizer_vocab),
         (d, "workers", workers),

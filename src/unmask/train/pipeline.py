@@ -22,6 +22,7 @@ import torch
 
 from unmask.train.data import TokenData, encode_pretrain, encode_sft
 from unmask.train.presets import Preset
+from unmask.train.selection import make_selector
 from unmask.train.tokenizer import padded_embedding_size, special_ids, tokenizer_files, train_tokenizer
 from unmask.train.trainer import Trainer, init_weights, param_count, plot_losses
 
@@ -147,7 +148,11 @@ def run(preset: Preset, out: str | Path, log=print) -> dict:
     def save(m, step):
         save_pretrained(m, out / MODEL_DIR, dtype=torch.bfloat16, max_shard_bytes=15 * 2**20, extra_files=files)
 
-    trainer = Trainer(model, train, tc, config.mask_token_id, val_data=val, save_fn=save, log_path=out / LOG_FILE)
+    uds_options = {"alpha": tc.uds_alpha, "queue_size": tc.uds_queue_size} if tc.selector == "uds" else {}
+    selector = make_selector(tc.selector, vocab_size=config.vocab_size, max_len=train.seq_len, seed=tc.seed,
+                             **uds_options)
+    trainer = Trainer(model, train, tc, config.mask_token_id, val_data=val, selector=selector, save_fn=save,
+                      log_path=out / LOG_FILE)
     trainer.log.info.update(
         preset=preset.to_dict(),
         model_config=config.to_dict(),

@@ -1,50 +1,70 @@
-"""Online batch selection: from a candidate batch, choose the rows that contribute to the loss.
+"""Online batch selection for masked-diffusion SFT: from each candidate batch, pick the rows to train on.
 
-The trainer runs the training forward on a candidate batch of ``batch_size / fraction`` rows (the
-noised inputs with grad), computes the per-row masked-diffusion loss, then asks a selector which
-rows to keep; the loss is the mean over the kept rows, so only those get gradients. Everything the
-selector sees is detached (no extra backward pass, no extra forward).
+The trainer draws a candidate batch of ``batch_size / fraction`` rows and noises it once
+(``forward_process``). A selector that ``needs_forward`` gets the logits of one no-grad forward of
+that noised batch (the scoring forward); it returns the indices of ``k = batch_size`` rows, and the
+optimiser step is a forward + backward on exactly those rows with exactly the same noise. No extra
+backward pass, no reference model, no validation set (the UDS protocol; its code does the same:
+a ``no_grad`` scoring forward over the candidates, then ``compute_loss`` on the selected rows).
 
-UDS (DESIGN.md section 8) is meant to plug in here: its utility / intra-sample diversity comes from
-the nuclear norm of each row's logits at its masked response positions (``logits_masked_per_row``)
-and its inter-sample diversity from a cheap embedding (``embeddings``) compared with a memory buffer
-the selector keeps itself.
+Selectors (``make_selector``):
+
+- ``all``: plain SFT, every row (no candidate batch, no scoring forward);
+- ``random``: ``k`` uniformly random rows (no scoring forward);
+- ``high_loss``: the ``k`` rows with the largest masked-diffusion loss in the scoring forward
+  ("big-loss" selection, a baseline of the UDS paper);
+- ``uds``: UDS (Utility-Diversity Sampling, "Utility-Diversity Aware Online Batch Selection for LLM
+  Supervised Fine-tuning", github.com/gfyddha/UDS, ``UDSamplingTrainer.py``), see ``UDSSelector``.
+
+For masked-diffusion SFT, "the logits matrix" of a row is its logits at the masked response positions
+(DESIGN.md section 8). We keep the positions in place and zero the other rows of the [L, V] matrix:
+zero rows change no singular value, so the nuclear norm is the one of the masked-row submatrix, and
+shapes stay static (no host-device synchronisation).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
 
-@runtime_checkable
-class BatchSelector(Protocol):
-    """Chooses which rows of a candidate batch train.
+@dataclass
+class Candidates:
+    """What a selector sees of one noised candidate batch (everything detached).
 
-    needs_logits: whether ``select`` reads ``logits_masked_per_row`` (the trainer skips building the
-        list otherwise; a selector that does not set it is given the logits).
+    logits: [B, L, V] logits of the scoring forward (``None`` for selectors without ``needs_forward``);
+        V may include padded embedding columns beyond the vocabulary.
+    masked: [B, L] bool, the masked response positions (where the loss is taken).
+    losses: [B] float32 per-row masked-diffusion loss of the scoring forward (``None`` without it).
+    input_ids: [B, L] the clean rows; prompt_len: [B].
     """
 
-    needs_logits: bool
+    logits: torch.Tensor | None
+    masked: torch.Tensor
+    losses: torch.Tensor | None
+    input_ids: torch.Tensor
+    prompt_len: torch.Tensor
 
-    def select(
-        self,
-        logits_masked_per_row: list[torch.Tensor],
-        losses_per_row: torch.Tensor,
-        embeddings: torch.Tensor,
-        fraction: float,
-    ) -> torch.Tensor:
-        """Indices (LongTensor, on any device) of the rows to train on.
+    @property
+    def size(self) -> int:
+        return self.masked.shape[0]
 
-        logits_masked_per_row: per row, the logits [n_masked_i, V] at its masked response positions
-            (float32 or the autocast dtype; detached); an empty list when ``needs_logits`` is False.
-        losses_per_row: [B] per-row masked-diffusion loss (detached, float32).
-        embeddings: [B, D] a cheap per-row embedding (detached, float32): the mean input-token
-            embedding of the clean response (see ``Trainer.row_embeddings``).
-        fraction: the share of rows to keep; ``n_keep(B, fraction)`` rows by convention.
-        """
+
+@runtime_checkable
+class BatchSelector(Protocol):
+    """Chooses ``k`` rows of a candidate batch.
+
+    needs_forward: whether ``select`` reads ``logits``/``losses`` (the trainer runs the scoring
+        forward only for such selectors).
+    """
+
+    needs_forward: bool
+
+    def select(self, batch: Candidates, k: int) -> torch.Tensor:
+        """Indices (int64, on the batch's device) of the ``k`` rows to train on."""
         ...
 
 
@@ -54,42 +74,203 @@ def n_keep(batch: int, fraction: float) -> int:
 
 
 class AllSelector:
-    """The default: every row trains (plain SFT)."""
+    """Plain SFT: every row trains."""
 
-    needs_logits = False
+    needs_forward = False
 
-    def select(self, logits_masked_per_row, losses_per_row, embeddings, fraction):  # noqa: D102
-        return torch.arange(losses_per_row.shape[0], device=losses_per_row.device)
+    def select(self, batch: Candidates, k: int) -> torch.Tensor:  # noqa: D102
+        return torch.arange(batch.size, device=batch.masked.device)
 
 
 class RandomSelector:
-    """Uniformly random rows (the baseline any selection method must beat at the same fraction)."""
+    """``k`` rows uniformly at random (the baseline any selection method must beat)."""
 
-    needs_logits = False
+    needs_forward = False
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
-    def select(self, logits_masked_per_row, losses_per_row, embeddings, fraction):  # noqa: D102
-        B = losses_per_row.shape[0]
-        idx = torch.randperm(B, generator=self.generator)[: n_keep(B, fraction)]
-        return idx.sort().values.to(losses_per_row.device)
+    def select(self, batch: Candidates, k: int) -> torch.Tensor:  # noqa: D102
+        idx = torch.randperm(batch.size, generator=self.generator)[:k]
+        return idx.sort().values.to(batch.masked.device)
 
 
 class HighLossSelector:
-    """The rows with the highest loss (a common online-selection baseline)."""
+    """Big-loss selection: the ``k`` rows with the largest loss in the scoring forward."""
 
-    needs_logits = False
+    needs_forward = True
 
-    def select(self, logits_masked_per_row, losses_per_row, embeddings, fraction):  # noqa: D102
-        k = n_keep(losses_per_row.shape[0], fraction)
-        return torch.topk(losses_per_row, k).indices.sort().values
-
-
-SELECTORS = {"all": AllSelector, "random": RandomSelector, "high_loss": HighLossSelector}
+    def select(self, batch: Candidates, k: int) -> torch.Tensor:  # noqa: D102
+        if batch.losses is None:
+            raise ValueError("high_loss selection needs the scoring forward's losses")
+        return torch.topk(batch.losses, k).indices.sort().values
 
 
-def make_selector(name: str, **kwargs) -> BatchSelector:
-    if name not in SELECTORS:
-        raise ValueError(f"unknown selector {name!r} (known: {', '.join(SELECTORS)})")
-    return SELECTORS[name](**kwargs)
+# ----------------------------------------------------------------------------- UDS
+
+
+def masked_logit_matrices(logits: torch.Tensor, masked: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+    """[B, L, V] float32: each row's logits at its masked positions, zero elsewhere (first ``vocab_size`` columns)."""
+    x = logits[..., :vocab_size] if vocab_size else logits
+    return x.float() * masked[..., None].to(torch.float32)
+
+
+def nuclear_norms(x: torch.Tensor, method: str = "gram") -> torch.Tensor:
+    """[B] float32: ``||X_b||_* = sum_i sigma_i(X_b)``, the UDS utility (``torch.linalg.svdvals(logits).sum(1)``).
+
+    method ``svd``: singular values of X directly (float32). method ``gram``: ``sum_i sqrt(lambda_i)``
+    over the eigenvalues of the Gram matrix ``G = X X^T`` (or ``X^T X``, whichever is smaller),
+    formed and solved in float64 so that squaring loses nothing; eigenvalues below zero from
+    round-off are clamped. Both give the same value to float32 precision; ``gram`` is the faster on
+    GPUs, where batched symmetric eigensolvers beat batched SVD.
+    """
+    if x.ndim != 3:
+        raise ValueError(f"expected a batch of matrices [B, n, m], got shape {tuple(x.shape)}")
+    if method == "svd":
+        return torch.linalg.svdvals(x.float()).sum(-1)
+    if method == "gram":
+        x64 = x.double()
+        gram = x64 @ x64.transpose(1, 2) if x.shape[1] <= x.shape[2] else x64.transpose(1, 2) @ x64
+        eig = torch.linalg.eigvalsh(gram)
+        return eig.clamp(min=0).sqrt().sum(-1).float()
+    raise ValueError(f"unknown nuclear-norm method {method!r}; allowed: 'gram', 'svd'")
+
+
+class FastJLProjector:
+    """UDS's two-sided fast Johnson-Lindenstrauss projection of a [T, V] logits matrix to [r1, r2].
+
+    The UDS code (``FastJLProjector.project_batch``) computes, for X zero-padded to T rows::
+
+        Y = Re FFT_V(X * d2)[:, idx2] * sqrt(V / r2)         # random signs d2 on the vocabulary
+        Z = Re FFT_T(Y * d1[:, None])[idx1, :] * sqrt(T / r1)  # random signs d1 on time
+
+    with ``idx2`` r2 random frequencies of V and ``idx1`` r1 random frequencies of T. Both steps are
+    linear and keep only a few frequencies, so we apply them as two small matrix products with the
+    selected cosine rows: ``Z = C1^T X C2`` with ``C2[j, k] = d2_j cos(2 pi j idx2_k / V) sqrt(V/r2)``
+    and ``C1[t, i] = d1_t cos(2 pi t idx1_i / T) sqrt(T/r1)`` (``Re FFT(x)_k = sum_j x_j cos(2 pi jk/N)``).
+    The padding rows are zero, so only the first L rows of ``C1`` are used. Defaults: r1 = 8 time
+    frequencies, r2 = 128 vocabulary frequencies (``projection_dim2``, ``projection_dim1`` in UDS).
+    """
+
+    def __init__(self, T: int, V: int, r1: int = 8, r2: int = 128, seed: int = 0, device: str | torch.device = "cpu"):
+        gen = torch.Generator().manual_seed(seed)
+        self.T, self.V, self.r1, self.r2 = T, V, r1, r2
+        self.d2 = torch.randint(0, 2, (V,), generator=gen).double() * 2 - 1
+        self.idx2 = torch.randint(0, V, (r2,), generator=gen)
+        self.d1 = torch.randint(0, 2, (T,), generator=gen).double() * 2 - 1
+        self.idx1 = torch.randint(0, T, (r1,), generator=gen)
+        self.c2 = (self.d2[:, None] * _cos_table(V, self.idx2) * math.sqrt(V / r2)).float().to(device)
+        self.c1 = (self.d1[:, None] * _cos_table(T, self.idx1) * math.sqrt(T / r1)).float().to(device)
+
+    @property
+    def dim(self) -> int:
+        return self.r1 * self.r2
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, V] (L <= T; rows past L are the zero padding) -> [B, r1 * r2] float32."""
+        B, L, V = x.shape
+        if L > self.T or V != self.V:
+            raise ValueError(f"projector built for at most {self.T} x {self.V} matrices, got {L} x {V}")
+        c1, c2 = self.c1.to(x.device), self.c2.to(x.device)
+        y = x.float() @ c2  # [B, L, r2]
+        z = c1[:L].T @ y  # [B, r1, r2]
+        return z.reshape(B, -1)
+
+
+def _cos_table(n: int, freqs: torch.Tensor) -> torch.Tensor:
+    """[n, len(freqs)] float64: ``cos(2 pi ((j * k) mod n) / n)`` (exact integer phases)."""
+    j = torch.arange(n, dtype=torch.int64)[:, None]
+    phase = (j * freqs[None, :].to(torch.int64)) % n
+    return torch.cos(2 * math.pi * phase.double() / n)
+
+
+class UDSSelector:
+    """UDS: utility + alpha * inter-sample diversity, top ``k`` (gfyddha/UDS ``compute_top_index``).
+
+    For each candidate row b with logits matrix X_b (masked response positions, see module docstring):
+
+    - utility ``u_b = ||X_b||_*`` (nuclear norm: large for confident *and* varied predictions, the
+      paper's utility and intra-sample diversity in one number);
+    - embedding ``e_b = FastJLProjector(X_b)`` (r1 * r2 = 1024 dims);
+    - diversity ``d_b = mean_{q in Q} ||e_b - q||_2`` over the memory buffer Q of embeddings of
+      recently selected rows (0 while Q is empty);
+    - score ``s_b = u_b + alpha * d_b`` (alpha = 2.5e-3); keep the ``k`` largest;
+    - push the kept rows' embeddings into Q, a FIFO ring of ``queue_size`` = 1024 entries.
+    """
+
+    needs_forward = True
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        alpha: float = 2.5e-3,
+        queue_size: int = 1024,
+        r1: int = 8,
+        r2: int = 128,
+        nuclear: str = "gram",
+        seed: int = 0,
+    ) -> None:
+        if queue_size <= 0:
+            raise ValueError(f"queue_size must be > 0, got {queue_size}")
+        if alpha < 0 or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+        self.vocab_size, self.alpha, self.queue_size, self.nuclear = vocab_size, alpha, queue_size, nuclear
+        self.projector = FastJLProjector(max_len, vocab_size, r1, r2, seed=seed)
+        self.queue: torch.Tensor | None = None
+        self.queue_ptr = 0
+        self.queue_count = 0
+        self.last_scores: dict[str, torch.Tensor] = {}
+
+    def scores(self, batch: Candidates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(utility [B], diversity [B], embeddings [B, D]) of a candidate batch."""
+        if batch.logits is None:
+            raise ValueError("UDS needs the scoring forward's logits")
+        x = masked_logit_matrices(batch.logits, batch.masked, self.vocab_size)
+        utility = nuclear_norms(x, self.nuclear)
+        emb = self.projector.project(x)
+        if self.queue_count == 0:
+            diversity = torch.zeros_like(utility)
+        else:
+            queue = self.queue[: self.queue_count].to(emb.device)
+            diversity = torch.cdist(emb, queue, p=2).mean(1)
+        return utility, diversity, emb
+
+    def select(self, batch: Candidates, k: int) -> torch.Tensor:  # noqa: D102
+        utility, diversity, emb = self.scores(batch)
+        combined = utility + self.alpha * diversity
+        keep = torch.topk(combined, k).indices.sort().values
+        self.push(emb[keep])
+        self.last_scores = {"utility": utility, "diversity": diversity, "combined": combined}
+        return keep
+
+    def push(self, emb: torch.Tensor) -> None:
+        """FIFO ring update: write ``emb`` [n, D] at the pointer (wrapping), count up to ``queue_size``."""
+        n, D = emb.shape
+        if self.queue is None:
+            self.queue = torch.zeros(self.queue_size, D, device=emb.device, dtype=emb.dtype)
+        if n > self.queue_size:  # only the newest queue_size rows survive a wrap-around
+            emb, n = emb[-self.queue_size:], self.queue_size
+        idx = (torch.arange(n, device=emb.device) + self.queue_ptr) % self.queue_size
+        self.queue[idx] = emb.to(self.queue.dtype)
+        self.queue_ptr = (self.queue_ptr + n) % self.queue_size
+        self.queue_count = min(self.queue_size, self.queue_count + n)
+
+
+SELECTORS = {"all": AllSelector, "random": RandomSelector, "high_loss": HighLossSelector, "uds": UDSSelector}
+
+
+def make_selector(name: str, *, vocab_size: int | None = None, max_len: int | None = None, seed: int = 0,
+                  **kwargs) -> BatchSelector:
+    """A selector by name; ``uds`` needs ``vocab_size`` and ``max_len`` (the row length T)."""
+    if name == "all":
+        return AllSelector()
+    if name == "random":
+        return RandomSelector(seed=seed)
+    if name == "high_loss":
+        return HighLossSelector()
+    if name == "uds":
+        if vocab_size is None or max_len is None:
+            raise ValueError("uds selection needs vocab_size and max_len")
+        return UDSSelector(vocab_size, max_len, seed=seed, **kwargs)
+    raise ValueError(f"unknown selector {name!r}; allowed: {', '.join(SELECTORS)}")

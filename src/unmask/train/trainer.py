@@ -30,7 +30,7 @@ from torch import nn
 
 from unmask.models.llada import LLaDAModel
 from unmask.train.data import TokenData, length_bucketed_batches, trim_batch
-from unmask.train.selection import AllSelector, BatchSelector
+from unmask.train.selection import AllSelector, BatchSelector, Candidates
 
 EPS = 1e-3
 
@@ -150,7 +150,10 @@ class TrainConfig:
     autocast_bf16: bool = True  # on CUDA only
     compile: bool = False
     seed: int = 0
-    selection_fraction: float = 1.0  # candidate batch = batch_size / fraction rows
+    selector: str = "all"  # online batch selection: all, random, high_loss, uds (selection.py)
+    selection_fraction: float = 1.0  # candidate batch = batch_size / fraction rows; batch_size of them train
+    uds_alpha: float = 2.5e-3  # UDS: score = nuclear norm + alpha * diversity
+    uds_queue_size: int = 1024  # UDS: memory buffer of selected embeddings
     dynamic_padding: bool = True  # trim each batch's common padding (LLaDA pads to the batch's longest)
     pad_multiple: int = 64
     data_on_device: bool = True
@@ -225,6 +228,7 @@ class Trainer:
         )
         self.step = 0
         self.tokens_seen = 0
+        self._timers: list[_PhaseTimer] = []
         # Training rows stay on the device (a few hundred MB at most); lengths stay on the host
         # so that trimming a batch needs no device sync.
         on_dev = cfg.data_on_device and self.device.type == "cuda"
@@ -249,38 +253,57 @@ class Trainer:
         while True:
             yield from length_bucketed_batches(self.train_data.length, rows, generator)
 
-    def row_embeddings(self, input_ids: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
-        """[B, d_model] float32: mean input embedding of each row's clean answer tokens (for selectors)."""
-        with torch.no_grad():
-            emb = self.model.transformer.wte(input_ids).float()
-            L = input_ids.shape[1]
-            answer = (torch.arange(L, device=input_ids.device)[None, :] >= prompt_len[:, None]).float()
-            return (emb * answer[..., None]).sum(1) / answer.sum(1, keepdim=True).clamp(min=1)
-
     def train_step(self, input_ids: torch.Tensor, prompt_len: torch.Tensor, lr: float) -> torch.Tensor:
-        """One optimiser step on a candidate batch; returns the (detached) loss of the kept rows."""
+        """One optimiser step; returns the (detached) loss of the rows trained on.
+
+        Plain SFT trains on the whole batch. With a selector, ``input_ids`` is the candidate batch:
+        it is noised once, scored by a no-grad forward if the selector needs one, and the forward +
+        backward runs on the ``batch_size`` selected rows with the same noise (``selection.py``).
+        """
         for g in self.opt.param_groups:
             g["lr"] = lr
         noisy, masked, p_mask = forward_process(input_ids, prompt_len, self.mask_id, self.cfg.eps)
+        if not isinstance(self.selector, AllSelector):
+            timer = self._timer()
+            logits = losses = None
+            if self.selector.needs_forward:
+                with torch.no_grad(), self._autocast():
+                    logits = self._fwd(noisy)
+                losses = per_row_loss(logits, input_ids, masked, p_mask, prompt_len)
+            timer.mark("score_forward")
+            k = min(self.cfg.batch_size, input_ids.shape[0])
+            keep = self.selector.select(Candidates(logits, masked, losses, input_ids, prompt_len), k)
+            del logits
+            timer.mark("select")
+            noisy, masked, p_mask = noisy[keep], masked[keep], p_mask[keep]
+            input_ids, prompt_len = input_ids[keep], prompt_len[keep]
         with self._autocast():
             logits = self._fwd(noisy)
-        losses = per_row_loss(logits, input_ids, masked, p_mask, prompt_len)
-        if isinstance(self.selector, AllSelector):
-            loss = losses.mean()
-        else:
-            per_row_logits = []
-            if getattr(self.selector, "needs_logits", True):
-                per_row_logits = [logits[b][masked[b]].detach() for b in range(logits.shape[0])]
-            keep = self.selector.select(
-                per_row_logits, losses.detach(), self.row_embeddings(input_ids, prompt_len), self.cfg.selection_fraction
-            )
-            loss = losses[keep.to(losses.device)].mean()
+        loss = per_row_loss(logits, input_ids, masked, p_mask, prompt_len).mean()
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if not isinstance(self.selector, AllSelector):
+            timer.mark("train")
+            self._timers.append(timer)
         return loss.detach()
+
+    def _timer(self) -> _PhaseTimer:
+        return _PhaseTimer(self.device)
+
+    def phase_times(self) -> dict[str, float]:
+        """Mean milliseconds per step of each phase (score_forward, select, train) since the last call."""
+        if not self._timers:
+            return {}
+        totals: dict[str, float] = {}
+        for timer in self._timers:
+            for name, ms in timer.elapsed().items():
+                totals[name] = totals.get(name, 0.0) + ms
+        n = len(self._timers)
+        self._timers = []
+        return {f"{name}_ms": round(total / n, 3) for name, total in totals.items()}
 
     @torch.no_grad()
     def evaluate(self, data: TokenData | None = None, seed: int = 1234) -> dict:
@@ -358,6 +381,7 @@ class Trainer:
                     "elapsed_s": round(now - start, 2),
                     "tokens": self.tokens_seen,
                     "tok_per_s": round(window_tokens / (now - window_t)),
+                    **self.phase_times(),
                 }
                 self.log.train.append(rec)
                 pbar.update(self.step, f"loss {loss:.4f} lr {lr:.2e} {rec['tok_per_s']} tok/s")
@@ -389,6 +413,35 @@ class Trainer:
             self.save_fn(self.model, self.step)
         if self.log_path is not None:
             self.log.save(self.log_path)
+
+
+class _PhaseTimer:
+    """Marks the end of each phase of one step: CUDA events on a GPU (read later, no sync now), else the clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object]] = [("start", self._now())]
+
+    def _now(self) -> object:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, self._now()))
+
+    def elapsed(self) -> dict[str, float]:
+        """Milliseconds of each phase (synchronises on the last event)."""
+        out = {}
+        for (_, a), (name, b) in zip(self.marks, self.marks[1:], strict=False):
+            if self.cuda:
+                b.synchronize()
+                out[name] = a.elapsed_time(b)
+            else:
+                out[name] = (b - a) * 1e3
+        return out
 
 
 class _progress:
