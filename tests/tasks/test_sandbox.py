@@ -69,3 +69,12 @@ def test_isolated_cwd_and_stdin():
     r = run_python("import os, sys\nassert os.listdir('.') == ['main.py'] or 'main.py' in os.listdir('.')\n"
                    "assert sys.stdin.read() == ''")
     assert r.passed, r.stderr
+
+
+def test_parallel_calls_from_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    programs = [f"assert {i} * 2 == {2 * i}" if i % 2 else f"assert {i} == -1" for i in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run_python, programs))
+    assert [r.passed for r in results] == [bool(i % 2) for i in range(8)]

@@ -25,6 +25,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,7 @@ def decode_batch(
                       **spec.generate_kwargs())
     wall = time.perf_counter() - tic
     batch_id = uuid.uuid4().hex[:12]
+    scores = score_all(task, [e for _, e in batch], out.texts)
     records = []
     for row, (index, example) in enumerate(batch):
         nfe = int(out.nfe_per_row[row])
@@ -298,12 +300,21 @@ def decode_batch(
         completion = out.texts[row]
         records.append({
             "spec": spec.label, "task": task_name, "id": example.id, "index": index,
-            "score": float(task.score(example, completion)), "nfe": nfe, "tokens": tokens,
+            "score": scores[row], "nfe": nfe, "tokens": tokens,
             "tokens_per_nfe": tokens / max(nfe, 1), "batch_nfe": int(out.nfe), "batch": batch_id,
             "batch_size": len(batch), "batch_seconds": wall, "seconds": wall / len(batch),
             "completion": completion,
         })
     return records
+
+
+def score_all(task: Task, examples: list[Example], completions: list[str]) -> list[float]:
+    """Score a batch; in threads (code scoring waits on sandboxed subprocesses, which release the GIL)."""
+    workers = min(len(examples), os.cpu_count() or 1)
+    if workers <= 1:
+        return [float(task.score(e, c)) for e, c in zip(examples, completions, strict=True)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [float(s) for s in pool.map(task.score, examples, completions)]
 
 
 # --------------------------------------------------------------------------- aggregates

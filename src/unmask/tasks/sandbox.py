@@ -3,14 +3,14 @@
 Not a security boundary (no namespaces or seccomp): it protects the evaluator from infinite
 loops, memory blow-ups, crashes and early exits in model-written code. A run counts as passed
 only if the process exits 0 *and* prints a random sentinel appended after the code, so
-`sys.exit(0)` or `os._exit(0)` before the tests cannot pass. Limits are set with `preexec_fn`,
-which CPython documents as unsafe with threads: score in parallel with processes, not threads.
+`sys.exit(0)` or `os._exit(0)` before the tests cannot pass. The limits are set by a short
+bootstrap inside the child before it runs the code (no `preexec_fn`, which CPython documents as
+unsafe with threads), so `run_python` may be called from several threads at once.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -34,21 +34,21 @@ class SandboxResult:
     stdout: str = ""
 
 
-def _set_limit(which: int, value: int) -> None:
-    _, hard = resource.getrlimit(which)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(which, (value, hard if hard != resource.RLIM_INFINITY else value))
-
-
-def _limiter(memory_mb: int, cpu_s: int):
-    def apply() -> None:  # runs in the child between fork and exec
-        _set_limit(resource.RLIMIT_AS, memory_mb << 20)
-        _set_limit(resource.RLIMIT_CPU, cpu_s)
-        _set_limit(resource.RLIMIT_FSIZE, _OUTPUT_LIMIT)
-        _set_limit(resource.RLIMIT_CORE, 0)
-
-    return apply
+def _bootstrap(memory_mb: int, cpu_s: int) -> str:
+    """``python -c`` source: lower the soft (and unlimited hard) rlimits, then run ``main.py`` as ``__main__``."""
+    return (
+        "import resource as _r\n"
+        "def _lim(which, value):\n"
+        "    _, hard = _r.getrlimit(which)\n"
+        "    if hard != _r.RLIM_INFINITY:\n"
+        "        value = min(value, hard)\n"
+        "    _r.setrlimit(which, (value, hard if hard != _r.RLIM_INFINITY else value))\n"
+        f"_lim(_r.RLIMIT_AS, {memory_mb << 20}); _lim(_r.RLIMIT_CPU, {cpu_s})\n"
+        f"_lim(_r.RLIMIT_FSIZE, {_OUTPUT_LIMIT}); _lim(_r.RLIMIT_CORE, 0)\n"
+        "del _r, _lim\n"
+        "__file__ = 'main.py'\n"
+        "exec(compile(open('main.py', encoding='utf-8').read(), 'main.py', 'exec'))\n"
+    )
 
 
 def _tail(path: Path, n: int) -> str:
@@ -70,9 +70,8 @@ def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Sandb
         timed_out = False
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "main.py"], cwd=tmp, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True,
-                preexec_fn=_limiter(memory_mb, int(timeout_s) + 1),
+                [sys.executable, "-I", "-c", _bootstrap(memory_mb, int(timeout_s) + 1)], cwd=tmp, env=env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
             )
             try:
                 proc.wait(timeout=timeout_s)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# GPU results of the evaluation issue, in one command (about 6 minutes on one H100):
+#   1. `unmask bench` at the LLaDA-8B shape with random weights: per-step latency of each cache mode
+#      at batch 1 and 32, beside the weight-read and FLOP floors;
+#   2. the embedded testbed model's accuracy with the LLaDA baseline (topk, one token per step,
+#      block 32) on the math, code and long test splits;
+#   3. every policy on the embedded model (math, code, long) at gen_length 256 and 512, block 32.
+# Run from the repository root; results go to $OUT (bench/, baseline/, grid256/, grid512/).
+#     OUT=/tmp/gpu bash benchmarks/gpu_eval.sh
+set -euo pipefail
+OUT="${OUT:-runs/gpu}"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+UNMASK="python3 -m unmask.cli"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+SPECS=(topk threshold:0.9 threshold:0.7 factor:1.0 factor:2.0 frechet:0.25 frechet:0
+       topk+credit threshold:0.9+credit factor:1.0+credit frechet:0.25+credit threshold:0.9+credit-adaptive
+       threshold:0.9@prefix threshold:0.9@dual factor:1.0@dual frechet:0.25@dual)
+SPEC_ARGS=()
+for s in "${SPECS[@]}"; do SPEC_ARGS+=(-s "$s"); done
+
+$UNMASK bench --random-weights llada-8b --batch 1 --batch 32 -o "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
+$UNMASK eval -s topk -t math -t code -t long -n "${BASELINE_N:-512}" -b 128 --gen-length 512 \
+    -o "$OUT/baseline" --no-progress 2>&1 | tee "$OUT/baseline.log"
+$UNMASK eval "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 256 \
+    -o "$OUT/grid256" --no-progress 2>&1 | tee "$OUT/grid256.log"
+$UNMASK eval "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 512 \
+    -o "$OUT/grid512" --no-progress 2>&1 | tee "$OUT/grid512.log"
+rm -f "$OUT"/*/records.jsonl.tmp
