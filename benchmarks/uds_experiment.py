@@ -6,8 +6,9 @@ is streamed once in candidate batches of ``batch / budget`` rows; from each, the
 same number of rows with the same number of steps (same compute for the backward passes); UDS and
 big-loss also pay a no-grad scoring forward over every candidate, which is reported as wall-clock.
 
-Each run starts from the same initial model (``--init``: a checkpoint folder to fine-tune, or a
-fresh model of ``--shape``), then is scored on held-out data: masked-diffusion validation loss, and
+Each run starts from the same model (``--init``: by default the embedded testbed model, so this is
+continued SFT on fresh rows of its task distribution; ``scratch``: a fresh model of ``--shape``), then
+is scored on held-out data: masked-diffusion validation loss, and
 exact accuracy (math) / pass@1 (code) on the test splits with the LLaDA baseline decoder (topk, one
 token per step, block 32).
 
@@ -52,9 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--selectors", nargs="+", default=["uds", "random", "high_loss"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch", type=int, default=64, help="rows trained per step")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--shape", default="small", choices=sorted(SHAPES))
-    ap.add_argument("--init", type=Path, default=None, help="checkpoint folder to fine-tune (default: from scratch)")
+    ap.add_argument("--init", default=str(ASSETS),
+                    help="checkpoint folder to fine-tune (default: the embedded testbed model); 'scratch': a fresh "
+                    "model of --shape")
     ap.add_argument("--tokenizer", type=Path, default=ASSETS, help="folder with tokenizer.json (default: embedded)")
     ap.add_argument("--eval-math", type=int, default=128)
     ap.add_argument("--eval-code", type=int, default=64)
@@ -105,7 +108,7 @@ def base_model(args, seed: int):
     from unmask.models.loading import load_model
     from unmask.train.trainer import init_weights
 
-    if args.init is not None:
+    if args.init != "scratch":
         return load_model(args.init, device="cpu", dtype=torch.float32)
     ref = json.loads((args.tokenizer / "config.json").read_text()) if (args.tokenizer / "config.json").is_file() else {}
     fields = {k: ref[k] for k in ("vocab_size", "embedding_size", "mask_token_id", "eos_token_id", "pad_token_id")}

@@ -54,6 +54,10 @@ def train_command(
         None, "--fraction", help="Selection budget: train on this share of each candidate batch of batch_size/fraction."
     ),
     uds_alpha: float | None = typer.Option(None, "--uds-alpha", help="UDS weight of diversity (default 2.5e-3)."),
+    init: str | None = typer.Option(
+        None, "--init", help="Fine-tune this checkpoint (folder or hub id; 'embedded': the testbed model) "
+        "with its tokenizer, instead of training a fresh model."
+    ),
 ) -> None:
     """Train a LLaDA-architecture model (masked-diffusion SFT) and write a directly loadable folder."""
     from unmask.train.pipeline import run
@@ -87,7 +91,11 @@ def train_command(
             setattr(obj, name, value)
     if max_minutes is not None:
         t.max_minutes = max_minutes or None
-    run(preset, out, log=typer.echo)
+    if init == "embedded":
+        from unmask.api import embedded_model_path
+
+        init = str(embedded_model_path())
+    run(preset, out, log=typer.echo, init=init)
 
 
 train_app = typer.Typer(add_completion=False, help="Train models with the masked-diffusion objective.")

@@ -23,7 +23,13 @@ import torch
 from unmask.train.data import TokenData, encode_pretrain, encode_sft
 from unmask.train.presets import Preset
 from unmask.train.selection import make_selector
-from unmask.train.tokenizer import padded_embedding_size, special_ids, tokenizer_files, train_tokenizer
+from unmask.train.tokenizer import (
+    load_tokenizer,
+    padded_embedding_size,
+    special_ids,
+    tokenizer_files,
+    train_tokenizer,
+)
 from unmask.train.trainer import Trainer, init_weights, param_count, plot_losses
 
 MODEL_DIR = "model"
@@ -107,8 +113,12 @@ def _stats(data: TokenData) -> dict:
     return out
 
 
-def run(preset: Preset, out: str | Path, log=print) -> dict:
-    """Train ``preset`` and write ``out/model``, ``out/train_log.json`` and ``out/loss.png``; returns the log."""
+def run(preset: Preset, out: str | Path, log=print, init: str | Path | None = None) -> dict:
+    """Train ``preset`` and write ``out/model``, ``out/train_log.json`` and ``out/loss.png``; returns the log.
+
+    ``init``: a checkpoint folder (or hub id) to fine-tune: its weights, shape and tokenizer are used
+    (the preset's model shape and tokenizer settings are ignored); default: a fresh model.
+    """
     from unmask.models.llada import LLaDAModel
     from unmask.models.loading import save_pretrained
 
@@ -125,7 +135,13 @@ def run(preset: Preset, out: str | Path, log=print) -> dict:
 
     t0 = time.perf_counter()
     extra = _pretrain_texts()
-    tok = train_tokenizer(tokenizer_corpus(train_ex, d.tokenizer_examples, extra), d.tokenizer_vocab)
+    if init is not None:
+        from unmask.models.loading import resolve_model_path
+
+        init_folder = resolve_model_path(init)
+        tok = load_tokenizer(init_folder)
+    else:
+        tok = train_tokenizer(tokenizer_corpus(train_ex, d.tokenizer_examples, extra), d.tokenizer_vocab)
     train = encode_sft(train_ex, tok, d.seq_len)
     val = encode_sft(val_ex, tok, d.seq_len)
     if d.pretrain:
@@ -137,8 +153,18 @@ def run(preset: Preset, out: str | Path, log=print) -> dict:
         f"seq_len={d.seq_len} dropped) in {t_tok:.1f}s; mean length {float(train.length.float().mean()):.0f}"
     )
 
-    config = model_config(preset, tok, d.seq_len)
-    model = init_weights(LLaDAModel(config), seed=tc.seed)
+    if init is not None:
+        from unmask.models.loading import load_model
+
+        model = load_model(init_folder, dtype=torch.float32, device="cpu")
+        config = model.config
+        if int(train.length.max()) > config.max_sequence_length:
+            raise ValueError(f"rows of up to {int(train.length.max())} tokens exceed the checkpoint's "
+                             f"max_sequence_length={config.max_sequence_length}; lower seq_len")
+        log(f"fine-tuning {init_folder}")
+    else:
+        config = model_config(preset, tok, d.seq_len)
+        model = init_weights(LLaDAModel(config), seed=tc.seed)
     log(
         f"model: {param_count(model) / 1e6:.2f}M parameters, {config.n_layers} layers, d_model {config.d_model}, "
         f"vocab {config.vocab_size} (embedding {config.embedding_size})"
