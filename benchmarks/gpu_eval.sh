@@ -7,23 +7,27 @@
 #   3. every policy on the embedded model (math, code, long) at gen_length 256 and 512, block 32.
 # Run from the repository root; results go to $OUT (bench/, baseline/, grid256/, grid512/).
 #     OUT=/tmp/gpu bash benchmarks/gpu_eval.sh
+# PARTS picks steps (default "bench baseline grid256 grid512"); SPECS overrides the policy list;
+# BASELINE_N and GRID_N the examples per task.
 set -euo pipefail
 OUT="${OUT:-runs/gpu}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 UNMASK="python3 -m unmask.cli"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-SPECS=(topk threshold:0.9 threshold:0.7 factor:1.0 factor:2.0 frechet:0.25 frechet:0
-       topk+credit threshold:0.9+credit factor:1.0+credit frechet:0.25+credit threshold:0.9+credit-adaptive
-       threshold:0.9@prefix threshold:0.9@dual factor:1.0@dual frechet:0.25@dual)
+PARTS="${PARTS:-bench baseline grid256 grid512}"
+SPECS="${SPECS:-topk threshold:0.9 threshold:0.7 factor:1.0 factor:2.0 frechet:0.25 frechet:0 topk+credit
+  threshold:0.9+credit factor:1.0+credit frechet:0.25+credit threshold:0.9+credit-adaptive threshold:0.9@prefix
+  threshold:0.9@dual factor:1.0@dual frechet:0.25@dual}"
 SPEC_ARGS=()
-for s in "${SPECS[@]}"; do SPEC_ARGS+=(-s "$s"); done
+for s in $SPECS; do SPEC_ARGS+=(-s "$s"); done
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 
-$UNMASK bench --random-weights llada-8b --batch 1 --batch 32 -o "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
-$UNMASK eval -s topk -t math -t code -t long -n "${BASELINE_N:-512}" -b 128 --gen-length 512 \
+has bench && $UNMASK bench --random-weights llada-8b --batch 1 --batch 32 -o "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
+has baseline && $UNMASK eval -s topk -t math -t code -t long -n "${BASELINE_N:-512}" -b 128 --gen-length 512 \
     -o "$OUT/baseline" --no-progress 2>&1 | tee "$OUT/baseline.log"
-$UNMASK eval "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 256 \
+has grid256 && $UNMASK eval "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 256 \
     -o "$OUT/grid256" --no-progress 2>&1 | tee "$OUT/grid256.log"
-$UNMASK eval "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 512 \
+has grid512 && $UNMASK eval "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 512 \
     -o "$OUT/grid512" --no-progress 2>&1 | tee "$OUT/grid512.log"
-rm -f "$OUT"/*/records.jsonl.tmp
+true

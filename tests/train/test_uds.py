@@ -36,7 +36,7 @@ def numpy_nuclear(m: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 9, 4), (1, 6, 6)])
-@pytest.mark.parametrize("method", ["gram", "svd"])
+@pytest.mark.parametrize("method", ["gram", "gram_cpu", "svd"])
 def test_nuclear_norm_matches_svd(shape, method):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3
     x[0, 1] = 0  # a zero row, as for an unmasked position
@@ -52,6 +52,9 @@ def test_nuclear_norm_of_rank_one_and_bad_method():
     assert nuclear_norms(x)[0].item() == pytest.approx(u.norm().item() * v.norm().item(), rel=1e-5)
     with pytest.raises(ValueError, match="unknown nuclear-norm method 'qr'"):
         nuclear_norms(x, "qr")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA tensor"):
+            nuclear_norms(x, "gesvda")
 
 
 def test_masked_matrix_has_the_nuclear_norm_of_the_masked_rows():

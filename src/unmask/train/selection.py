@@ -115,25 +115,54 @@ def masked_logit_matrices(logits: torch.Tensor, masked: torch.Tensor, vocab_size
     return x.float() * masked[..., None].to(torch.float32)
 
 
+NUCLEAR_METHODS = ("gram", "gram_cpu", "svd", "gesvda")
+
+
 def nuclear_norms(x: torch.Tensor, method: str = "gram") -> torch.Tensor:
     """[B] float32: ``||X_b||_* = sum_i sigma_i(X_b)``, the UDS utility (``torch.linalg.svdvals(logits).sum(1)``).
 
-    method ``svd``: singular values of X directly (float32). method ``gram``: ``sum_i sqrt(lambda_i)``
-    over the eigenvalues of the Gram matrix ``G = X X^T`` (or ``X^T X``, whichever is smaller),
-    formed and solved in float64 so that squaring loses nothing; eigenvalues below zero from
-    round-off are clamped. Both give the same value to float32 precision; ``gram`` is the faster on
-    GPUs, where batched symmetric eigensolvers beat batched SVD.
+    Methods (all exact up to floating point; ``benchmarks/uds_experiment.py`` times them and checks
+    they agree before choosing one):
+
+    - ``gram``: ``sum_i sqrt(lambda_i)`` over the eigenvalues of the Gram matrix ``G = X X^T`` (or
+      ``X^T X``, whichever is smaller), formed and solved in float64 so that squaring loses nothing;
+      round-off eigenvalues below zero are clamped;
+    - ``gram_cpu``: the same, with ``G`` formed on X's device and the eigenvalues solved on the CPU
+      in parallel threads (small eigenproblems run faster there than as a loop of GPU solver calls);
+    - ``svd``: singular values of X directly (float32);
+    - ``gesvda``: cuSOLVER's batched tall-skinny SVD (CUDA only, float32; ``driver="gesvda"``).
     """
     if x.ndim != 3:
         raise ValueError(f"expected a batch of matrices [B, n, m], got shape {tuple(x.shape)}")
     if method == "svd":
         return torch.linalg.svdvals(x.float()).sum(-1)
-    if method == "gram":
+    if method == "gesvda":
+        if x.device.type != "cuda":
+            raise ValueError("nuclear-norm method 'gesvda' needs a CUDA tensor")
+        tall = x.float() if x.shape[1] >= x.shape[2] else x.float().transpose(1, 2)
+        return torch.linalg.svdvals(tall, driver="gesvda").sum(-1)
+    if method in ("gram", "gram_cpu"):
         x64 = x.double()
         gram = x64 @ x64.transpose(1, 2) if x.shape[1] <= x.shape[2] else x64.transpose(1, 2) @ x64
-        eig = torch.linalg.eigvalsh(gram)
+        if method == "gram":
+            eig = torch.linalg.eigvalsh(gram)
+        else:
+            eig = _eigvalsh_threads(gram.cpu()).to(x.device)
         return eig.clamp(min=0).sqrt().sum(-1).float()
-    raise ValueError(f"unknown nuclear-norm method {method!r}; allowed: 'gram', 'svd'")
+    raise ValueError(f"unknown nuclear-norm method {method!r}; allowed: {', '.join(NUCLEAR_METHODS)}")
+
+
+def _eigvalsh_threads(gram: torch.Tensor, workers: int | None = None) -> torch.Tensor:
+    """``torch.linalg.eigvalsh`` of a CPU batch, split over threads (LAPACK releases the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(workers or os.cpu_count() or 1, gram.shape[0]))
+    if workers == 1:
+        return torch.linalg.eigvalsh(gram)
+    chunks = gram.chunk(workers)
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        return torch.cat(list(pool.map(torch.linalg.eigvalsh, chunks)))
 
 
 class FastJLProjector:
