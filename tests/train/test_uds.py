@@ -36,7 +36,7 @@ def numpy_nuclear(m: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 9, 4), (1, 6, 6)])
-@pytest.mark.parametrize("method", ["gram", "gram_cpu", "svd"])
+@pytest.mark.parametrize("method", ["gram", "newton_schulz", "gram_cpu", "svd"])
 def test_nuclear_norm_matches_svd(shape, method):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3
     x[0, 1] = 0  # a zero row, as for an unmasked position
@@ -44,6 +44,18 @@ def test_nuclear_norm_matches_svd(shape, method):
     want = [numpy_nuclear(x[b].double().numpy()) for b in range(shape[0])]
     assert got.dtype == torch.float32 and got.shape == (shape[0],)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+def test_newton_schulz_on_ill_conditioned_and_logit_like_matrices():
+    gen = torch.Generator().manual_seed(3)
+    u, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(300, 40, dtype=torch.float64, generator=gen))
+    sigma = torch.logspace(3, -6, 40, dtype=torch.float64)  # condition number 1e9
+    spread = (u * sigma) @ v.T
+    logits = torch.randn(40, 300, dtype=torch.float64, generator=gen) * 2 + 8 * torch.randn(300, dtype=torch.float64)
+    x = torch.stack([spread, logits, torch.zeros(40, 300, dtype=torch.float64)])
+    want = [numpy_nuclear(m.numpy()) for m in x]
+    np.testing.assert_allclose(nuclear_norms(x, "newton_schulz").double().numpy(), want, rtol=1e-6, atol=1e-6)
 
 
 def test_nuclear_norm_of_rank_one_and_bad_method():
