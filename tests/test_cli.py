@@ -74,3 +74,14 @@ def test_bench_on_cpu_writes_tables(tmp_path):
     assert [r["cache"] for r in data["rows"]] == ["dual"]
     assert data["rows"][0]["step_ms"] > 0 and data["rows"][0]["e2e_step_ms"] > 0
     assert "| dual | 1 |" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--select", "best"], "--select must be one of all, random, high_loss, uds; got 'best'"),
+    (["--fraction", "0"], "--fraction must be in (0, 1], got 0.0"),
+])
+def test_train_bad_selection_options(tmp_path, args, message):
+    result = run("train", "--out", tmp_path / "out", "--config", "tiny", *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())  # typer draws a box around the error
+    assert not (tmp_path / "out").exists()

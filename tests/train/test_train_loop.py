@@ -126,6 +126,31 @@ def test_pipeline_writes_loadable_folder(examples, tmp_path, monkeypatch):
     assert logits.shape == (1, ids.shape[1], config["embedding_size"]) and torch.isfinite(logits).all()
 
 
+def test_pipeline_fine_tunes_a_checkpoint_with_uds(examples, tmp_path, monkeypatch):
+    def fake_corpus(n_per_task, split="train", seed=0, workers=0):
+        pool = examples[:300] if split == "train" else examples[300:]
+        return [ex for ex in pool if ex.task in n_per_task][: sum(n_per_task.values())]
+
+    monkeypatch.setattr(pipeline, "generate_corpus", fake_corpus)
+    monkeypatch.setattr(pipeline, "_pretrain_texts", lambda: ["Numbers: 1 2 3. Words and more words."] * 20)
+    preset = load_preset("tiny")
+    preset.train.steps, preset.train.eval_every = 2, 0
+    preset.data.seq_len, preset.data.tokenizer_vocab = 128, 320
+    pipeline.run(preset, tmp_path / "base", log=lambda *a: None)
+    base = tmp_path / "base" / "model"
+
+    preset.train.selector, preset.train.selection_fraction, preset.train.steps = "uds", 0.25, 3
+    pipeline.run(preset, tmp_path / "sft", log=lambda *a: None, init=base)
+    sft = tmp_path / "sft" / "model"
+    assert (sft / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()  # the base's tokenizer
+    assert json.loads((sft / "config.json").read_text()) == json.loads((base / "config.json").read_text())
+    before, after = load_model(base, dtype=torch.float32, device="cpu"), load_model(sft, dtype=torch.float32)
+    assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True))
+    log = json.loads((tmp_path / "sft" / "train_log.json").read_text())
+    assert log["info"]["steps"] == 3 and "select_ms" in log["train"][-1]
+    assert log["info"]["train_config"]["selector"] == "uds"
+
+
 def test_save_reload_same_logits(tokenizer, tmp_path):
     from unmask.models.loading import save_pretrained
 
