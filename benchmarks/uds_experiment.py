@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=4, help="runs in parallel (processes)")
     ap.add_argument("--nuclear", default="auto", choices=["auto", "gram", "svd"])
     ap.add_argument("--corpus-seed", type=int, default=7)
+    ap.add_argument("--deadline-s", type=float, default=0,
+                    help="stop unfinished runs after this many seconds and report the finished ones (0: none)")
     return ap.parse_args(argv)
 
 
@@ -295,7 +297,8 @@ def main(argv=None) -> None:
     data_path = build_data(args)
     nuclear, nuclear_info = pick_nuclear(args, data_path)
     jobs = [(sel, b, s) for s in args.seeds for b in args.budgets for sel in args.selectors]
-    jobs.sort(key=lambda j: -(j[0] != "random") - j[1])  # slow runs first
+    # seed by seed (a deadline leaves whole seeds), the slow selectors first within a seed
+    jobs.sort(key=lambda j: (args.seeds.index(j[2]), j[0] == "random", -j[1]))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     for job in jobs:
@@ -307,10 +310,16 @@ def main(argv=None) -> None:
              for _ in range(args.workers)]
     for p in procs:
         p.start()
+    deadline = t0 + args.deadline_s if args.deadline_s else None
     for p in procs:
-        p.join()
-    print(f"{len(jobs)} runs in {time.perf_counter() - t0:.0f}s on {args.workers} workers", flush=True)
+        p.join(None if deadline is None else max(0.0, deadline - time.perf_counter()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            print("deadline reached: unfinished runs stopped", flush=True)
     results = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
+    print(f"{len(results)} of {len(jobs)} runs finished in {time.perf_counter() - t0:.0f}s on {args.workers} workers",
+          flush=True)
     summarise(args, results, nuclear_info)
     os.remove(data_path)
 
