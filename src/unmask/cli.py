@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from unmask.cli_errors import friendly_errors
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.policies import POLICY_NAMES
 from unmask.eval.cli import compare_command, eval_command, trace_command
@@ -26,21 +25,6 @@ app = typer.Typer(
     "testbed model is used.",
 )
 console = Console()
-err_console = Console(stderr=True)
-
-
-def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad input (ValueError, missing files, broken checkpoints) into one clear line and exit code 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
-            err_console.print(f"[bold red]error:[/] {err}")
-            raise typer.Exit(2) from err
-
-    return wrapper
 
 
 def read_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:

@@ -8,36 +8,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 
+from unmask.cli_errors import friendly_errors
 from unmask.eval.compare import COMPARE_SPECS
 from unmask.eval.spec import SPEC_FORMS
 
 console = Console()
-err_console = Console(stderr=True)
 
 
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input (ValueError, missing files) -> one red line and exit code 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
-            err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
-            raise typer.Exit(2) from err
-
-    return wrapper
-
-
-@_friendly
+@friendly_errors
 def eval_command(
     specs: list[str] = typer.Option(
         list(COMPARE_SPECS), "--spec", "-s",
@@ -81,7 +64,7 @@ def eval_command(
                   f"({', '.join(p.name for p in report.files.values())})[/]")
 
 
-@_friendly
+@friendly_errors
 def compare_command(
     model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
     n: int | None = typer.Option(None, "--n", "-n", help="Test examples per task (default 16 on GPU, 4 on CPU)."),
@@ -101,7 +84,7 @@ def compare_command(
                 device=device, dtype=dtype, progress=progress, console=console)
 
 
-@_friendly
+@friendly_errors
 def trace_command(
     prompt: str = typer.Argument(..., help="The prompt to decode (the chat template is applied)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
