@@ -198,3 +198,15 @@ def test_trainer_runs_uds(examples, tokenizer):
     assert log.info["steps"] == 3 and sel.queue_count == 6
     assert all(math.isfinite(r["loss"]) for r in log.train)
     assert log.train[-1]["select_ms"] > 0
+
+
+def test_scores_in_chunks_equal_one_pass(monkeypatch):
+    import unmask.train.selection as selection
+
+    gen = torch.Generator().manual_seed(7)
+    logits, masked = torch.randn(9, 6, 12, generator=gen), torch.rand(9, 6, generator=gen) < 0.7
+    whole = UDSSelector(vocab_size=10, max_len=8, r1=2, r2=4).scores(make_batch(logits, masked))
+    monkeypatch.setattr(selection, "CHUNK_ELEMENTS", 2 * 6 * 10)  # two rows per chunk
+    chunked = UDSSelector(vocab_size=10, max_len=8, r1=2, r2=4).scores(make_batch(logits, masked))
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b)

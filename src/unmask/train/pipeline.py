@@ -134,7 +134,7 @@ def run(preset: Preset, out: str | Path, log=print, init: str | Path | None = No
     log(f"corpus: {len(train_ex)} train / {len(val_ex)} validation examples in {t_gen:.1f}s")
 
     t0 = time.perf_counter()
-    extra = _pretrain_texts()
+    extra = _pretrain_texts() if (init is None or d.pretrain) else []
     if init is not None:
         from unmask.models.loading import resolve_model_path
 

@@ -234,6 +234,9 @@ def _cos_table(n: int, freqs: torch.Tensor) -> torch.Tensor:
     return torch.cos(2 * math.pi * phase.double() / n)
 
 
+CHUNK_ELEMENTS = 1 << 27  # logits per UDS scoring chunk (512 MiB in float32)
+
+
 class UDSSelector:
     """UDS: utility + alpha * inter-sample diversity, top ``k`` (gfyddha/UDS ``compute_top_index``).
 
@@ -275,15 +278,24 @@ class UDSSelector:
         self.last_scores: dict[str, torch.Tensor] = {}
 
     def scores(self, batch: Candidates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(utility [B], diversity [B], embeddings [B, D]) of a candidate batch."""
+        """(utility [B], diversity [B], embeddings [B, D]) of a candidate batch.
+
+        Rows go through in chunks of at most ``CHUNK_ELEMENTS`` logits, so that the float32/float64
+        copies stay bounded for large vocabularies (LLaDA-8B: 126,464 columns).
+        """
         if batch.logits is None:
             raise ValueError("UDS needs the scoring forward's logits")
-        x = masked_logit_matrices(batch.logits, batch.masked, self.vocab_size)
         method = self.nuclear
         if method == "auto":  # batched matrix products on a GPU; LAPACK eigensolvers on the CPU
-            method = "newton_schulz" if x.device.type == "cuda" else "gram"
-        utility = nuclear_norms(x, method)
-        emb = self.projector.project(x)
+            method = "newton_schulz" if batch.logits.device.type == "cuda" else "gram"
+        B, L = batch.masked.shape
+        rows = max(1, CHUNK_ELEMENTS // (L * min(batch.logits.shape[-1], self.vocab_size)))
+        utility, emb = [], []
+        for s in range(0, B, rows):
+            x = masked_logit_matrices(batch.logits[s:s + rows], batch.masked[s:s + rows], self.vocab_size)
+            utility.append(nuclear_norms(x, method))
+            emb.append(self.projector.project(x))
+        utility, emb = torch.cat(utility), torch.cat(emb)
         if self.queue_count == 0:
             diversity = torch.zeros_like(utility)
         else:

@@ -263,8 +263,9 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         noisy, masked, p_mask = forward_process(input_ids, prompt_len, self.mask_id, self.cfg.eps)
-        if not isinstance(self.selector, AllSelector):
-            timer = self._timer()
+        selecting = not isinstance(self.selector, AllSelector)
+        if selecting:
+            timer = _PhaseTimer(self.device)
             logits = losses = None
             if self.selector.needs_forward:
                 with torch.no_grad(), self._autocast():
@@ -285,13 +286,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        if not isinstance(self.selector, AllSelector):
+        if selecting:
             timer.mark("train")
             self._timers.append(timer)
         return loss.detach()
-
-    def _timer(self) -> _PhaseTimer:
-        return _PhaseTimer(self.device)
 
     def phase_times(self) -> dict[str, float]:
         """Mean milliseconds per step of each phase (score_forward, select, train) since the last call."""
@@ -379,7 +377,7 @@ class Trainer:
                     "loss": loss,
                     "lr": lr,
                     "elapsed_s": round(now - start, 2),
-                    "tokens": self.tokens_seen,
+                    "tokens": self.tokens_seen,  # of the (candidate) batches drawn
                     "tok_per_s": round(window_tokens / (now - window_t)),
                     **self.phase_times(),
                 }
