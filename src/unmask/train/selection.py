@@ -221,9 +221,10 @@ class FastJLProjector:
         B, L, V = x.shape
         if L > self.T or V != self.V:
             raise ValueError(f"projector built for at most {self.T} x {self.V} matrices, got {L} x {V}")
-        c1, c2 = self.c1.to(x.device), self.c2.to(x.device)
-        y = x.float() @ c2  # [B, L, r2]
-        z = c1[:L].T @ y  # [B, r1, r2]
+        if self.c2.device != x.device:  # move the tables once, not every step
+            self.c1, self.c2 = self.c1.to(x.device), self.c2.to(x.device)
+        y = x.float() @ self.c2  # [B, L, r2]
+        z = self.c1[:L].T @ y  # [B, r1, r2]
         return z.reshape(B, -1)
 
 
