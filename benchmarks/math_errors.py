@@ -1,0 +1,57 @@
+"""Where the math answers of an eval run go wrong: arithmetic slips vs structure (extra/missing steps).
+
+Reads ``records.jsonl`` of ``unmask eval`` (task ``math``, synthetic test split) and reports, per spec:
+accuracy, the share of equations ``a op b = c`` in the completions whose arithmetic is wrong, and
+the distribution of (completion lines - reference lines).
+
+    python benchmarks/math_errors.py runs/eval/records.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+from pathlib import Path
+
+EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+
+
+def check(a: int, op: str, b: int, c: int) -> bool:
+    if op == "/":
+        return b != 0 and a == b * c
+    return {"+": a + b, "-": a - b, "*": a * b}[op] == c
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("records", type=Path)
+    args = ap.parse_args(argv)
+
+    from unmask.tasks.base import get_task
+
+    task = get_task("math")
+    records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["task"] == "math"]
+    if not records:
+        raise SystemExit(f"{args.records}: no math records")
+    examples = {e.id: e for e in task.examples("test", max(r["index"] for r in records) + 1, 0)}
+    for spec in dict.fromkeys(r["spec"] for r in records):
+        rows = [r for r in records if r["spec"] == spec and r["id"] in examples]
+        equations = wrong = 0
+        line_diff: collections.Counter = collections.Counter()
+        for r in rows:
+            for m in EQUATION.finditer(r["completion"]):
+                equations += 1
+                wrong += not check(int(m[1]), m[2], int(m[3]), int(m[4]))
+            ref = examples[r["id"]].target.strip().split("\n")
+            line_diff[len(r["completion"].strip().split("\n")) - len(ref)] += 1
+        acc = sum(r["score"] for r in rows) / len(rows)
+        diffs = ", ".join(f"{d:+d}: {n / len(rows):.0%}" for d, n in sorted(line_diff.items()))
+        print(f"{spec}: n={len(rows)} accuracy {acc:.3f}; equations {equations}, arithmetic wrong "
+              f"{wrong / max(1, equations):.1%}; lines vs reference {{{diffs}}}")
+
+
+if __name__ == "__main__":
+    main()
