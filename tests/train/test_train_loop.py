@@ -71,6 +71,22 @@ def test_selector_trains_on_the_selected_rows_with_the_same_noise(examples, toke
     assert {"score_forward_ms", "select_ms", "train_ms"} <= set(log.train[0])
 
 
+def test_pad_extra_lengthens_the_canvas(examples, tokenizer):
+    data = encode_sft(examples[:16], tokenizer, seq_len=256)
+    widths = {}
+    for extra in (0, 128):
+        model, preset = tiny_model(tokenizer)
+        cfg = preset.train
+        cfg.steps, cfg.batch_size, cfg.pad_extra, cfg.pad_multiple = 8, 4, extra, 16
+        shapes = []
+        model.register_forward_pre_hook(lambda module, args, shapes=shapes: shapes.append(args[0].shape[1]))
+        Trainer(model, data, cfg, special_ids(tokenizer)["mask"]).fit()
+        widths[extra] = shapes
+    longest = int(data.length.max())
+    assert max(widths[0]) <= -(-(longest + 1) // 16) * 16  # trimmed to the longest row
+    assert max(widths[128]) > max(widths[0]) and len(set(widths[128])) > 1  # random extra padding
+
+
 def test_baseline_selectors():
     losses = torch.tensor([0.1, 3.0, 2.0, 0.5])
     batch = Candidates(None, torch.ones(4, 3, dtype=torch.bool), losses, torch.zeros(4, 3), torch.zeros(4))

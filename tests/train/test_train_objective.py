@@ -79,3 +79,5 @@ def test_batching_helpers():
     assert trim_batch(ids, torch.tensor([10, 70]), 64).shape == (2, 128)
     assert trim_batch(ids, torch.tensor([10, 64]), 64).shape == (2, 128)  # keeps one end-of-text
     assert trim_batch(ids, torch.tensor([10, 250]), 64).shape == (2, 256)
+    assert trim_batch(ids, torch.tensor([10, 70]), 64, extra=100).shape == (2, 192)  # 71 + 100 -> 192
+    assert trim_batch(ids, torch.tensor([10, 250]), 64, extra=500).shape == (2, ids.shape[1])  # capped

@@ -54,6 +54,10 @@ def train_command(
         None, "--fraction", help="Selection budget: train on this share of each candidate batch of batch_size/fraction."
     ),
     uds_alpha: float | None = typer.Option(None, "--uds-alpha", help="UDS weight of diversity (default 2.5e-3)."),
+    pad_extra: int | None = typer.Option(
+        None, "--pad-extra", help="Keep up to this many more end-of-text padding tokens per batch (drawn "
+        "uniformly), so that the canvas length does not give the answer length away."
+    ),
     init: str | None = typer.Option(
         None, "--init", help="Fine-tune this checkpoint (folder or hub id; 'embedded': the testbed model) "
         "with its tokenizer, instead of training a fresh model."
@@ -64,6 +68,8 @@ def train_command(
 
     if select is not None and select not in ("all", "random", "high_loss", "uds"):
         raise typer.BadParameter(f"--select must be one of all, random, high_loss, uds; got {select!r}")
+    if pad_extra is not None and pad_extra < 0:
+        raise typer.BadParameter(f"--pad-extra must be >= 0 tokens, got {pad_extra}")
     if fraction is not None and not 0 < fraction <= 1:
         raise typer.BadParameter(f"--fraction must be in (0, 1], got {fraction}")
     preset = load_preset(config)
@@ -80,6 +86,7 @@ def train_command(
         (t, "selector", select),
         (t, "selection_fraction", fraction),
         (t, "uds_alpha", uds_alpha),
+        (t, "pad_extra", pad_extra),
         (d, "seq_len", seq_len),
         (d, "tokenizer_vocab", tokenizer_vocab),
         (d, "workers", workers),

@@ -155,12 +155,16 @@ def length_bucketed_batches(
     return [batches[i] for i in order]
 
 
-def trim_batch(input_ids: torch.Tensor, length: torch.Tensor, multiple: int = 64) -> torch.Tensor:
-    """Cut the common end-of-text padding of a batch down to the longest row rounded up to ``multiple``.
+def trim_batch(input_ids: torch.Tensor, length: torch.Tensor, multiple: int = 64, extra: int = 0) -> torch.Tensor:
+    """Cut the common end-of-text padding of a batch down to the longest row (+ ``extra`` tokens) rounded
+    up to ``multiple``.
 
     LLaDA's SFT guideline pads to the longest sequence of the mini-batch; rounding up keeps a few
     end-of-text targets in every batch and the number of distinct shapes small (for torch.compile).
+    ``extra`` keeps more of the padding: with length-bucketed batches the padding is otherwise so short
+    that the canvas length gives the answer length away, and the model then misjudges answers on a
+    longer canvas at inference (the trainer draws ``extra`` per batch, ``TrainConfig.pad_extra``).
     """
-    L = int(length.max()) + 1  # at least one end-of-text target after the longest row
+    L = int(length.max()) + 1 + extra  # at least one end-of-text target after the longest row
     L = min(input_ids.shape[1], -(-L // multiple) * multiple)
     return input_ids[:, :L]

@@ -156,6 +156,7 @@ class TrainConfig:
     uds_queue_size: int = 1024  # UDS: memory buffer of selected embeddings
     dynamic_padding: bool = True  # trim each batch's common padding (LLaDA pads to the batch's longest)
     pad_multiple: int = 64
+    pad_extra: int = 0  # keep U{0..pad_extra} more end-of-text padding per batch (canvas-length robustness)
     data_on_device: bool = True
     progress: bool = True
 
@@ -361,7 +362,8 @@ class Trainer:
             length = self.train_data.length[idx]
             ids = self._ids[idx.to(self._ids.device)]
             if cfg.dynamic_padding:
-                ids = trim_batch(ids, length, cfg.pad_multiple)
+                extra = int(torch.randint(0, cfg.pad_extra + 1, (), generator=gen)) if cfg.pad_extra else 0
+                ids = trim_batch(ids, length, cfg.pad_multiple, extra)
             ids = ids.to(self.device, torch.long, non_blocking=True)
             plen = self._plen[idx.to(self._plen.device)].to(self.device, torch.long, non_blocking=True)
             running += self.train_step(ids, plen, lr)
