@@ -248,10 +248,15 @@ class UDSSelector:
     - embedding ``e_b = FastJLProjector(X_b)`` (r1 * r2 = 1024 dims);
     - diversity ``d_b = mean_{q in Q} ||e_b - q||_2`` over the memory buffer Q of embeddings of
       recently selected rows (0 while Q is empty);
-    - score ``s_b = u_b + alpha * d_b`` (alpha = 2.5e-3); keep the ``k`` largest;
+    - score ``s_b = u_b + alpha * d_b``; keep the ``k`` largest (alpha = 2.5e-3, the trainer's default;
+      the repository's MMLU script passes 1.5e-3);
     - push the kept rows' embeddings into Q, a FIFO ring of ``queue_size`` = 1024 entries.
 
     ``nuclear``: the ``nuclear_norms`` method; ``auto`` takes ``newton_schulz`` on a GPU, ``gram`` on the CPU.
+
+    One deliberate difference from the UDS code, which scores an autoregressive model's logits at every
+    position of the padded sequence: for masked diffusion the matrix is taken at the masked response
+    positions of the training forward (DESIGN.md section 8), the positions the loss is computed on.
     """
 
     needs_forward = True
