@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# GPU results of the evaluation issue, in one command (about 6 minutes on one H100):
+# GPU results of the evaluation issue. Measured on one H100: bench about 2 min, baseline (n=512)
+# about 3 min, grid256 + grid512 with GRID_N=64 and 9 specs about 3 min; all parts with the defaults
+# (16 specs, n=128) exceed a 10-minute call, so run them in parts:
 #   1. `unmask bench` at the LLaDA-8B shape with random weights: per-step latency of each cache mode
 #      at batch 1 and 32, beside the weight-read and FLOP floors;
 #   2. the embedded testbed model's accuracy with the LLaDA baseline (topk, one token per step,
