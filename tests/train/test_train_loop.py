@@ -106,14 +106,19 @@ def test_lr_schedule():
     assert lr_factor(1000, 1.0, cfg) == pytest.approx(0.1)
 
 
-def test_pipeline_writes_loadable_folder(examples, tmp_path, monkeypatch):
+@pytest.fixture
+def small_corpus(examples, monkeypatch):
+    """The pipeline's corpus generation replaced by the session's fixed examples (train: first 300)."""
+
     def fake_corpus(n_per_task, split="train", seed=0, workers=0):
         pool = examples[:300] if split == "train" else examples[300:]
-        out = [ex for ex in pool if ex.task in n_per_task]
-        return out[: sum(n_per_task.values())]
+        return [ex for ex in pool if ex.task in n_per_task][: sum(n_per_task.values())]
 
     monkeypatch.setattr(pipeline, "generate_corpus", fake_corpus)
     monkeypatch.setattr(pipeline, "_pretrain_texts", lambda: ["Numbers: 1 2 3. Words and more words."] * 20)
+
+
+def test_pipeline_writes_loadable_folder(small_corpus, tmp_path):
     preset = load_preset("tiny")
     preset.train.steps, preset.train.eval_every = 6, 3
     preset.data.seq_len, preset.data.tokenizer_vocab = 128, 320
@@ -142,13 +147,7 @@ def test_pipeline_writes_loadable_folder(examples, tmp_path, monkeypatch):
     assert logits.shape == (1, ids.shape[1], config["embedding_size"]) and torch.isfinite(logits).all()
 
 
-def test_pipeline_fine_tunes_a_checkpoint_with_uds(examples, tmp_path, monkeypatch):
-    def fake_corpus(n_per_task, split="train", seed=0, workers=0):
-        pool = examples[:300] if split == "train" else examples[300:]
-        return [ex for ex in pool if ex.task in n_per_task][: sum(n_per_task.values())]
-
-    monkeypatch.setattr(pipeline, "generate_corpus", fake_corpus)
-    monkeypatch.setattr(pipeline, "_pretrain_texts", lambda: ["Numbers: 1 2 3. Words and more words."] * 20)
+def test_pipeline_fine_tunes_a_checkpoint_with_uds(small_corpus, tmp_path):
     preset = load_preset("tiny")
     preset.train.steps, preset.train.eval_every = 2, 0
     preset.data.seq_len, preset.data.tokenizer_vocab = 128, 320

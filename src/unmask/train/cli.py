@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from unmask.train.presets import load_preset
+from unmask.train.selection import SELECTORS
 
 
 def _parse_sizes(text: str | None) -> dict[str, int] | None:
@@ -66,8 +67,8 @@ def train_command(
     """Train a LLaDA-architecture model (masked-diffusion SFT) and write a directly loadable folder."""
     from unmask.train.pipeline import run
 
-    if select is not None and select not in ("all", "random", "high_loss", "uds"):
-        raise typer.BadParameter(f"--select must be one of all, random, high_loss, uds; got {select!r}")
+    if select is not None and select not in SELECTORS:
+        raise typer.BadParameter(f"--select must be one of {', '.join(SELECTORS)}; got {select!r}")
     if pad_extra is not None and pad_extra < 0:
         raise typer.BadParameter(f"--pad-extra must be >= 0 tokens, got {pad_extra}")
     if fraction is not None and not 0 < fraction <= 1:
