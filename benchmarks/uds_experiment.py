@@ -104,7 +104,7 @@ def load_data(path: Path) -> tuple[TokenData, TokenData]:
 # ----------------------------------------------------------------------------- one run
 
 
-def base_model(args, seed: int):
+def base_model(args):
     from unmask.models.config import LLaDAConfig
     from unmask.models.llada import LLaDAModel
     from unmask.models.loading import load_model
@@ -128,7 +128,7 @@ def run_one(args, data_path: Path, selector_name: str, budget: float, seed: int,
 
     torch.manual_seed(seed)
     train, val = load_data(data_path)
-    model = base_model(args, seed)
+    model = base_model(args)
     candidates = round(args.batch / budget)
     steps = len(train) // candidates  # one pass over the pool
     cfg = TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, steps // 20),
