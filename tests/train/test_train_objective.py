@@ -81,3 +81,44 @@ def test_batching_helpers():
     assert trim_batch(ids, torch.tensor([10, 250]), 64).shape == (2, 256)
     assert trim_batch(ids, torch.tensor([10, 70]), 64, extra=100).shape == (2, 192)  # 71 + 100 -> 192
     assert trim_batch(ids, torch.tensor([10, 250]), 64, extra=500).shape == (2, ids.shape[1])  # capped
+
+
+def test_semi_ar_rows_look_like_a_block_decoding_canvas():
+    """Each semi-AR row: clean answer prefix, one noised window of W positions, everything after masked."""
+    torch.manual_seed(2)
+    B, L, W, mask_id = 512, 96, 8, 99
+    x = torch.randint(0, 50, (B, L))
+    plen = torch.randint(1, 40, (B,))
+    _, uniform_masked, _ = forward_process(x, plen, mask_id, semi_ar_prob=0.0)
+    _, masked, p = forward_process(x, plen, mask_id, semi_ar_prob=1.0, semi_ar_block=W)
+    pos = torch.arange(L)
+    for b in range(B):
+        m = masked[b]
+        assert not m[: plen[b]].any()
+        if not m.any():  # nothing masked is possible only with the cut inside the last W positions
+            assert L - plen[b] <= W or p[b] < 0.05
+            continue
+        first = int(pos[m][0])
+        assert m[first + W :].all()  # after the current block: all masked
+        # the share of the answer masked is p (the expected share) up to the window's randomness
+        assert abs(m.sum().item() - p[b].item() * (L - plen[b]).item()) <= W + 1e-4
+    # semi-AR rows are suffix-heavy: later answer positions are masked more often than under uniform noise
+    late = pos[None, :] >= L - 8
+    assert masked[late.expand(B, L)].float().mean() > uniform_masked[late.expand(B, L)].float().mean() + 0.2
+
+
+def test_semi_ar_share_and_weights():
+    torch.manual_seed(3)
+    B, L = 4000, 64
+    x = torch.randint(0, 50, (B, L))
+    plen = torch.full((B,), 16)
+    _, uniform, _ = forward_process(x, plen, 99)
+    _, masked, p = forward_process(x, plen, 99, semi_ar_prob=0.25, semi_ar_block=8)
+    answer = L - 16
+    # the last 24 of the 48 answer positions are all masked with probability E[t^24] = 1/25 under uniform
+    # noise and at least P(cut + 8 <= 24) = 17/48 in a semi-AR row: >= 0.75/25 + 0.25 * 17/48 = 0.119
+    assert uniform[:, -24:].all(1).float().mean() < 0.06
+    assert 0.11 < masked[:, -24:].all(1).float().mean() < 0.16
+    assert ((p > 0) & (p <= 1)).all()
+    # p is the expected masked share: on average it matches the realised one
+    assert abs((masked.sum(1) / answer).mean() - p.mean()) < 0.01

@@ -59,6 +59,11 @@ def train_command(
         None, "--pad-extra", help="Keep up to this many more end-of-text padding tokens per batch (drawn "
         "uniformly), so that the canvas length does not give the answer length away."
     ),
+    semi_ar: float | None = typer.Option(
+        None, "--semi-ar", help="Share of rows noised like a semi-autoregressive decoding canvas (clean "
+        "prefix, noised block, masked rest), in [0, 1]; 0 = LLaDA's uniform masking only."
+    ),
+    semi_ar_block: int | None = typer.Option(None, "--semi-ar-block", help="Block width of --semi-ar rows (32)."),
     init: str | None = typer.Option(
         None, "--init", help="Fine-tune this checkpoint (folder or hub id; 'embedded': the testbed model) "
         "with its tokenizer, instead of training a fresh model."
@@ -71,6 +76,10 @@ def train_command(
         raise typer.BadParameter(f"--select must be one of {', '.join(SELECTORS)}; got {select!r}")
     if pad_extra is not None and pad_extra < 0:
         raise typer.BadParameter(f"--pad-extra must be >= 0 tokens, got {pad_extra}")
+    if semi_ar is not None and not 0 <= semi_ar <= 1:
+        raise typer.BadParameter(f"--semi-ar must be in [0, 1], got {semi_ar}")
+    if semi_ar_block is not None and semi_ar_block < 1:
+        raise typer.BadParameter(f"--semi-ar-block must be >= 1 token, got {semi_ar_block}")
     if fraction is not None and not 0 < fraction <= 1:
         raise typer.BadParameter(f"--fraction must be in (0, 1], got {fraction}")
     preset = load_preset(config)
@@ -88,6 +97,8 @@ def train_command(
         (t, "selection_fraction", fraction),
         (t, "uds_alpha", uds_alpha),
         (t, "pad_extra", pad_extra),
+        (t, "semi_ar_prob", semi_ar),
+        (t, "semi_ar_block", semi_ar_block),
         (d, "seq_len", seq_len),
         (d, "tokenizer_vocab", tokenizer_vocab),
         (d, "workers", workers),

@@ -13,6 +13,16 @@ where ``answer_len_b = L - prompt_len_b`` counts the response and its end-of-tex
 is target). For pretraining rows this is the paper's ``sum CE / t`` normalised by ``L`` (the
 guideline's ``/ (B * L)``). ``per_row_loss`` returns the per-row terms; the batch loss is their mean
 over the rows a ``BatchSelector`` keeps (all by default).
+
+Optional semi-autoregressive rows (``semi_ar_prob`` > 0, an unmask extension, not in the LLaDA recipe):
+a row of this kind looks like a canvas in the middle of LLaDA's semi-autoregressive block decoding.
+A cut ``k`` is drawn uniformly over the answer; answer positions ``< k`` stay clean, those in
+``[k, k + W)`` (the "current block", W = ``semi_ar_block``) are masked with probability ``p``, and
+every position ``>= k + W`` is masked. Uniform masking lets a small model answer ``a op b = [M]`` by
+copying the result from a later line that is still visible; these rows make it compute from the left
+context only, which is all that block decoding ever shows it (cf. the clean-prefix / noised-block
+training of Block Diffusion, Arriola et al. 2025). Their weight uses the expected masked share,
+``p_eff = (min(W, A - k') p + max(0, A - k' - W)) / A`` with ``k' = k - prompt_len``, in place of ``p``.
 """
 
 from __future__ import annotations
@@ -44,18 +54,35 @@ def forward_process(
     mask_id: int,
     eps: float = EPS,
     generator: torch.Generator | None = None,
+    semi_ar_prob: float = 0.0,
+    semi_ar_block: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noise a batch: returns ``(noisy_ids, masked [B, L] bool, p_mask [B])``.
 
     Positions ``< prompt_len`` are never masked; every later position (response and end-of-text
     padding) is masked independently with the row's probability ``p_mask = (1 - eps) t + eps``.
+    With ``semi_ar_prob`` > 0 that share of rows is noised semi-autoregressively instead (module
+    docstring): clean before a uniform cut ``k``, masked with ``p_mask`` in ``[k, k + semi_ar_block)``,
+    masked after; their ``p_mask`` is then the expected masked share of the answer.
     """
     B, L = input_ids.shape
     dev = input_ids.device
     t = torch.rand(B, device=dev, generator=generator)
     p_mask = (1 - eps) * t + eps
-    answer = torch.arange(L, device=dev)[None, :] >= prompt_len.to(dev)[:, None]
-    masked = (torch.rand(B, L, device=dev, generator=generator) < p_mask[:, None]) & answer
+    pos = torch.arange(L, device=dev)[None, :]
+    start = prompt_len.to(dev)[:, None]
+    answer = pos >= start
+    draw = torch.rand(B, L, device=dev, generator=generator) < p_mask[:, None]
+    masked = draw & answer
+    if semi_ar_prob > 0:
+        answer_len = (L - start).clamp(min=1)
+        semi = torch.rand(B, 1, device=dev, generator=generator) < semi_ar_prob
+        cut = start + (torch.rand(B, 1, device=dev, generator=generator) * answer_len).long()
+        after = pos >= cut + semi_ar_block
+        masked = torch.where(semi, answer & ((draw & (pos >= cut)) | after), masked)
+        rest = (L - cut).float()  # answer positions from the cut on
+        expected = (rest.clamp(max=semi_ar_block) * p_mask[:, None] + (rest - semi_ar_block).clamp(min=0))
+        p_mask = torch.where(semi[:, 0], (expected / answer_len).squeeze(1), p_mask)
     noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
     return noisy, masked, p_mask
 
@@ -157,6 +184,8 @@ class TrainConfig:
     dynamic_padding: bool = True  # trim each batch's common padding (LLaDA pads to the batch's longest)
     pad_multiple: int = 64
     pad_extra: int = 0  # keep U{0..pad_extra} more end-of-text padding per batch (canvas-length robustness)
+    semi_ar_prob: float = 0.0  # share of rows noised like a semi-autoregressive decoding canvas (forward_process)
+    semi_ar_block: int = 32  # current-block width W of those rows
     data_on_device: bool = True
     progress: bool = True
 
@@ -263,7 +292,10 @@ class Trainer:
         """
         for g in self.opt.param_groups:
             g["lr"] = lr
-        noisy, masked, p_mask = forward_process(input_ids, prompt_len, self.mask_id, self.cfg.eps)
+        noisy, masked, p_mask = forward_process(
+            input_ids, prompt_len, self.mask_id, self.cfg.eps,
+            semi_ar_prob=self.cfg.semi_ar_prob, semi_ar_block=self.cfg.semi_ar_block,
+        )
         selecting = not isinstance(self.selector, AllSelector)
         if selecting:
             timer = _PhaseTimer(self.device)
