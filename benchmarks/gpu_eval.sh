@@ -10,11 +10,13 @@
 # Run from the repository root; results go to $OUT (bench/, baseline/, grid256/, grid512/).
 #     OUT=/tmp/gpu bash benchmarks/gpu_eval.sh
 # PARTS picks steps (default "bench baseline grid256 grid512"); SPECS overrides the policy list;
-# BASELINE_N and GRID_N the examples per task.
+# BASELINE_N and GRID_N the examples per task; MODEL another model folder (default: the embedded one).
 set -euo pipefail
 OUT="${OUT:-runs/gpu}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 UNMASK="python3 -m unmask.cli"
+MODEL_ARGS=()
+[[ -n "${MODEL:-}" ]] && MODEL_ARGS=(-m "$MODEL")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
 PARTS="${PARTS:-bench baseline grid256 grid512}"
@@ -26,10 +28,10 @@ for s in $SPECS; do SPEC_ARGS+=(-s "$s"); done
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 has bench && $UNMASK bench --random-weights llada-8b --batch 1 --batch 32 -o "$OUT/bench" 2>&1 | tee "$OUT/bench.log"
-has baseline && $UNMASK eval -s topk -t math -t code -t long -n "${BASELINE_N:-512}" -b 128 --gen-length 512 \
+has baseline && $UNMASK eval "${MODEL_ARGS[@]}" -s topk -t math -t code -t long -n "${BASELINE_N:-512}" -b 128 --gen-length 512 \
     -o "$OUT/baseline" --no-progress 2>&1 | tee "$OUT/baseline.log"
-has grid256 && $UNMASK eval "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 256 \
+has grid256 && $UNMASK eval "${MODEL_ARGS[@]}" "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 256 \
     -o "$OUT/grid256" --no-progress 2>&1 | tee "$OUT/grid256.log"
-has grid512 && $UNMASK eval "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 512 \
+has grid512 && $UNMASK eval "${MODEL_ARGS[@]}" "${SPEC_ARGS[@]}" -t math -t code -t long -n "${GRID_N:-128}" -b 128 --gen-length 512 \
     -o "$OUT/grid512" --no-progress 2>&1 | tee "$OUT/grid512.log"
 true
