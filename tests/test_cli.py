@@ -79,6 +79,9 @@ def test_bench_on_cpu_writes_tables(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--select", "best"], "--select must be one of all, random, high_loss, uds; got 'best'"),
     (["--fraction", "0"], "--fraction must be in (0, 1], got 0.0"),
+    (["--semi-ar", "1.5"], "--semi-ar must be in [0, 1], got 1.5"),
+    (["--semi-ar-block", "0"], "--semi-ar-block must be >= 1 token, got 0"),
+    (["--pad-extra", "-1"], "--pad-extra must be >= 0 tokens, got -1"),
 ])
 def test_train_bad_selection_options(tmp_path, args, message):
     result = run("train", "--out", tmp_path / "out", "--config", "tiny", *args)

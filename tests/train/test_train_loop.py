@@ -87,6 +87,25 @@ def test_pad_extra_lengthens_the_canvas(examples, tokenizer):
     assert max(widths[128]) > max(widths[0]) and len(set(widths[128])) > 1  # random extra padding
 
 
+def test_semi_ar_training_runs_and_sees_masked_suffixes(examples, tokenizer):
+    """With semi_ar_prob = 1 every training forward's rows end in a run of masks (clean prefix first)."""
+    data = encode_sft(examples[:16], tokenizer, seq_len=256)
+    model, preset = tiny_model(tokenizer)
+    cfg = preset.train
+    cfg.steps, cfg.batch_size, cfg.semi_ar_prob, cfg.semi_ar_block = 4, 4, 1.0, 8
+    mask_id = special_ids(tokenizer)["mask"]
+    inputs = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
+    log = Trainer(model, data, cfg, mask_id).fit()
+    assert log.info["steps"] == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log.train)
+    for x in inputs:
+        masked = x == mask_id
+        first = masked.float().argmax(1)  # first masked column per row
+        for row in range(x.shape[0]):
+            if masked[row].any():
+                assert masked[row, int(first[row]) + 8 :].all()
+
+
 def test_baseline_selectors():
     losses = torch.tensor([0.1, 3.0, 2.0, 0.5])
     batch = Candidates(None, torch.ones(4, 3, dtype=torch.bool), losses, torch.zeros(4, 3), torch.zeros(4))
