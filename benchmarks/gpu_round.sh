@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One fine-tuning round of the embedded testbed model on one GPU, checked and packed for the trip back.
+#
+#     OUT=/tmp/round MINUTES=6 SEED=3 bash benchmarks/gpu_round.sh [extra train options]
+#
+# 1. `gpu_train.sh --init embedded` with the shipped model's recipe (semi-AR rows, extra padding, lr 3e-4,
+#    fresh rows drawn with SEED) into $WORK/train;
+# 2. `math_probe.py` (does it compute step results from the left context?) on the old and new model;
+# 3. the baseline decoder (topk, block 32, gen 512) on math and code, n=$N (default 512), and
+#    `math_errors.py` on it;
+# 4. $OUT gets the two weight shards as they are (each < 16 MiB) and everything else in rest.tgz:
+#    copy the shards into src/unmask/assets/testbed if the numbers are better.
+# MINUTES 6 keeps the whole command near 9 minutes on an H100.
+set -euo pipefail
+OUT="${OUT:-runs/round}"
+WORK="${WORK:-/tmp/unmask_round}"
+MINUTES="${MINUTES:-6}"
+SEED="${SEED:-3}"
+N="${N:-512}"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+
+OUT="$WORK/train" MINUTES="$MINUTES" bash benchmarks/gpu_train.sh --init embedded --seed "$SEED" \
+    --train-sizes math=300000,code=50000,long=20000 --pad-extra 256 --semi-ar 0.5 --lr 3e-4 "$@" \
+    2>&1 | tee "$WORK/train.log"
+{
+    python3 benchmarks/math_probe.py -n 128
+    python3 benchmarks/math_probe.py -n 128 -m "$WORK/train/model"
+} 2>&1 | tee "$WORK/probe.txt"
+python3 -m unmask.cli eval -m "$WORK/train/model" -s topk -t math -t code -n "$N" -b 256 --gen-length 512 \
+    -o "$WORK/baseline" --no-progress 2>&1 | tee "$WORK/baseline.log"
+python3 benchmarks/math_errors.py "$WORK/baseline/records.jsonl" | tee "$WORK/errors.txt"
+
+cp "$WORK"/train/model/*.safetensors "$OUT"/
+tar czf "$OUT/rest.tgz" -C "$WORK" train/model/config.json train/model/tokenizer.json \
+    train/model/tokenizer_config.json train/model/model.safetensors.index.json train/train_log.json \
+    train/loss.png train.log probe.txt baseline baseline.log errors.txt
+ls -la "$OUT"
