@@ -17,6 +17,7 @@ WORK="${WORK:-/tmp/unmask_round}"
 MINUTES="${MINUTES:-6}"
 SEED="${SEED:-3}"
 N="${N:-512}"
+PROBE_N="${PROBE_N:-128}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 
@@ -24,8 +25,8 @@ OUT="$WORK/train" MINUTES="$MINUTES" bash benchmarks/gpu_train.sh --init embedde
     --train-sizes math=300000,code=50000,long=20000 --pad-extra 256 --semi-ar 0.5 --lr 3e-4 "$@" \
     2>&1 | tee "$WORK/train.log"
 {
-    python3 benchmarks/math_probe.py -n 128
-    python3 benchmarks/math_probe.py -n 128 -m "$WORK/train/model"
+    python3 benchmarks/math_probe.py -n "$PROBE_N"
+    python3 benchmarks/math_probe.py -n "$PROBE_N" -m "$WORK/train/model"
 } 2>&1 | tee "$WORK/probe.txt"
 python3 -m unmask.cli eval -m "$WORK/train/model" -s topk -t math -t code -n "$N" -b 256 --gen-length 512 \
     -o "$WORK/baseline" --no-progress 2>&1 | tee "$WORK/baseline.log"
