@@ -339,14 +339,20 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, data: TokenData | None = None, seed: int = 1234) -> dict:
         """Masked-diffusion loss (and masked-token accuracy) on the first ``eval_rows`` rows, with a
-        fixed noise seed so that evaluations are comparable across steps; per task when known."""
+        fixed noise seed so that evaluations are comparable across steps; per task when known.
+
+        ``loss_semi_ar`` is the same loss with every row noised semi-autoregressively (``forward_process``
+        with ``semi_ar_prob = 1``, its own fixed seed): what block decoding asks of the model, where the
+        uniform loss can be low by copying from positions to the right that block decoding never shows.
+        """
         data = data if data is not None else self.val_data
         if data is None or len(data) == 0:
             return {}
         n = min(len(data), self.cfg.eval_rows)
         gen = torch.Generator(device=self.device).manual_seed(seed)
+        semi_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.model.eval()
-        losses, correct, count = [], 0, 0
+        losses, semi_losses, correct, count = [], [], 0, 0
         bs = self.cfg.batch_size
         for s in range(0, n, bs):
             ids = data.input_ids[s : min(n, s + bs)]
@@ -361,9 +367,15 @@ class Trainer:
             losses.append(per_row_loss(logits, ids, masked, p_mask, plen))
             correct += int((logits.argmax(-1)[masked] == ids[masked]).sum())
             count += int(masked.sum())
+            noisy, masked, p_mask = forward_process(
+                ids, plen, self.mask_id, self.cfg.eps, semi_gen, semi_ar_prob=1.0, semi_ar_block=self.cfg.semi_ar_block
+            )
+            with self._autocast():
+                semi_losses.append(per_row_loss(self.model(noisy), ids, masked, p_mask, plen))
         self.model.train()
         losses = torch.cat(losses).cpu()
-        out = {"step": self.step, "loss": float(losses.mean()), "masked_acc": correct / max(1, count)}
+        out = {"step": self.step, "loss": float(losses.mean()), "masked_acc": correct / max(1, count),
+               "loss_semi_ar": float(torch.cat(semi_losses).mean())}
         if data.tasks is not None:
             tasks = data.tasks[:n]
             for task in sorted(set(tasks)):
