@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 from pathlib import Path
 
-EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+from unmask.tasks.arithmetic import LINE_RE
 
 
 def check(a: int, op: str, b: int, c: int) -> bool:
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         equations = wrong = 0
         line_diff: collections.Counter = collections.Counter()
         for r in rows:
-            for m in EQUATION.finditer(r["completion"]):
+            for m in LINE_RE.finditer(r["completion"]):
                 equations += 1
                 wrong += not check(int(m[1]), m[2], int(m[3]), int(m[4]))
             ref = examples[r["id"]].target.strip().split("\n")

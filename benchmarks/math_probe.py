@@ -18,11 +18,10 @@ addresses).
 from __future__ import annotations
 
 import argparse
-import re
 
 import torch
 
-EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+from unmask.tasks.arithmetic import LINE_RE
 
 
 def probe(model_path: str | None, n: int, gen_length: int, device: str | None, batch: int = 64) -> dict[str, float]:
@@ -37,7 +36,7 @@ def probe(model_path: str | None, n: int, gen_length: int, device: str | None, b
         p_len = len(tok.encode(prompt))
         enc = tok.tokenizer.encode(prompt + ex.target, add_special_tokens=False)
         ids = enc.ids + [tok.eot_id] + [tok.eos_id] * max(0, p_len + gen_length - len(enc.ids) - 1)
-        for m in EQUATION.finditer(ex.target):
+        for m in LINE_RE.finditer(ex.target):
             start, end = len(prompt) + m.start(4), len(prompt) + m.end(4)
             positions = [i for i, (a, b) in enumerate(enc.offsets) if a >= start and b <= end]
             cases.append((ids, positions))

@@ -3,8 +3,8 @@
 Times, for a model folder (default: the embedded testbed model) at batch ``--batch`` x ``--seq-len``:
 one training step (bf16 autocast forward + backward + AdamW), the no-grad scoring forward over a
 candidate batch of ``batch / budget`` rows, and ``UDSSelector.select`` on its logits (nuclear norms +
-JL embeddings + buffer distances + top-k; the buffer filled first). Random token ids: the cost does
-not depend on them.
+JL embeddings + buffer distances + top-k; the buffer filled first), each the median of 10 calls
+(``unmask.eval.speed.timed``). Random token ids: the cost does not depend on them.
 
     python benchmarks/uds_overhead.py --budgets 0.25 0.1
 """
@@ -12,22 +12,8 @@ not depend on them.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-
-
-def timed(fn, device: torch.device, n: int = 10) -> float:
-    """Mean milliseconds of ``fn()`` over ``n`` calls after 3 warm-up calls."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / n * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from unmask.api import embedded_model_path
+    from unmask.eval.speed import timed
     from unmask.models.loading import load_model
     from unmask.train.selection import Candidates, UDSSelector
 
