@@ -121,6 +121,7 @@ def base_model(args):
 
 def run_one(args, data_path: Path, selector_name: str, budget: float, seed: int, nuclear: str) -> dict:
     from unmask.api import DiffusionLM
+    from unmask.eval.runner import score_all
     from unmask.models.tokenizer import Tokenizer
     from unmask.tasks.base import get_task
     from unmask.train.selection import make_selector
@@ -156,7 +157,7 @@ def run_one(args, data_path: Path, selector_name: str, budget: float, seed: int,
             with torch.no_grad():
                 out = lm.generate([e.prompt for e in chunk], policy="topk", gen_length=args.gen_length,
                                   block_length=32, early_stop=True)
-            hits += [task.score(e, c) for e, c in zip(chunk, out.texts, strict=True)]
+            hits += score_all(task, chunk, out.texts)
         scores[task_name] = sum(hits) / len(hits)
     val_stats = log.val[-1] if log.val else {}
     return {
