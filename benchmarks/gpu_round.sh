@@ -3,8 +3,10 @@
 #
 #     OUT=/tmp/round MINUTES=6 SEED=3 bash benchmarks/gpu_round.sh [extra train options]
 #
-# 1. `gpu_train.sh --init embedded` with the shipped model's recipe (semi-AR rows, extra padding, lr 3e-4,
-#    fresh rows drawn with SEED) into $WORK/train;
+# 1. `gpu_train.sh --init embedded` with the stage-3 recipe of docs/benchmarks/testbed.md (semi-AR share
+#    0.5, extra padding, lr 3e-4, fresh rows drawn with SEED) into $WORK/train; extra options override it
+#    (later ones win), e.g. stage 5 of the shipped model: `--init <stage 4 model> --semi-ar 0.95 --lr 2e-4
+#    --train-sizes math=400000,code=40000,long=20000`;
 # 2. `math_probe.py` (does it compute step results from the left context?) on the old and new model;
 # 3. the baseline decoder (topk, block 32, gen 512) on math and code, n=$N (default 512), and
 #    `math_errors.py` on it;

@@ -4,9 +4,10 @@
 # Run from the repository root on a machine with torch, tokenizers, safetensors, numpy, matplotlib,
 # rich, typer, tqdm and jinja2 (the package itself need not be installed):
 #     OUT=/tmp/testbed MINUTES=7.5 bash benchmarks/gpu_train.sh [extra train options]
-# The shipped model is this run followed by two fine-tuning rounds with semi-autoregressive rows,
+# The shipped model is this run followed by four fine-tuning rounds with semi-autoregressive rows,
 # e.g. `MINUTES=5 bash benchmarks/gpu_train.sh --init embedded --seed 3 --pad-extra 256 --semi-ar 0.5
-# --lr 3e-4 --train-sizes math=300000,code=50000,long=20000` (docs/benchmarks/testbed.md lists all three).
+# --lr 3e-4 --train-sizes math=300000,code=50000,long=20000` (docs/benchmarks/testbed.md lists all five
+# stages; benchmarks/gpu_round.sh runs one round with its checks).
 #
 # Writes (8 files, each < 16 MiB, at most two levels below $OUT):
 #     $OUT/model/{config.json, tokenizer.json, tokenizer_config.json,
