@@ -73,7 +73,7 @@ def test_bench_on_cpu_writes_tables(tmp_path):
     data = json.loads((tmp_path / "bench.json").read_text())
     assert [r["cache"] for r in data["rows"]] == ["dual"]
     assert data["rows"][0]["step_ms"] > 0 and data["rows"][0]["e2e_step_ms"] > 0
-    assert "| dual | 1 |" in (tmp_path / "bench.md").read_text()
+    assert "| 1 | dual | eager |" in (tmp_path / "bench.md").read_text()
 
 
 @pytest.mark.parametrize("args,message", [

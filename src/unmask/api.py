@@ -49,10 +49,13 @@ class GenerateOutput:
 class DiffusionLM:
     """A masked-diffusion language model with its tokenizer and the unmask decoder."""
 
-    def __init__(self, model: LLaDAModel, tokenizer: Tokenizer, path: Path | None = None) -> None:
+    def __init__(
+        self, model: LLaDAModel, tokenizer: Tokenizer, path: Path | None = None, compile: bool | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
+        self.compile = compile  # default of generate(compile=...): None = CUDA graphs + torch.compile on CUDA only
 
     @property
     def device(self) -> torch.device:
@@ -98,6 +101,7 @@ class DiffusionLM:
         attention_mask: torch.Tensor | None = None,
         seed: int | None = None,
         time_steps: bool = False,
+        compile: bool | None = None,
     ) -> GenerateOutput:
         """Decode a response for each prompt.
 
@@ -107,6 +111,8 @@ class DiffusionLM:
         credit: True (paper defaults) or a ``CreditConfig``: CreditDecoding fused with the policy.
         cache: ``none`` | ``prefix`` | ``dual`` (Fast-dLLM's approximate block KV cache).
         prompts: strings (chat template applied if ``chat``) or token ids [B, P] (with ``attention_mask``).
+        compile: capture the decode step in CUDA graphs and fuse its elementwise work with ``torch.compile``
+            (default: the ``load(compile=...)`` setting; ``None`` there = on for CUDA, off on the CPU).
         """
         if isinstance(prompts, torch.Tensor):
             if prompts.dim() != 2 or prompts.numel() == 0:
@@ -152,6 +158,7 @@ class DiffusionLM:
             scorer=Scorer(scorer, temperature, generator, exclude), credit=credit_config, cache=cache,
             cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf, eos_id=self.tokenizer.eos_id,
             stop_ids=self.tokenizer.stop_ids, early_stop=early_stop, time_steps=time_steps,
+            compile=self.compile if compile is None else compile,
         )
         texts = [
             self.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True).strip()
@@ -170,13 +177,19 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    compile: bool | None = None,
 ) -> DiffusionLM:
-    """Load a LLaDA checkpoint (local folder or hub id); ``None`` loads the embedded testbed model."""
+    """Load a LLaDA checkpoint (local folder or hub id); ``None`` loads the embedded testbed model.
+
+    The projections are fused for inference (q/k/v and gate/up one matmul each; the checkpoint layout
+    is unchanged). ``compile``: default of ``generate(compile=...)``; ``None`` = CUDA graphs and
+    ``torch.compile`` on a CUDA device, eager on the CPU.
+    """
     if path_or_id is None:
         path_or_id = embedded_model_path()
         if not (Path(path_or_id) / "config.json").is_file():
             raise FileNotFoundError(f"the embedded model is missing from {path_or_id}; reinstall unmask")
     folder = resolve_model_path(path_or_id)
-    model = load_model(folder, dtype=dtype, device=device)
+    model = load_model(folder, dtype=dtype, device=device).fuse_projections()
     tokenizer = Tokenizer.from_pretrained(folder, mask_token_id=model.config.mask_token_id)
-    return DiffusionLM(model, tokenizer, folder)
+    return DiffusionLM(model, tokenizer, folder, compile=compile)

@@ -85,12 +85,15 @@ def generate(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per prompt."),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="CUDA graphs + torch.compile for the decode step (default: on CUDA)."
+    ),
 ) -> None:
     """Generate responses with any commit policy, cache mode and credit fusion."""
     import unmask
 
     texts = read_prompts(prompts, file)
-    lm = unmask.load(model, device=device, dtype=dtype)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
     out = lm.generate(
         texts, policy=policy, gen_length=gen_length, block_length=block_length, steps=steps, threshold=threshold,
         factor=factor, margin=margin, cache=cache,
@@ -135,13 +138,16 @@ def bench(
     device: str | None = typer.Option(None, help="cuda, cpu, ... (default: cuda if available)."),
     repeats: int = typer.Option(10, help="Timed repeats per measurement (median reported)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write bench.json and bench.md here."),
+    mode: list[str] | None = typer.Option(
+        None, "--mode", help="eager and/or graph (CUDA graphs + torch.compile); default: both on CUDA, eager on CPU."
+    ),
 ) -> None:
     """Per-step latency and tokens/s of each cache mode, beside the weight-read and FLOP floors."""
     from unmask.eval.speed import run_bench
 
     command = "unmask " + " ".join(sys.argv[1:])
     run_bench(model, random_weights, out, tuple(batch), tuple(cache), prompt_length, gen_length, block_length,
-              dtype, device, repeats, command, log=console.print)
+              dtype, device, repeats, command, log=console.print, modes=tuple(mode) if mode else None)
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

@@ -45,12 +45,20 @@ class CreditConfig:
 
 
 class CreditState:
-    """Sparse credit of one block: ``tokens`` [B, L, S] (-1 = empty) and ``credit`` [B, L, S]."""
+    """Sparse credit of one block: ``tokens`` [B, L, S] (-1 = empty) and ``credit`` [B, L, S].
+
+    Buffers are allocated once and updated in place (``reset`` at each new block), so the update can
+    live inside a captured CUDA graph.
+    """
 
     def __init__(self, config: CreditConfig, batch: int, length: int, device: torch.device) -> None:
         self.config = config
         self.tokens = torch.full((batch, length, config.slots), -1, dtype=torch.long, device=device)
         self.credit = torch.zeros((batch, length, config.slots), dtype=torch.float32, device=device)
+
+    def reset(self) -> None:
+        self.tokens.fill_(-1)
+        self.credit.zero_()
 
     def _coefficients(self, masked: torch.Tensor) -> tuple[torch.Tensor | float, ...]:
         cfg = self.config
@@ -72,7 +80,7 @@ class CreditState:
         # a new top-1 token takes the empty or smallest-credit slot
         free = torch.where(self.tokens < 0, -1.0, self.credit).argmin(dim=-1, keepdim=True)
         new_slot = torch.zeros_like(hit).scatter(-1, free, True) & ~has_slot & masked[..., None]
-        self.tokens = torch.where(new_slot, top, self.tokens)
-        self.credit = torch.where(new_slot, 0.0, self.credit) + boost * (hit | new_slot)
+        self.tokens.copy_(torch.where(new_slot, top, self.tokens))
+        self.credit.copy_(torch.where(new_slot, 0.0, self.credit) + boost * (hit | new_slot))
         bonus = alpha * torch.log1p(self.credit) * (self.tokens >= 0)
         return logits.scatter_add(-1, self.tokens.clamp(min=0), bonus.to(logits.dtype))

@@ -5,6 +5,14 @@ forward (with or without the block KV cache), optional classifier-free guidance 
 a scorer gives (candidate, confidence) for the block, the policy says which masked positions to
 commit. The loop owns the canvas, the cache and the stopping rule; it knows no policy by name.
 
+The step is static (gpt-fast's recipe): a ``DecodeProgram`` allocates every buffer once per decode
+shape (canvas, KV cache, rotary tables, credit, counters), and a step only reads and writes them in
+place at index tensors, so its shapes are fixed per (cache mode, window) and the step can be captured
+once in a CUDA graph and replayed for every block. The whole step runs on the device (forward, CFG,
+credit, scorer, policy, commit, early-stop bookkeeping); the host reads back one flag per step only
+where the loop may end early (dynamic policies, early stop), none for a fixed schedule, and one per
+block for early stop.
+
 With ``cache="none"``, temperature 0 and ``early_stop=False`` the tokens equal the reference code's
 (LLaDA ``generate`` for ``topk``, Fast-dLLM ``generate`` for ``threshold``/``factor``). Early stop
 never changes the text up to the first end-of-text: a row stops only once a stop token is committed
@@ -14,7 +22,8 @@ with every position before it decoded; its remaining positions are filled with e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -22,10 +31,12 @@ import torch
 from unmask.decoding.credit import CreditConfig, CreditState
 from unmask.decoding.policies import Policy, TopK
 from unmask.decoding.scorers import Scorer
-from unmask.models.cache import CACHE_MODES, KVCache
+from unmask.models.cache import StaticKVCache, check_cache_mode
+from unmask.models.llada import LLaDAModel
 
 NOT_COMMITTED = -1
 FILLED_BY_EARLY_STOP = -2
+MAX_PREFIX_GRAPHS = 64  # prefix windows differ per block: above this many blocks, prefix steps run eagerly
 
 
 @dataclass
@@ -41,23 +52,280 @@ class DecodeResult:
     lengths: torch.Tensor  # [B] generated tokens up to and including the first stop token
     elapsed_s: float
     step_times_s: list[float] = field(default_factory=list)
+    graphs: bool = False  # whether the steps ran as CUDA graph replays
 
 
-def _first_stop_finished(gen: torch.Tensor, mask_id: int, stop_ids: torch.Tensor) -> torch.Tensor:
+def first_stop_finished(gen: torch.Tensor, mask_id: int, stop_ids: torch.Tensor) -> torch.Tensor:
     """Rows where some stop token is committed and every position before it is decoded."""
     decoded_prefix = (gen != mask_id).long().cumprod(dim=-1).bool()
     return (torch.isin(gen, stop_ids) & decoded_prefix).any(dim=-1)
 
 
-def _lengths(gen: torch.Tensor, stop_ids: torch.Tensor) -> torch.Tensor:
+def stop_lengths(gen: torch.Tensor, stop_ids: torch.Tensor) -> torch.Tensor:
+    """Generated tokens up to and including the first stop token (all of them if none)."""
     is_stop = torch.isin(gen, stop_ids)
-    first = torch.where(is_stop.any(-1), is_stop.int().argmax(-1) + 1, gen.shape[-1])
-    return first
+    return torch.where(is_stop.any(-1), is_stop.int().argmax(-1) + 1, gen.shape[-1])
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Everything that fixes a decode's step function besides the data (the key of a cached program)."""
+
+    batch: int
+    prompt_length: int
+    gen_length: int
+    block_length: int
+    padded: bool
+    mask_id: int
+    cache: str
+    cfg_scale: float
+    logits_eos_inf: bool
+    eos_id: int | None
+    stop_ids: tuple[int, ...]
+    early_stop: bool
+
+
+class DecodeProgram:
+    """Static buffers and step functions of one decode shape; on CUDA, optionally CUDA-graph captured.
+
+    Step kinds: ``full`` (a forward over the whole canvas: every step without a cache, and the block
+    refresh that rewrites the whole cache), ``block`` (the dual cache's window, one graph for every
+    block) and ``prefix`` (the window from the block to the end, one graph per block).
+    """
+
+    def __init__(
+        self, model: LLaDAModel, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions,
+        graphs: bool = False,
+    ) -> None:
+        self.model, self.policy, self.scorer, self.credit_config, self.opts = model, policy, scorer, credit, opts
+        device = model.device
+        B, P, G, BL = opts.batch, opts.prompt_length, opts.gen_length, opts.block_length
+        self.B, self.P, self.G, self.BL, self.T = B, P, G, BL, P + G
+        self.num_blocks = G // BL
+        self.Bm = 2 * B if opts.cfg_scale > 0 else B  # rows through the model (CFG adds the unconditional copy)
+        T, mask_id = self.T, opts.mask_id
+        longs = {"dtype": torch.long, "device": device}
+        self.x = torch.full((B, T), mask_id, **longs)
+        self.prompt_index = torch.zeros((B, T), dtype=torch.bool, device=device)
+        if opts.padded:
+            self.key_mask = torch.ones((self.Bm, 1, 1, T), dtype=torch.bool, device=device)
+            self.cos, self.sin = model.rotary(torch.zeros((self.Bm, T), **longs))
+        else:  # nothing padded: no key mask (SDPA's flash path), one table for every row
+            self.key_mask = None
+            self.cos, self.sin = model.rotary(torch.arange(T, **longs)[None])
+        self.kv = None
+        if opts.cache != "none":
+            self.kv = StaticKVCache.for_model(model.config, self.Bm, T, model.dtype, device)
+        self.block_table = P + torch.arange(self.num_blocks, **longs)[:, None] * BL + torch.arange(BL, **longs)
+        self.block_columns = self.block_table[0].clone()
+        self.block_rows = torch.arange(BL, **longs)  # the block's rows inside a cached window
+        self.prefix_columns = [torch.arange(P + b * BL, T, **longs) for b in range(self.num_blocks)]
+        self.step_index = torch.zeros((), **longs)
+        self.block_masked = torch.ones((B, BL), dtype=torch.bool, device=device)
+        self.active = torch.ones((), dtype=torch.bool, device=device)
+        self.commit_step = torch.full((B, G), NOT_COMMITTED, **longs)
+        self.commit_confidence = torch.zeros((B, G), dtype=torch.float32, device=device)
+        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
+        self.nfe_per_row = torch.zeros(B, **longs)
+        self.stop_tensor = torch.tensor(opts.stop_ids or (-1,), **longs)
+        self.schedule = None
+        if policy.steps_per_block is not None:
+            self.schedule = torch.zeros((B, policy.steps_per_block), **longs)
+        self.credit = None if credit is None else CreditState(credit, B, BL, device)
+        self.noise = scorer.allocate_noise(B, BL, model.config.embedding_size, device)
+        self.graphs: dict[object, torch.cuda.CUDAGraph] = {}
+        self.graph_pool = None
+        self.captured = False
+        if graphs:
+            self.capture()
+
+    # ---- data in -----------------------------------------------------------------------------------
+    def load(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        """Copy a batch of left-padded prompts into the static buffers and reset every counter."""
+        P = self.P
+        self.x[:, :P].copy_(input_ids)
+        self.x[:, P:].fill_(self.opts.mask_id)
+        self.prompt_index.copy_(self.x != self.opts.mask_id)
+        if self.opts.padded:
+            mask = torch.ones((self.B, self.T), dtype=torch.long, device=self.x.device)
+            mask[:, :P] = attention_mask
+            rows = 2 if self.Bm > self.B else 1
+            self.key_mask.copy_(mask.bool().repeat(rows, 1)[:, None, None, :])
+            cos, sin = self.model.rotary((mask.cumsum(-1) - 1).clamp(min=0).repeat(rows, 1))
+            self.cos.copy_(cos)
+            self.sin.copy_(sin)
+        self.commit_step.fill_(NOT_COMMITTED)
+        self.commit_confidence.zero_()
+        self.finished.zero_()
+        self.nfe_per_row.zero_()
+
+    def begin_block(self, block: int) -> None:
+        """Point the step at ``block`` and reset its per-block state (device work only, no sync)."""
+        self.block_columns.copy_(self.block_table[block])
+        self.step_index.zero_()
+        self.block_masked.copy_(self.x.index_select(1, self.block_columns) == self.opts.mask_id)
+        self.active.fill_(True)
+        if self.schedule is not None:
+            self.schedule.copy_(self.policy.start_block(self.block_masked))
+        if self.credit is not None:
+            self.credit.reset()
+
+    # ---- the step ----------------------------------------------------------------------------------
+    def _forward(self, kind: object) -> torch.Tensor:
+        """Logits [B, BL, V] of the current block, from a forward over the window of ``kind``."""
+        x = self.x
+        if self.Bm > self.B:  # LLaDA's unsupervised CFG: the unconditional copy has the prompt masked
+            x = torch.cat([x, x.masked_fill(self.prompt_index, self.opts.mask_id)], dim=0)
+        if kind == "full":
+            logits = self.model.forward_window(x, self.cos, self.sin, self.key_mask, self.kv, None,
+                                               self.block_columns)
+        else:
+            columns = self.block_columns if kind == "block" else self.prefix_columns[kind[1]]
+            cos, sin = self.cos.index_select(2, columns), self.sin.index_select(2, columns)
+            logits = self.model.forward_window(x.index_select(1, columns), cos, sin, self.key_mask, self.kv,
+                                               columns, self.block_rows)
+        if self.Bm > self.B:
+            cond, uncond = logits.chunk(2, dim=0)
+            logits = uncond + (self.opts.cfg_scale + 1) * (cond - uncond)
+        return logits
+
+    def _step(self, kind: object) -> None:
+        """One decoding step, entirely on the device: forward, scoring, commit, bookkeeping."""
+        opts, masked, columns = self.opts, self.block_masked, self.block_columns
+        logits = self._forward(kind)
+        self.nfe_per_row.add_(masked.any(dim=-1).long())  # a row waiting on others costs it nothing
+        if opts.logits_eos_inf:
+            logits[..., opts.eos_id] = -torch.inf
+        if self.credit is not None:
+            logits = self.credit.update_and_fuse(logits, masked)
+        candidates, confidence = self.scorer(logits, self.noise)
+        confidence = torch.where(masked, confidence, -torch.inf)
+        commit = self.policy(confidence, masked, self.step_index, self.schedule)
+        self.x.index_copy_(1, columns, torch.where(commit, candidates, self.x.index_select(1, columns)))
+        gen_columns = columns - self.P
+        step = (self.nfe_per_row - 1)[:, None]
+        self.commit_step.index_copy_(1, gen_columns, torch.where(
+            commit, step, self.commit_step.index_select(1, gen_columns)))
+        self.commit_confidence.index_copy_(1, gen_columns, torch.where(
+            commit, confidence.float(), self.commit_confidence.index_select(1, gen_columns)))
+        if opts.early_stop:
+            gen = self.x[:, self.P:]
+            newly = first_stop_finished(gen, opts.mask_id, self.stop_tensor) & ~self.finished
+            fill = newly[:, None] & (gen == opts.mask_id)
+            gen.copy_(torch.where(fill, opts.stop_ids[0], gen))
+            self.commit_step.copy_(torch.where(fill, FILLED_BY_EARLY_STOP, self.commit_step))
+            self.finished.logical_or_(newly)
+        masked.copy_(self.x.index_select(1, columns) == opts.mask_id)
+        self.active.copy_(masked.any())
+        self.step_index.add_(1)
+
+    def step_kind(self, block: int, first: bool) -> object:
+        if self.opts.cache == "none" or first:
+            return "full"
+        return "block" if self.opts.cache == "dual" else ("prefix", block)
+
+    def run_step(self, kind: object) -> None:
+        """Draw the step's noise, then replay the captured step (or run it eagerly)."""
+        if self.scorer.random:
+            self.scorer.draw(self.noise)
+        graph = self.graphs.get(kind)
+        if graph is not None:
+            graph.replay()
+        else:
+            self._step(kind)
+
+    # ---- CUDA graphs -------------------------------------------------------------------------------
+    def capture(self) -> None:
+        """Capture every step kind this decode shape uses (warm-up runs first; ``load`` resets the state)."""
+        kinds: list[object] = ["full"]
+        if self.opts.cache == "dual":
+            kinds.append("block")
+        elif self.opts.cache == "prefix" and self.num_blocks <= MAX_PREFIX_GRAPHS:
+            kinds += [("prefix", b) for b in range(self.num_blocks)]
+        side = torch.cuda.Stream(self.x.device)
+        side.wait_stream(torch.cuda.current_stream(self.x.device))
+        with torch.cuda.stream(side):  # warm-up: compiles kernels, picks cuBLAS/attention algorithms
+            for kind in kinds:
+                for _ in range(2):
+                    self._step(kind)
+        torch.cuda.current_stream(self.x.device).wait_stream(side)
+        for kind in kinds:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.graph_pool):
+                self._step(kind)
+            self.graph_pool = graph.pool()
+            self.graphs[kind] = graph
+        self.captured = True
+
+
+def run_program(program: DecodeProgram, early_stop: bool, time_steps: bool = False) -> tuple[int, list[float]]:
+    """The host side of a decode: blocks in order, steps until the block is decoded; (NFE, step seconds)."""
+    device = program.x.device
+    sync = device.type == "cuda"
+    fixed_steps = program.policy.steps_per_block
+    nfe, step_times = 0, []
+
+    def step(kind: object) -> None:
+        nonlocal nfe
+        tic = time.perf_counter()
+        program.run_step(kind)
+        nfe += 1
+        if time_steps:
+            if sync:
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - tic)
+
+    for block in range(program.num_blocks):
+        if early_stop and block > 0 and bool(program.finished.all()):  # one read-back per block
+            break
+        program.begin_block(block)
+        step(program.step_kind(block, first=True))
+        kind = program.step_kind(block, first=False)
+        if fixed_steps is not None and not early_stop:  # the schedule alone decides: no read-back
+            for _ in range(fixed_steps - 1):
+                step(kind)
+            continue
+        i = 1
+        while (fixed_steps is None or i < fixed_steps) and bool(program.active):  # one read-back per step
+            step(kind)
+            i += 1
+    if sync:
+        torch.cuda.synchronize(device)
+    return nfe, step_times
+
+
+def _program_key(policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions) -> tuple:
+    scorer_key = (scorer.kind, scorer.temperature > 0, tuple(scorer.confidence_exclude))
+    return (repr(policy), scorer_key, repr(credit), opts)
+
+
+def cached_program(
+    model: LLaDAModel, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions,
+    capacity: int = 2,
+) -> DecodeProgram:
+    """The captured program of this decode shape, from the model's small LRU (captured on first use)."""
+    programs: OrderedDict = model.__dict__.setdefault("_decode_programs", OrderedDict())
+    key = _program_key(policy, scorer, credit, opts)
+    program = programs.get(key)
+    if program is None:
+        while len(programs) >= capacity:
+            programs.popitem(last=False)
+            torch.cuda.empty_cache()
+        program = DecodeProgram(model, policy, scorer, credit, opts, graphs=True)
+        programs[key] = program
+    programs.move_to_end(key)
+    program.scorer = scorer  # the call's generator draws the noise
+    return program
+
+
+def resolve_compile(compile: bool | None, device: torch.device) -> bool:
+    """``None`` = on where it pays (CUDA); the CPU runs eagerly."""
+    return device.type == "cuda" if compile is None else bool(compile)
 
 
 @torch.no_grad()
 def decode(
-    model: Callable[..., torch.Tensor],
+    model: LLaDAModel,
     input_ids: torch.Tensor,
     policy: Policy,
     *,
@@ -74,18 +342,20 @@ def decode(
     stop_ids: tuple[int, ...] = (),
     early_stop: bool = True,
     time_steps: bool = False,
+    compile: bool | None = False,
 ) -> DecodeResult:
     """Decode ``gen_length`` tokens after left-padded prompts ``input_ids`` [B, P].
 
-    ``model(input_ids, attention_mask=, positions=, cache=, start=, logits_range=)`` returns logits;
-    NFE counts its calls. ``time_steps`` synchronises after each step to record its latency.
+    ``model.forward_window`` computes logits; NFE counts forwards. ``compile``: ``True`` captures the
+    steps in CUDA graphs (on CUDA; kept per decode shape on the model and replayed by later calls)
+    and fuses the block's elementwise work with ``torch.compile``; ``None`` does so on CUDA only;
+    ``False`` runs eagerly. ``time_steps`` synchronises after each step to record its latency.
     """
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
         raise ValueError(
             f"gen_length={gen_length} must be a positive multiple of block_length={block_length}"
         )
-    if cache not in CACHE_MODES:
-        raise ValueError(f"unknown cache mode {cache!r} (allowed: {', '.join(CACHE_MODES)})")
+    check_cache_mode(cache)
     if isinstance(policy, TopK) and policy.steps_per_block > block_length:
         raise ValueError(f"steps per block ({policy.steps_per_block}) exceeds block_length={block_length}")
     if cfg_scale < 0:
@@ -97,95 +367,29 @@ def decode(
     scorer = scorer or Scorer()
     device = input_ids.device
     B, P = input_ids.shape
-    T = P + gen_length
-    x = torch.cat([input_ids, torch.full((B, gen_length), mask_id, dtype=torch.long, device=device)], dim=1)
-    if attention_mask is not None:
-        ones = torch.ones((B, gen_length), dtype=attention_mask.dtype, device=device)
-        attention_mask = torch.cat([attention_mask, ones], dim=1)
-        if bool(attention_mask.all()):  # nothing padded: let SDPA take its unmasked (flash) path
-            attention_mask = None
-    positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    prompt_index = x != mask_id
-    if cfg_scale > 0:  # LLaDA's unsupervised CFG: the unconditional copy has the prompt masked
-        attention_mask = None if attention_mask is None else attention_mask.repeat(2, 1)
-        positions = None if positions is None else positions.repeat(2, 1)
-    stop_tensor = torch.tensor(stop_ids, dtype=torch.long, device=device)
-
-    commit_step = torch.full((B, gen_length), NOT_COMMITTED, dtype=torch.long, device=device)
-    commit_conf = torch.zeros((B, gen_length), dtype=torch.float32, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    nfe_per_row = torch.zeros(B, dtype=torch.long, device=device)
-    nfe = 0
-    step_times: list[float] = []
-    fixed_steps = policy.steps_per_block
-    sync = device.type == "cuda"
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    opts = DecodeOptions(B, P, gen_length, block_length, padded, mask_id, cache, float(cfg_scale), logits_eos_inf,
+                         eos_id, tuple(stop_ids), early_stop)
     start_time = time.perf_counter()
-
-    def forward(canvas: torch.Tensor, kv: KVCache | None, start: int, end: int, s: int, e: int) -> torch.Tensor:
-        inp = canvas[:, start:end]
-        if cfg_scale > 0:
-            uncond = torch.where(prompt_index, mask_id, canvas)[:, start:end]
-            inp = torch.cat([inp, uncond], dim=0)
-        logits = model(inp, attention_mask=attention_mask, positions=positions, cache=kv, start=start,
-                       logits_range=(s - start, e - start))
-        if cfg_scale > 0:
-            cond, uncond_logits = logits.chunk(2, dim=0)
-            logits = uncond_logits + (cfg_scale + 1) * (cond - uncond_logits)
-        return logits
-
-    for block in range(gen_length // block_length):
-        s, e = P + block * block_length, P + (block + 1) * block_length
-        if early_stop and bool(finished.all()):
-            break
-        block_masked = x[:, s:e] == mask_id
-        schedule = policy.start_block(block_masked)
-        credit_state = None if credit is None else CreditState(credit, B, block_length, device)
-        kv = None if cache == "none" else KVCache(cache)
-        i = 0
-        while True:
-            if fixed_steps is not None and i >= fixed_steps:  # LLaDA: steps_per_block forwards per block
-                break
-            # until the block is decoded (one host sync per step; skipped for a fixed schedule without
-            # early stop, where the schedule alone decides)
-            if (fixed_steps is None or early_stop) and not bool(block_masked.any()):
-                break
-            tic = time.perf_counter()
-            if kv is None or i == 0:  # no cache, or the block's refresh (fills the cache; also a step)
-                logits = forward(x, kv, 0, T, s, e)
-            else:
-                ws, we = kv.window(s, e, T)
-                logits = forward(x, kv, ws, we, s, e)
-            nfe += 1
-            nfe_per_row += block_masked.any(dim=-1).long()  # a row waiting on others costs it nothing
-            if logits_eos_inf:
-                logits[..., eos_id] = -torch.inf
-            if credit_state is not None:
-                logits = credit_state.update_and_fuse(logits, block_masked)
-            candidates, confidence = scorer(logits)
-            confidence = torch.where(block_masked, confidence, -torch.inf)
-            commit = policy(confidence, block_masked, i, schedule)
-            x[:, s:e] = torch.where(commit, candidates, x[:, s:e])
-            g = slice(s - P, e - P)
-            commit_step[:, g] = torch.where(commit, nfe_per_row[:, None] - 1, commit_step[:, g])
-            commit_conf[:, g] = torch.where(commit, confidence.float(), commit_conf[:, g])
-            if early_stop:
-                gen = x[:, P:]
-                newly = _first_stop_finished(gen, mask_id, stop_tensor) & ~finished
-                fill = newly[:, None] & (gen == mask_id)
-                x[:, P:] = torch.where(fill, stop_ids[0], gen)
-                commit_step[fill] = FILLED_BY_EARLY_STOP
-                finished |= newly
-            block_masked = x[:, s:e] == mask_id
-            i += 1
-            if time_steps:
-                if sync:
-                    torch.cuda.synchronize(device)
-                step_times.append(time.perf_counter() - tic)
-    if sync:
-        torch.cuda.synchronize(device)
+    compiled = resolve_compile(compile, device)
+    model.compile_kernels(compiled)
+    program = None
+    if compiled and device.type == "cuda":
+        try:
+            program = cached_program(model, policy, scorer, credit, opts)
+        except Exception as err:  # capture is an optimisation: fall back to eager steps, never to wrong tokens
+            warnings.warn(f"CUDA graph capture failed, decoding eagerly ({type(err).__name__}: {err})", stacklevel=2)
+            model.compile_kernels(False)
+    if program is None:
+        program = DecodeProgram(model, policy, scorer, credit, opts)
+    program.load(input_ids, attention_mask)
+    nfe, step_times = run_program(program, early_stop, time_steps)
+    x = program.x.clone()
     gen = x[:, P:]
+    stop_tensor = torch.tensor(stop_ids or (-1,), dtype=torch.long, device=device)
     return DecodeResult(
-        sequences=x, tokens=gen, commit_step=commit_step, commit_confidence=commit_conf, nfe=nfe,
-        nfe_per_row=nfe_per_row, lengths=_lengths(gen, stop_tensor), elapsed_s=time.perf_counter() - start_time,
-        step_times_s=step_times,
+        sequences=x, tokens=gen, commit_step=program.commit_step.clone(),
+        commit_confidence=program.commit_confidence.clone(), nfe=nfe, nfe_per_row=program.nfe_per_row.clone(),
+        lengths=stop_lengths(gen, stop_tensor), elapsed_s=time.perf_counter() - start_time,
+        step_times_s=step_times, graphs=bool(program.graphs),
     )

@@ -1,9 +1,14 @@
 """Commit policies: pure functions (confidence [B, L], masked [B, L], step) -> commit [B, L] bool.
 
-``confidence`` holds -inf wherever ``masked`` is False. Every policy commits at least the top-1
-masked position of each row that has one (so decoding always progresses) and nothing elsewhere.
-Rows are handled together by sorting each row's confidences once; there are no per-row loops.
-Ties are broken by position (stable sort), lowest first.
+``confidence`` holds -inf wherever ``masked`` is False. ``step`` (the step index inside the block) may
+be an int or a 0-d device tensor, so a policy runs inside a captured CUDA graph without a host sync.
+Every policy commits at least the top-1 masked position of each row that has one (so decoding always
+progresses) and nothing elsewhere. Rows are handled together by sorting each row's confidences once;
+there are no per-row loops.
+
+Ties are broken by position, lowest first (stable sort; ``argmax`` returns the first maximum). The
+references select with ``torch.topk``, whose order among exactly equal values is not specified; with
+float64 confidences exact ties between different positions need exactly equal logits.
 """
 
 from __future__ import annotations
@@ -58,12 +63,13 @@ class TopK:
         return num_transfer_tokens(masked.sum(dim=-1), self.steps_per_block)
 
     def __call__(
-        self, confidence: torch.Tensor, masked: torch.Tensor, step: int, schedule: torch.Tensor
+        self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor, schedule: torch.Tensor
     ) -> torch.Tensor:
-        _, order, _ = sorted_confidence(confidence, masked)
-        k = schedule[:, min(step, self.steps_per_block - 1)]
-        if step >= self.steps_per_block:  # only when the caller runs extra steps: finish the block
-            k = masked.sum(dim=-1)
+        _, order, count = sorted_confidence(confidence, masked)
+        step = torch.as_tensor(step, device=schedule.device)
+        column = step.clamp(max=self.steps_per_block - 1).expand(schedule.shape[0], 1)
+        k = schedule.gather(1, column).squeeze(1)
+        k = torch.where(step >= self.steps_per_block, count, k)  # extra steps (if a caller runs them) finish the block
         return commit_top_n(order, k, masked)
 
 
@@ -91,7 +97,8 @@ class Threshold(_Dynamic):
     def __post_init__(self) -> None:
         check_unit_interval("threshold", self.tau)
 
-    def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int, schedule: None) -> torch.Tensor:
+    def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor,
+                 schedule: None) -> torch.Tensor:
         top1 = torch.zeros_like(masked).scatter(-1, confidence.argmax(dim=-1, keepdim=True), True)
         return masked & ((confidence >= self.tau) | top1)
 
@@ -115,7 +122,8 @@ class Factor(_Dynamic):
         if not self.f > 0:
             raise ValueError(f"factor must be > 0, got {self.f}")
 
-    def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int, schedule: None) -> torch.Tensor:
+    def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor,
+                 schedule: None) -> torch.Tensor:
         values, order, count = sorted_confidence(confidence, masked)
         m = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=values.dtype)
         passes = values >= 1 - self.f / (m + 1)
@@ -151,7 +159,8 @@ class Frechet(_Dynamic):
         """The Fréchet rule with the budget of Fast-dLLM's factor f (delta = 1 - f)."""
         return cls(margin=1.0 - f)
 
-    def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int, schedule: None) -> torch.Tensor:
+    def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor,
+                 schedule: None) -> torch.Tensor:
         values, order, count = sorted_confidence(confidence, masked)
         ranks = torch.arange(values.shape[-1], device=values.device)
         valid = ranks[None, :] < count[:, None]

@@ -1,7 +1,10 @@
 """Scorers: logits [B, L, V] -> (candidate token [B, L], confidence [B, L]).
 
 The candidate is the token that would be committed at a position; the confidence is what the commit
-policy ranks and thresholds. Probabilities are computed in float32 (float64 if the logits are).
+policy ranks and thresholds. Probabilities are computed with float64 accuracy, as Fast-dLLM's
+``get_transfer_index`` does (``softmax(logits.to(float64))``), but without a [B, L, V] float64 tensor:
+the log-normaliser is taken over chunks of rows. (LLaDA's own ``generate.py`` takes the softmax in the
+logits' dtype, bf16 on a GPU; in float32/float64 models the two agree.)
 """
 
 from __future__ import annotations
@@ -12,13 +15,23 @@ from dataclasses import dataclass
 import torch
 
 SCORER_NAMES: tuple[str, ...] = ("confidence", "margin", "entropy", "random")
+CHUNK_ELEMENTS = 1 << 24  # float64 elements per chunk (128 MiB)
 
 
-def _float(logits: torch.Tensor) -> torch.Tensor:
-    return logits if logits.dtype == torch.float64 else logits.float()
+def log_normaliser(logits: torch.Tensor) -> torch.Tensor:
+    """log sum_v exp(l_v) over the last dim in float64, [..., V] -> [...], chunked over rows."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    rows = max(1, CHUNK_ELEMENTS // flat.shape[-1])
+    parts = [torch.logsumexp(chunk.double(), dim=-1) for chunk in flat.split(rows)]
+    return torch.cat(parts).reshape(logits.shape[:-1])
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def log_probs_float64(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax in float64 (for the margin and entropy scores, which need the whole distribution)."""
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, uniform: torch.Tensor | None) -> torch.Tensor:
     """LLaDA's ``add_gumbel_noise`` + argmax, in float64.
 
     The reference takes argmax_v exp(l_v) / (-log u_v)^T with u ~ U(0, 1); we take the equal
@@ -26,15 +39,23 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Gen
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-    return (logits.double() - temperature * torch.log(-torch.log(u))).argmax(dim=-1)
+    return (logits.double() - temperature * torch.log(-torch.log(uniform))).argmax(dim=-1)
+
+
+@dataclass
+class Noise:
+    """The random draws of one step, taken before it (so a captured step replays with fresh noise)."""
+
+    uniform: torch.Tensor | None = None  # [B, L, V] float64 for the Gumbel-max candidate (temperature > 0)
+    random_confidence: torch.Tensor | None = None  # [B, L] for the ``random`` scorer
 
 
 @dataclass
 class Scorer:
     """Candidate by (Gumbel-)argmax; confidence by ``kind``:
 
-    - ``confidence``: p(candidate) under softmax of the raw logits (LLaDA ``low_confidence``).
+    - ``confidence``: p(candidate) under softmax of the raw logits (LLaDA ``low_confidence``),
+      p_c = exp(l_c - logsumexp(l)) in float64.
     - ``margin``: p_top1 - p_top2.
     - ``entropy``: negative entropy sum_v p_v log p_v (higher = more certain).
     - ``random``: U(0, 1) (LLaDA ``remasking='random'``).
@@ -55,19 +76,40 @@ class Scorer:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 
-    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        candidates = gumbel_argmax(logits, self.temperature, self.generator)
+    @property
+    def random(self) -> bool:
+        """Whether a step draws random numbers (then ``draw`` gives them)."""
+        return self.temperature > 0 or self.kind == "random"
+
+    def allocate_noise(self, batch: int, length: int, vocab: int, device: torch.device) -> Noise:
+        return Noise(
+            torch.empty((batch, length, vocab), dtype=torch.float64, device=device) if self.temperature > 0 else None,
+            torch.empty((batch, length), dtype=torch.float32, device=device) if self.kind == "random" else None,
+        )
+
+    def draw(self, noise: Noise) -> Noise:
+        """Fill ``noise`` in place: the Gumbel uniforms first, then the random confidences."""
+        if noise.uniform is not None:
+            noise.uniform.uniform_(generator=self.generator)
+        if noise.random_confidence is not None:
+            noise.random_confidence.uniform_(generator=self.generator)
+        return noise
+
+    def __call__(self, logits: torch.Tensor, noise: Noise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if noise is None and self.random:
+            B, L, V = logits.shape
+            noise = self.draw(self.allocate_noise(B, L, V, logits.device))
+        candidates = gumbel_argmax(logits, self.temperature, None if noise is None else noise.uniform)
         if self.kind == "random":
-            shape, device = candidates.shape, candidates.device
-            return candidates, torch.rand(shape, device=device, generator=self.generator)
-        logits = _float(logits)
+            return candidates, noise.random_confidence
         if self.confidence_exclude:
             logits = logits.clone()
-            logits[..., list(self.confidence_exclude)] = -torch.inf
+            for token in self.confidence_exclude:
+                logits[..., token] = -torch.inf
         if self.kind == "confidence":  # p_c = exp(l_c - logsumexp(l)) without materialising all of p
-            chosen = logits.gather(-1, candidates[..., None]).squeeze(-1)
-            return candidates, (chosen - torch.logsumexp(logits, dim=-1)).exp()
-        log_probs = torch.log_softmax(logits, dim=-1)
+            chosen = logits.gather(-1, candidates[..., None]).squeeze(-1).double()
+            return candidates, (chosen - log_normaliser(logits)).exp()
+        log_probs = log_probs_float64(logits)
         if self.kind == "margin":
             top2 = log_probs.topk(2, dim=-1).values.exp()
             return candidates, top2[..., 0] - top2[..., 1]

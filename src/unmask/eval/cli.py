@@ -46,6 +46,9 @@ def eval_command(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="CUDA graphs + torch.compile for the decode step (default: on CUDA)."
+    ),
 ) -> None:
     """Evaluate a grid of decoding specs x tasks: accuracy, NFE, tokens/NFE, tokens/s, latency, Pareto plot."""
     import unmask
@@ -55,7 +58,7 @@ def eval_command(
 
     spec_list = parse_specs(specs)  # fail on a bad spec before loading anything
     task_map = resolve_tasks(tasks)
-    lm = unmask.load(model, device=device, dtype=dtype)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
     report = run_eval(lm, spec_list, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop,
                       temperature=temperature, model_name=model, overwrite=overwrite, progress=progress)
@@ -76,12 +79,15 @@ def compare_command(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="CUDA graphs + torch.compile for the decode step (default: on CUDA)."
+    ),
 ) -> None:
     """Quick comparison of the commit policies (topk, threshold, factor, frechet, credit, dual cache) on math/code."""
     from unmask.eval.compare import run_compare
 
     run_compare(model, n=n, batch_size=batch_size, gen_length=gen_length, block_length=block_length, out_dir=out,
-                device=device, dtype=dtype, progress=progress, console=console)
+                device=device, dtype=dtype, progress=progress, console=console, compile=compile)
 
 
 @friendly_errors
@@ -97,6 +103,9 @@ def trace_command(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
     as_json: bool = typer.Option(False, "--json", help="Print the trace summary as JSON."),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="CUDA graphs + torch.compile for the decode step (default: on CUDA)."
+    ),
 ) -> None:
     """Draw when each token of one generation was committed (step x position, confidence) and print per-step counts."""
     import unmask
@@ -104,7 +113,7 @@ def trace_command(
     from unmask.eval.trace import trace_generation
 
     decode_spec = parse_spec(spec)
-    lm = unmask.load(model, device=device, dtype=dtype)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
     trace = trace_generation(lm, prompt, decode_spec, gen_length=gen_length, block_length=block_length,
                              early_stop=early_stop, chat=chat, out=out)
     summary = {"spec": trace.spec, "nfe": trace.nfe, "tokens": trace.length, "tokens_per_nfe": trace.tokens_per_nfe,

@@ -41,6 +41,7 @@ def run_compare(
     out_dir: str | Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    compile: bool | None = None,
     progress: bool = True,
     console: Any = None,
 ) -> EvalReport:
@@ -54,7 +55,7 @@ def run_compare(
     if lm is None:
         import unmask
 
-        lm = unmask.load(model, device=device, dtype=dtype)
+        lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
     on_gpu = getattr(getattr(lm, "device", None), "type", "cpu") == "cuda"
     n = n or (GPU_N if on_gpu else CPU_N)
     batch_size = batch_size or (n if on_gpu else min(n, CPU_BATCH))

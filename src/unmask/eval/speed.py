@@ -1,24 +1,29 @@
 """``unmask bench``: per-step latency and tokens/s of each cache mode at a model shape.
 
-For each cache mode and batch size this measures, with CUDA events (synchronised wall clock on the
-CPU), warm-up excluded, median of repeats:
+For each batch size, cache mode and execution mode (``eager``: the step launched op by op from
+Python; ``graph``: the same step captured in a CUDA graph, its elementwise work fused by
+``torch.compile``) this measures with CUDA events (wall clock on the CPU), warm-up excluded, median
+of repeats, a *whole decode step* of a ``DecodeProgram`` (forward, scorer, policy, commit,
+bookkeeping) for a block in the middle of the generation:
 
 - the steady-state step: ``none`` = a forward over the whole canvas [prompt | generation];
   ``prefix`` = a cached forward over [block_start, end); ``dual`` = a cached forward over the block;
-- the block refresh (one full forward that fills the cache), paid once per block by the cache modes;
+- the block refresh (one full forward that rewrites the cache), paid once per block by the cache modes;
 - the amortised step = (refresh + (steps_per_block - 1) * step) / steps_per_block, and tokens/s at one
   token per step and per row (LLaDA's baseline schedule): batch / amortised step;
-- end to end: ``decode`` over two blocks (the same prompt length, one token per step), wall time / NFE,
-  which adds the scorer, the policy, cache bookkeeping and host synchronisation to the forward.
+- end to end: a whole ``decode`` (same shape, one token per step), wall time / NFE, which adds the
+  host loop and its read-backs (skipped where it would take longer than ``e2e_budget_s``).
 
-Beside it, the floors: every step reads all weights once (weight bytes / measured copy bandwidth),
-and does 2 * params * tokens FLOPs (over the measured bf16 matmul rate). Speed does not depend on
-weight values, so random weights at the real shape give honest timings.
+Beside it, the floors: a step reads all weights once (weight bytes / measured copy bandwidth) and does
+2 * params * tokens FLOPs (over the measured matmul rate); its floor is the larger, and the amortised
+floor mixes the refresh's and the step's like the amortised step. Speed does not depend on weight
+values, so random weights at the real shape give honest timings.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -27,7 +32,10 @@ from pathlib import Path
 
 import torch
 
-from unmask.models.cache import KVCache
+from unmask.decoding.loop import DecodeOptions, DecodeProgram, decode, run_program
+from unmask.decoding.policies import Policy, TopK
+from unmask.decoding.scorers import Scorer
+from unmask.models.cache import CACHE_MODES, recompute_columns
 from unmask.models.config import LLADA_8B, LLaDAConfig
 from unmask.models.llada import LLaDAModel
 from unmask.models.loading import load_model, parse_dtype, random_model
@@ -41,6 +49,7 @@ SHAPES: dict[str, LLaDAConfig] = {
 
 @dataclass
 class BenchRow:
+    mode: str  # eager | graph
     cache: str
     batch: int
     prompt_length: int
@@ -51,9 +60,12 @@ class BenchRow:
     amortised_step_ms: float
     tokens_per_s: float
     weight_floor_ms: float
-    flop_floor_ms: float
-    ratio_to_floor: float
-    e2e_step_ms: float  # decode() wall time / NFE over two blocks: scorer, policy and host syncs included
+    flop_floor_ms: float  # of the steady-state step
+    floor_ms: float  # max(weight, FLOP) of the steady-state step
+    amortised_floor_ms: float  # the floor of the amortised step (refresh included)
+    ratio_to_floor: float  # amortised step / amortised floor
+    e2e_step_ms: float  # decode() wall time / NFE: host loop and read-backs included (nan: not measured)
+    graph_equals_eager: bool | None  # graph mode: the captured decode's tokens equal its kernels run eagerly
 
 
 def timed(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
@@ -82,7 +94,7 @@ def memory_bandwidth(device: torch.device, gib: float = 2.0) -> float:
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
     ms = timed(lambda: dst.copy_(src), device, warmup=2, repeats=10)
-    return 2 * n * 4 / (ms / 1e3)
+    return 2 * n * 4 / (max(ms, 1e-6) / 1e3)
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 8192) -> float:
@@ -95,18 +107,31 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 8192) -> f
     return 2 * size**3 / (ms / 1e3)
 
 
-def end_to_end_step_ms(model: LLaDAModel, prompts: torch.Tensor, cache: str, block_length: int) -> float:
-    """Milliseconds per model forward of a real ``decode`` over two blocks (LLaDA schedule, no early stop)."""
-    from unmask.decoding.loop import decode
-    from unmask.decoding.policies import TopK
+def build_program(
+    model: LLaDAModel, prompts: torch.Tensor, cache: str, gen_length: int, block_length: int, graphs: bool,
+    policy: Policy | None = None,
+) -> DecodeProgram:
+    """A decode program with the LLaDA schedule (one token per step), loaded with ``prompts``."""
+    opts = DecodeOptions(prompts.shape[0], prompts.shape[1], gen_length, block_length, False,
+                         model.config.mask_token_id, cache, 0.0, False, None, (), False)
+    program = DecodeProgram(model, policy or TopK(block_length), Scorer(), None, opts, graphs=graphs)
+    program.load(prompts, None)
+    return program
 
-    def run() -> float:
-        out = decode(model, prompts, TopK(block_length), mask_id=model.config.mask_token_id,
-                     gen_length=2 * block_length, block_length=block_length, cache=cache, early_stop=False)
-        return out.elapsed_s * 1e3 / out.nfe
 
-    run()  # warm-up
-    return statistics.median(run() for _ in range(3))
+def end_to_end_step_ms(
+    model: LLaDAModel, prompts: torch.Tensor, cache: str, gen_length: int, block_length: int, compile: bool,
+    repeats: int = 2,
+) -> tuple[float, torch.Tensor]:
+    """Milliseconds per forward of a whole ``decode`` (LLaDA schedule, no early stop), and its tokens."""
+
+    def run() -> tuple[float, torch.Tensor]:
+        out = decode(model, prompts, TopK(block_length), mask_id=model.config.mask_token_id, gen_length=gen_length,
+                     block_length=block_length, cache=cache, early_stop=False, compile=compile)
+        return out.elapsed_s * 1e3 / out.nfe, out.tokens
+
+    _, tokens = run()  # warm-up (captures the graphs of this shape)
+    return statistics.median(run()[0] for _ in range(repeats)), tokens
 
 
 def bench_model(
@@ -118,61 +143,88 @@ def bench_model(
     block_length: int = 32,
     repeats: int = 10,
     log: Callable[[str], None] = print,
+    modes: tuple[str, ...] | None = None,
+    e2e_budget_s: float = 20.0,
 ) -> tuple[list[BenchRow], dict]:
+    """Step latency per (batch, cache, mode); ``modes``: ``eager`` and/or ``graph`` (default: both on CUDA).
+
+    ``graph`` = the step captured in a CUDA graph with the block's elementwise work fused by
+    ``torch.compile``; ``eager`` = the same step launched op by op from Python. On CUDA, the graph
+    decode's tokens are checked against the same kernels run eagerly (they must be identical).
+    """
     device = model.device
+    on_gpu = device.type == "cuda"
+    modes = modes or (("eager", "graph") if on_gpu else ("eager",))
+    for mode in modes:
+        if mode not in ("eager", "graph"):
+            raise ValueError(f"unknown bench mode {mode!r} (allowed: eager, graph)")
+        if mode == "graph" and not on_gpu:
+            raise ValueError("mode 'graph' needs a CUDA device")
     n_params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    bandwidth = memory_bandwidth(device) if device.type == "cuda" else float("nan")
+    bandwidth = memory_bandwidth(device, gib=2.0 if on_gpu else 0.25)
     flops = matmul_rate(device, model.dtype)
     env = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
         "dtype": str(model.dtype).removeprefix("torch."), "params": n_params, "weight_bytes": weight_bytes,
         "measured_bandwidth_GBps": bandwidth / 1e9, "measured_matmul_TFLOPs": flops / 1e12,
         "torch": torch.__version__,
     }
-    log(f"{env['device']}: {n_params / 1e9:.2f}B params, {weight_bytes / 2**30:.1f} GiB, "
-        f"copy {bandwidth / 1e9:.0f} GB/s, matmul {flops / 1e12:.0f} TFLOP/s")
+    log(f"{env['device']}: {n_params / 1e9:.3f}B params, {weight_bytes / 2**30:.2f} GiB, "
+        f"copy {bandwidth / 1e9:.0f} GB/s, matmul {flops / 1e12:.2f} TFLOP/s")
     T = prompt_length + gen_length
-    s = prompt_length + gen_length // 2  # a block in the middle of the generation
-    e = s + block_length
+    mid = gen_length // block_length // 2  # a block in the middle of the generation
     steps_per_block = block_length  # LLaDA baseline: one token per step
     rows = []
     gen = torch.Generator(device=device).manual_seed(0)
-    vocab = model.config.vocab_size
+    weight_floor = weight_bytes / bandwidth * 1e3
     for batch in batches:
-        x = torch.randint(0, vocab, (batch, T), device=device, generator=gen)
-        with torch.no_grad():
-            refresh_ms = timed(lambda x=x: model(x, logits_range=(s, e)), device, repeats=repeats)
-            for cache in caches:
-                if cache == "none":
-                    step_ms, refresh = refresh_ms, 0.0
-                    tokens = T
+        prompts = torch.randint(0, model.config.vocab_size, (batch, prompt_length), device=device, generator=gen)
+        for cache in caches:
+            window = recompute_columns(cache, prompt_length + mid * block_length,
+                                       prompt_length + (mid + 1) * block_length, T)
+            tokens = window[1] - window[0]
+            flop_floor = 2 * n_params * batch * tokens / flops * 1e3
+            floor = max(weight_floor, flop_floor)
+            refresh_floor = max(weight_floor, 2 * n_params * batch * T / flops * 1e3)
+            for mode in modes:
+                graphs = mode == "graph"
+                model.compile_kernels(graphs)
+                program = build_program(model, prompts, cache, gen_length, block_length, graphs)
+                program.begin_block(mid)
+                full = program.step_kind(mid, first=True)
+                step_ms = refresh_ms = timed(lambda p=program, k=full: p.run_step(k), device, repeats=repeats)
+                if cache != "none":
+                    kind = program.step_kind(mid, first=False)
+                    step_ms = timed(lambda p=program, k=kind: p.run_step(k), device, repeats=repeats)
                 else:
-                    kv = KVCache(cache)
-
-                    def refresh_fn(x=x, kv=kv) -> torch.Tensor:
-                        kv.keys, kv.values = [], []
-                        return model(x, cache=kv, logits_range=(s, e))
-
-                    refresh = timed(refresh_fn, device, repeats=repeats)
-                    ws, we = kv.window(s, e, T)
-                    step_ms = timed(lambda x=x, kv=kv, ws=ws, we=we: model(
-                        x[:, ws:we], cache=kv, start=ws, logits_range=(s - ws, e - ws)), device, repeats=repeats)
-                    tokens = we - ws
-                e2e_ms = end_to_end_step_ms(model, x[:, :prompt_length], cache, block_length)
-                amortised = (refresh + (steps_per_block - (cache != "none")) * step_ms) / steps_per_block
-                weight_floor = weight_bytes / bandwidth * 1e3 if bandwidth == bandwidth else float("nan")
-                flop_floor = 2 * n_params * batch * tokens / flops * 1e3
-                floor = max(weight_floor, flop_floor) if weight_floor == weight_floor else flop_floor
-                row = BenchRow(cache, batch, prompt_length, gen_length, block_length, step_ms, refresh, amortised,
-                               batch / (amortised / 1e3), weight_floor, flop_floor, step_ms / floor, e2e_ms)
+                    refresh_ms = 0.0
+                del program
+                amortised = (refresh_ms + (steps_per_block - (cache != "none")) * step_ms) / steps_per_block
+                amortised_floor = ((cache != "none") * refresh_floor
+                                   + (steps_per_block - (cache != "none")) * floor) / steps_per_block
+                e2e_ms, agree = float("nan"), None
+                if amortised * gen_length / 1e3 <= e2e_budget_s:
+                    e2e_ms, tokens_out = end_to_end_step_ms(model, prompts, cache, gen_length, block_length, graphs)
+                    if graphs:  # the captured step must replay exactly what its kernels compute eagerly
+                        model.compile_kernels(True)
+                        program = build_program(model, prompts, cache, gen_length, block_length, graphs=False)
+                        run_program(program, early_stop=False)
+                        agree = bool(torch.equal(program.x[:, prompt_length:], tokens_out))
+                        del program
+                        if not agree:
+                            raise AssertionError(f"graph and eager tokens differ (batch {batch}, cache {cache})")
+                row = BenchRow(mode, cache, batch, prompt_length, gen_length, block_length, step_ms, refresh_ms,
+                               amortised, batch / (amortised / 1e3), weight_floor, flop_floor, floor,
+                               amortised_floor, amortised / amortised_floor, e2e_ms, agree)
                 rows.append(row)
-                log(f"batch {batch:>3} cache {cache:>6}: step {step_ms:8.2f} ms (refresh {refresh:8.2f} ms), "
-                    f"amortised {amortised:8.2f} ms, {row.tokens_per_s:9.1f} tok/s, floor {floor:.2f} ms, "
-                    f"end-to-end step {e2e_ms:.2f} ms")
-        del x
-        if device.type == "cuda":
+                log(f"batch {batch:>3} cache {cache:>6} {mode:>5}: step {step_ms:8.2f} ms (refresh {refresh_ms:8.2f}),"
+                    f" amortised {amortised:8.2f} ms = {row.ratio_to_floor:.2f}x floor {amortised_floor:.2f}, "
+                    f"{row.tokens_per_s:9.1f} tok/s, end-to-end {e2e_ms:.2f} ms/NFE")
+        del prompts
+        if on_gpu:
             torch.cuda.empty_cache()
+    model.compile_kernels(False)
     return rows, env
 
 
@@ -180,20 +232,19 @@ def markdown(rows: list[BenchRow], env: dict, command: str) -> str:
     lines = [
         f"Device: {env['device']}, dtype {env['dtype']}, {env['params'] / 1e9:.2f}B parameters "
         f"({env['weight_bytes'] / 2**30:.2f} GiB of weights); measured copy bandwidth "
-        f"{env['measured_bandwidth_GBps']:.0f} GB/s, bf16 matmul {env['measured_matmul_TFLOPs']:.0f} TFLOP/s; "
+        f"{env['measured_bandwidth_GBps']:.0f} GB/s, matmul {env['measured_matmul_TFLOPs']:.0f} TFLOP/s; "
         f"torch {env['torch']}.",
         "",
         f"Command: `{command}`",
         "",
-        "| cache | batch | step ms | refresh ms | amortised step ms | tokens/s (1 tok/step/row) "
-        "| weight-read floor ms | FLOP floor ms | step / floor | end-to-end step ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | cache | mode | step ms | refresh ms | amortised step ms | floor ms (amortised) | amortised / floor "
+        "| tokens/s (1 tok/step/row) | end-to-end ms/NFE |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.cache} | {r.batch} | {r.step_ms:.2f} | {r.refresh_ms:.2f} | {r.amortised_step_ms:.2f} | "
-            f"{r.tokens_per_s:.1f} | {r.weight_floor_ms:.2f} | {r.flop_floor_ms:.2f} | {r.ratio_to_floor:.2f} | "
-            f"{r.e2e_step_ms:.2f} |"
+            f"| {r.batch} | {r.cache} | {r.mode} | {r.step_ms:.2f} | {r.refresh_ms:.2f} | {r.amortised_step_ms:.2f} | "
+            f"{r.amortised_floor_ms:.2f} | {r.ratio_to_floor:.2f} | {r.tokens_per_s:.1f} | {r.e2e_step_ms:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -212,12 +263,13 @@ def run_bench(
     repeats: int,
     command: str,
     log: Callable[[str], None] = print,
+    modes: tuple[str, ...] | None = None,
 ) -> list[BenchRow]:
-    if gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
+    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} must be a positive multiple of block_length={block_length}")
     for cache in caches:
-        if cache not in ("none", "prefix", "dual"):
-            raise ValueError(f"unknown cache mode {cache!r} (allowed: none, prefix, dual)")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"unknown cache mode {cache!r} (allowed: {', '.join(CACHE_MODES)})")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     if random_weights is not None:
@@ -233,10 +285,12 @@ def run_bench(
     if prompt_length + gen_length > model.config.max_sequence_length:
         raise ValueError(f"prompt_length + gen_length = {prompt_length + gen_length} exceeds max_sequence_length "
                          f"{model.config.max_sequence_length}")
-    rows, env = bench_model(model, batches, caches, prompt_length, gen_length, block_length, repeats, log)
+    model.fuse_projections()
+    rows, env = bench_model(model, batches, caches, prompt_length, gen_length, block_length, repeats, log, modes)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps({"env": env, "command": command,
-                                                    "rows": [asdict(r) for r in rows]}, indent=2))
+        records = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(r).items()}
+                   for r in rows]
+        (out / "bench.json").write_text(json.dumps({"env": env, "command": command, "rows": records}, indent=2))
         (out / "bench.md").write_text(markdown(rows, env, command))
     return rows

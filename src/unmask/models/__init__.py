@@ -1,12 +1,12 @@
 """Model architectures, checkpoint loading and the block KV cache."""
 
-from unmask.models.cache import CACHE_MODES, KVCache
+from unmask.models.cache import CACHE_MODES, StaticKVCache
 from unmask.models.config import LLADA_8B, ConfigError, LLaDAConfig
 from unmask.models.llada import LLaDAModel
 from unmask.models.loading import CheckpointError, load_model, random_model, save_pretrained
 from unmask.models.tokenizer import Tokenizer
 
 __all__ = [
-    "CACHE_MODES", "KVCache", "LLADA_8B", "ConfigError", "LLaDAConfig", "LLaDAModel",
+    "CACHE_MODES", "StaticKVCache", "LLADA_8B", "ConfigError", "LLaDAConfig", "LLaDAModel",
     "CheckpointError", "load_model", "random_model", "save_pretrained", "Tokenizer",
 ]

@@ -1,15 +1,17 @@
-"""Fast-dLLM's approximate block KV cache (Wu et al. 2025, "Fast-dLLM", Sec. 3.1).
+"""Fast-dLLM's approximate block KV cache (Wu et al. 2025, "Fast-dLLM", Sec. 3.1), as static buffers.
 
-The cache holds, per layer, keys and values for the whole canvas ``[prompt | generation]``. At the
-start of every block the decoder runs one full forward that fills it (``refresh``); inside the
-block each step recomputes only a window of the canvas and writes its fresh keys/values over the
-cached ones, attending to the rest from the cache:
+The cache holds, per layer, keys (after RoPE) and values for the whole canvas ``[prompt | generation]``
+in buffers allocated once per (batch, canvas length), like gpt-fast's ``KVCache``. At the start of
+every block one full forward (the *refresh*) writes every column; inside the block each step
+recomputes only a window of columns, writes their fresh keys/values in place and attends to all
+columns. The cache modes differ only in that window (``recompute_columns``):
 
-- ``prefix``: the window is ``[block_start, end_of_canvas)``; the prefix is frozen for the block.
-- ``dual``:   the window is ``[block_start, block_end)``; prefix *and* suffix are frozen
-  (Fast-dLLM's ``replace_position``).
+- ``none``:   every step recomputes the whole canvas (no cache is kept);
+- ``prefix``: ``[block_start, canvas_end)``: the prefix is frozen for the block;
+- ``dual``:   ``[block_start, block_end)``: prefix *and* suffix are frozen (Fast-dLLM's
+  ``replace_position``).
 
-Both are approximations: cached entries are not refreshed inside a block.
+Both cached modes are approximations: frozen columns are not refreshed inside a block.
 """
 
 from __future__ import annotations
@@ -22,46 +24,54 @@ CacheMode = Literal["none", "prefix", "dual"]
 CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
 
 
-class KVCache:
-    """Per-layer key/value buffers of shape ``[batch, n_kv_heads, canvas_length, head_dim]``.
+def check_cache_mode(mode: str) -> None:
+    if mode not in CACHE_MODES:
+        raise ValueError(f"unknown cache mode {mode!r} (allowed: {', '.join(CACHE_MODES)})")
 
-    Keys are stored after the rotary embedding, so a window can be recomputed at any offset.
+
+def recompute_columns(mode: str, block_start: int, block_end: int, canvas_length: int) -> tuple[int, int]:
+    """Canvas columns ``[a, b)`` that a step inside block ``[block_start, block_end)`` recomputes."""
+    check_cache_mode(mode)
+    if mode == "none":
+        return 0, canvas_length
+    return (block_start, canvas_length) if mode == "prefix" else (block_start, block_end)
+
+
+class StaticKVCache:
+    """Keys/values ``[n_layers, batch, n_kv_heads, canvas_length, head_dim]``, written in place.
+
+    ``write(layer, k, v, columns)`` stores fresh keys/values of the canvas ``columns`` (a 1-D index
+    tensor, or ``None`` for all of them) and returns the layer's full buffers to attend to.
     """
 
-    def __init__(self, mode: CacheMode = "prefix") -> None:
-        if mode not in ("prefix", "dual"):
-            raise ValueError(f"cache mode {mode!r} has no KV cache (allowed: 'prefix', 'dual')")
-        self.mode = mode
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+    def __init__(
+        self, n_layers: int, batch: int, n_kv_heads: int, length: int, head_dim: int,
+        dtype: torch.dtype, device: torch.device | str,
+    ) -> None:
+        shape = (n_layers, batch, n_kv_heads, length, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+
+    @classmethod
+    def for_model(cls, config, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> StaticKVCache:
+        return cls(config.n_layers, batch, config.n_kv_heads, length, config.head_dim, dtype, device)
+
+    @property
+    def batch(self) -> int:
+        return self.keys.shape[1]
 
     @property
     def length(self) -> int:
-        return self.keys[0].shape[2] if self.keys else 0
+        return self.keys.shape[3]
 
-    def window(self, block_start: int, block_end: int, canvas_length: int) -> tuple[int, int]:
-        """Canvas columns that a step inside block ``[block_start, block_end)`` recomputes."""
-        return (block_start, canvas_length) if self.mode == "prefix" else (block_start, block_end)
-
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write fresh ``k, v`` for columns ``[start, start + n)`` of ``layer``; return the full buffers.
-
-        A write at ``start == 0`` that covers the canvas (the block refresh) replaces the buffers.
-        """
-        if layer == len(self.keys):  # first (refresh) forward allocates
-            if start != 0:
-                raise RuntimeError("KVCache must be filled by a full forward before partial updates")
-            self.keys.append(k)
-            self.values.append(v)
-            return k, v
-        if start == 0 and k.shape[2] == self.keys[layer].shape[2]:
-            self.keys[layer], self.values[layer] = k, v
-            return k, v
-        self.keys[layer][:, :, start : start + k.shape[2]] = k
-        self.values[layer][:, :, start : start + v.shape[2]] = v
-        return self.keys[layer], self.values[layer]
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Keep only batch ``rows`` (used when finished rows leave the batch)."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+    def write(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, columns: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer], self.values[layer]
+        if columns is None:
+            keys.copy_(k)
+            values.copy_(v)
+        else:
+            keys.index_copy_(2, columns, k)
+            values.index_copy_(2, columns, v)
+        return keys, values

@@ -8,31 +8,42 @@ Per block (``LLaDALlamaBlock``):
     y = h + ff_out(silu(ff_proj(m)) * up_proj(m)),                                 m = ff_norm(h)
 RMSNorm and RoPE are computed in float32 and cast back (``rope_full_precision``), as the reference.
 Attention is bidirectional (no causal mask); padded keys are masked out.
+
+For inference, ``fuse_projections()`` concatenates q/k/v into one matrix and gate/up into another
+(one matmul each; the checkpoint's separate weights stay as views, so saving is unchanged), and
+``compile_kernels()`` runs the two pointwise-heavy halves of a block (norm + projections + RoPE;
+output projection + norm + MLP) through ``torch.compile`` so their elementwise work is fused.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unmask.models.cache import KVCache
+from unmask.models.cache import StaticKVCache
 from unmask.models.config import LLaDAConfig
 
 
-class RMSNorm(nn.Module):
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 then cast back before the weight."""
+    dtype = x.dtype
+    x32 = x.float() if dtype != torch.float64 else x
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
 
+
+class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float() if dtype != torch.float64 else x
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rotary_tables(
@@ -58,11 +69,78 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (xf * cos.to(xf.dtype) + rotated * sin.to(xf.dtype)).to(dtype)
 
 
+def attention_inputs(
+    x: torch.Tensor, norm_weight: torch.Tensor, eps: float, qkv_weights: tuple[torch.Tensor, ...],
+    n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k (after RoPE) and v, each [B, heads, L, head_dim], from the block input x [B, L, d].
+
+    ``qkv_weights`` is one fused [q; k; v] matrix or the three separate ones.
+    """
+    B, L, _ = x.shape
+    h = rms_norm(x, norm_weight, eps)
+    hd = cos.shape[-1]
+    if len(qkv_weights) == 1:
+        q, k, v = F.linear(h, qkv_weights[0]).split([n_heads * hd, n_kv_heads * hd, n_kv_heads * hd], dim=-1)
+    else:
+        q, k, v = (F.linear(h, w) for w in qkv_weights)
+    q = q.reshape(B, L, n_heads, hd).transpose(1, 2)
+    k = k.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
+    v = v.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+
+def attention_output_and_mlp(
+    x: torch.Tensor, attended: torch.Tensor, out_weight: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+    gate_up_weights: tuple[torch.Tensor, ...], down_weight: torch.Tensor,
+) -> torch.Tensor:
+    """h = x + attn_out(attended); y = h + ff_out(silu(gate(m)) * up(m)), m = ff_norm(h)."""
+    B, L, _ = x.shape
+    h = x + F.linear(attended.transpose(1, 2).reshape(B, L, -1), out_weight)
+    m = rms_norm(h, norm_weight, eps)
+    if len(gate_up_weights) == 1:
+        gate, up = F.linear(m, gate_up_weights[0]).chunk(2, dim=-1)
+    else:
+        gate, up = (F.linear(m, w) for w in gate_up_weights)
+    return h + F.linear(F.silu(gate) * up, down_weight)
+
+
+@dataclass(frozen=True)
+class BlockKernels:
+    """The two halves of a block around attention: eager functions or their ``torch.compile`` versions."""
+
+    attention_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = attention_inputs
+    attention_output_and_mlp: Callable[..., torch.Tensor] = attention_output_and_mlp
+    compiled: bool = False
+
+
+EAGER_KERNELS = BlockKernels()
+_COMPILED_KERNELS: BlockKernels | None = None
+
+
+def compiled_kernels() -> BlockKernels:
+    """The block halves through ``torch.compile`` (inductor), compiled once and shared by every layer.
+
+    ``emulate_precision_casts`` keeps the eager code's intermediate roundings (e.g. RMSNorm's cast back
+    to bf16 before the weight), so compiled logits stay those of the reference arithmetic.
+    """
+    global _COMPILED_KERNELS
+    if _COMPILED_KERNELS is None:
+        options = {"emulate_precision_casts": True}
+        _COMPILED_KERNELS = BlockKernels(
+            torch.compile(attention_inputs, options=options),
+            torch.compile(attention_output_and_mlp, options=options),
+            compiled=True,
+        )
+    return _COMPILED_KERNELS
+
+
 class LLaDABlock(nn.Module):
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__()
         d, hd = config.d_model, config.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, hd
+        self.eps = config.rms_norm_eps
         self.attn_norm = RMSNorm(d, config.rms_norm_eps)
         self.ff_norm = RMSNorm(d, config.rms_norm_eps)
         self.q_proj = nn.Linear(d, config.n_heads * hd, bias=False)
@@ -72,6 +150,29 @@ class LLaDABlock(nn.Module):
         self.ff_proj = nn.Linear(d, config.mlp_hidden_size, bias=False)
         self.up_proj = nn.Linear(d, config.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=False)
+        self.fused = False
+
+    def fuse_projections(self) -> None:
+        """One [q; k; v] and one [gate; up] matrix; the named weights become views into them."""
+        if self.fused:
+            return
+        groups = (("qkv_weight", ("q_proj", "k_proj", "v_proj")), ("gate_up_weight", ("ff_proj", "up_proj")))
+        for fused_name, names in groups:
+            modules = [getattr(self, n) for n in names]
+            fused = torch.cat([m.weight.detach() for m in modules], dim=0)
+            self.register_buffer(fused_name, fused, persistent=False)
+            row = 0
+            for m in modules:
+                rows = m.weight.shape[0]
+                m.weight = nn.Parameter(fused[row : row + rows], requires_grad=False)
+                row += rows
+        self.fused = True
+
+    def qkv_weights(self) -> tuple[torch.Tensor, ...]:
+        return (self.qkv_weight,) if self.fused else (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
+
+    def gate_up_weights(self) -> tuple[torch.Tensor, ...]:
+        return (self.gate_up_weight,) if self.fused else (self.ff_proj.weight, self.up_proj.weight)
 
     def forward(
         self,
@@ -79,24 +180,20 @@ class LLaDABlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor | None,
-        cache: KVCache | None,
-        layer: int,
-        start: int,
+        cache: StaticKVCache | None = None,
+        layer: int = 0,
+        columns: torch.Tensor | None = None,
+        kernels: BlockKernels = EAGER_KERNELS,
     ) -> torch.Tensor:
-        B, L, _ = x.shape
-        h = self.attn_norm(x)
-        q = self.q_proj(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = kernels.attention_inputs(x, self.attn_norm.weight, self.eps, self.qkv_weights(), self.n_heads,
+                                           self.n_kv_heads, cos, sin)
         if cache is not None:
-            k, v = cache.update(layer, start, k, v)
+            k, v = cache.write(layer, k, v, columns)
         att = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads
         )
-        x = x + self.attn_out(att.transpose(1, 2).reshape(B, L, -1))
-        m = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(m)) * self.up_proj(m))
+        return kernels.attention_output_and_mlp(x, att, self.attn_out.weight, self.ff_norm.weight, self.eps,
+                                                self.gate_up_weights(), self.ff_out.weight)
 
 
 class Transformer(nn.Module):
@@ -117,6 +214,7 @@ class LLaDAModel(nn.Module):
         self.config = config
         self.model = nn.Module()
         self.model.transformer = Transformer(config)
+        self.kernels = EAGER_KERNELS
 
     @property
     def transformer(self) -> Transformer:
@@ -130,45 +228,75 @@ class LLaDAModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.transformer.wte.weight.dtype
 
+    def fuse_projections(self) -> LLaDAModel:
+        """Inference layout: q/k/v and gate/up each one matmul (weights on disk unchanged)."""
+        for block in self.transformer.blocks:
+            block.fuse_projections()
+        return self
+
+    def compile_kernels(self, enabled: bool = True) -> LLaDAModel:
+        """Run the block halves through ``torch.compile`` (``enabled=False``: back to eager)."""
+        self.kernels = compiled_kernels() if enabled else EAGER_KERNELS
+        return self
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables [B, 1, T, head_dim] for ``positions`` [B, T] (float64 for a float64 model)."""
+        table_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        return rotary_tables(self.config.head_dim, self.config.rope_theta, positions, table_dtype)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        start: int = 0,
         logits_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Logits [B, n, embedding_size] for ``input_ids`` [B, n], canvas columns ``[start, start + n)``.
+        """Logits [B, L, embedding_size] for ``input_ids`` [B, L] (a full forward, no cache).
 
-        attention_mask: [B, T] over the whole canvas (1 = token, 0 = padding); T = n without a cache.
-        positions: rotary positions [B, T] of the whole canvas; default: ``cumsum(attention_mask) - 1``
-            (padding-aware, so a left-padded row sees the same relative positions as alone), or
-            ``0..T-1`` without a mask, as the reference.
-        cache: a ``KVCache``; this call writes keys/values of columns ``[start, start + n)`` and
-            attends to all T cached columns.
-        logits_range: ``(a, b)``: only rows ``a..b-1`` of the input go through the LM head.
+        attention_mask: [B, L] (1 = token, 0 = padding). positions: rotary positions [B, L]; default
+        ``cumsum(attention_mask) - 1`` (padding-aware, so a left-padded row sees the same relative
+        positions as alone), or ``0..L-1`` without a mask, as the reference.
+        logits_range: ``(a, b)``: only rows ``a..b-1`` go through the LM head.
         """
-        B, n = input_ids.shape
-        total = cache.length if (cache is not None and cache.length) else start + n
-        if attention_mask is not None and attention_mask.shape != (B, total):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, total)}")
+        B, L = input_ids.shape
+        if attention_mask is not None and attention_mask.shape != (B, L):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, L)}")
         if positions is None:
             if attention_mask is None:
-                positions = torch.arange(total, device=input_ids.device).expand(B, total)
+                positions = torch.arange(L, device=input_ids.device).expand(B, L)
             else:
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        positions = positions[:, start : start + n]
-        hd = self.config.head_dim
-        table_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
-        cos, sin = rotary_tables(hd, self.config.rope_theta, positions, table_dtype)
-        # Pass attention_mask=None when nothing is padded: SDPA then takes its fastest (flash) path.
+        cos, sin = self.rotary(positions)
+        # Pass no mask when nothing is padded: SDPA then takes its fastest (flash) path.
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        rows = None if logits_range is None else slice(*logits_range)
+        return self.forward_window(input_ids, cos, sin, key_mask, logits_rows=rows)
+
+    def forward_window(
+        self,
+        input_ids: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        cache: StaticKVCache | None = None,
+        columns: torch.Tensor | None = None,
+        logits_rows: slice | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for the canvas ``columns`` held in ``input_ids`` [B, W] (all columns if ``None``).
+
+        cos/sin: rotary tables of those columns [B or 1, 1, W, head_dim]. key_mask: [B, 1, 1, T] over the
+        canvas or ``None``. With a ``cache``, fresh keys/values are written at ``columns`` and attention
+        reads all T cached columns; without, the window attends to itself. ``logits_rows`` picks the rows
+        of the window that go through the LM head (a slice or an index tensor).
+        """
         x = self.transformer.wte(input_ids)
+        kernels = self.kernels
         for i, block in enumerate(self.transformer.blocks):
-            x = block(x, cos, sin, key_mask, cache, i, start)
-        if logits_range is not None:
-            x = x[:, logits_range[0] : logits_range[1]]
+            x = block(x, cos, sin, key_mask, cache, i, columns, kernels)
+        if isinstance(logits_rows, slice):
+            x = x[:, logits_rows]
+        elif logits_rows is not None:
+            x = x.index_select(1, logits_rows)
         x = self.transformer.ln_f(x)
         head = self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight
         return F.linear(x, head)

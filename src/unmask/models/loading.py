@@ -178,7 +178,10 @@ def save_pretrained(
     """
     out = Path(path)
     dtype = parse_dtype(dtype) or model.dtype
+    # clone views (fused projections share storage), which safetensors refuses to write
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    whole = {k: v.untyped_storage().nbytes() == v.numel() * v.element_size() for k, v in state.items()}
+    state = {k: v if whole[k] else v.clone() for k, v in state.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, tensor in state.items():

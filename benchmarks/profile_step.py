@@ -1,0 +1,71 @@
+"""Profile one decode step (torch profiler): kernels launched, host time, top kernels by GPU time.
+
+At the LLaDA-8B shape with random weights, batch 1, prompt 256, gen 256, block 32, for a block in the
+middle of the generation: the eager step (ops launched from Python) and the CUDA-graph step (the same
+step captured, its elementwise work fused by torch.compile), for each cache mode asked.
+
+    python benchmarks/profile_step.py --out DIR [--cache dual --cache none] [--shape llada-8b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from unmask.eval.speed import SHAPES, build_program
+from unmask.models.loading import random_model
+
+
+def summarise(prof, steps: int) -> tuple[str, dict]:
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = sum(e.count for e in events) / steps
+    gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=70)
+    return table, {"kernels_per_step": kernels, "gpu_busy_ms_per_step": gpu_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--shape", default="llada-8b")
+    parser.add_argument("--cache", action="append", default=None)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    model = random_model(SHAPES[args.shape], dtype=torch.bfloat16, device=device).fuse_projections()
+    prompts = torch.randint(0, model.config.vocab_size, (args.batch, 256), device=device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for cache in args.cache or ["dual"]:
+        for mode in ("eager", "graph"):
+            graphs = mode == "graph"
+            model.compile_kernels(graphs)
+            program = build_program(model, prompts, cache, 256, 32, graphs)
+            program.begin_block(4)
+            kind = program.step_kind(4, first=cache == "none")
+            for _ in range(3):
+                program.run_step(kind)
+            torch.cuda.synchronize()
+            tic = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(args.steps):
+                    program.run_step(kind)
+                torch.cuda.synchronize()
+            wall = (time.perf_counter() - tic) * 1e3 / args.steps
+            table, stats = summarise(prof, args.steps)
+            head = (f"## batch {args.batch}, cache {cache}, {mode}: {stats['kernels_per_step']:.0f} kernels per step, "
+                    f"GPU busy {stats['gpu_busy_ms_per_step']:.2f} ms per step, wall {wall:.2f} ms per step "
+                    f"(under the profiler)")
+            print(head, flush=True)
+            lines += [head, "", "```", table, "```", ""]
+            del program
+    (args.out / "profile.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
