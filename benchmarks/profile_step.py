@@ -1,8 +1,9 @@
 """Profile one decode step (torch profiler): kernels launched, host time, top kernels by GPU time.
 
 At the LLaDA-8B shape with random weights, batch 1, prompt 256, gen 256, block 32, for a block in the
-middle of the generation: the eager step (ops launched from Python) and the CUDA-graph step (the same
-step captured, its elementwise work fused by torch.compile), for each cache mode asked.
+middle of the generation: the eager step (ops launched from Python), the same kernels captured in a
+CUDA graph (exact) and the captured step with its elementwise work fused by torch.compile (fused), for
+each cache mode asked (``autotune``: fused with inductor's matmul autotuning).
 
     python benchmarks/profile_step.py --out DIR [--cache dual --cache none] [--shape llada-8b]
 """
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--cache", action="append", default=None)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--modes", default="eager,exact,fused", help="comma-separated: eager, exact, fused, autotune")
     args = parser.parse_args()
     device = torch.device("cuda")
     model = random_model(SHAPES[args.shape], dtype=torch.bfloat16, device=device).fuse_projections()
@@ -42,9 +44,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []
     for cache in args.cache or ["dual"]:
-        for mode in ("eager", "graph"):
-            graphs = mode == "graph"
-            model.compile_kernels(graphs)
+        for mode in args.modes.split(","):
+            graphs = mode != "eager"
+            model.compile_kernels(mode in ("fused", "autotune"), autotune=mode == "autotune")
             program = build_program(model, prompts, cache, 256, 32, graphs)
             program.begin_block(4)
             kind = program.step_kind(4, first=cache == "none")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from unmask.decoding.credit import CreditConfig
-from unmask.decoding.loop import DecodeResult, decode
+from unmask.decoding.loop import DecodeResult, decode, resolve_compile
 from unmask.decoding.policies import POLICY_NAMES, Policy, TopK, make_policy
 from unmask.decoding.scorers import Scorer
 from unmask.models.llada import LLaDAModel
@@ -50,7 +50,7 @@ class DiffusionLM:
     """A masked-diffusion language model with its tokenizer and the unmask decoder."""
 
     def __init__(
-        self, model: LLaDAModel, tokenizer: Tokenizer, path: Path | None = None, compile: bool | None = None
+        self, model: LLaDAModel, tokenizer: Tokenizer, path: Path | None = None, compile: bool | str | None = None
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -101,7 +101,7 @@ class DiffusionLM:
         attention_mask: torch.Tensor | None = None,
         seed: int | None = None,
         time_steps: bool = False,
-        compile: bool | None = None,
+        compile: bool | str | None = None,
     ) -> GenerateOutput:
         """Decode a response for each prompt.
 
@@ -111,8 +111,9 @@ class DiffusionLM:
         credit: True (paper defaults) or a ``CreditConfig``: CreditDecoding fused with the policy.
         cache: ``none`` | ``prefix`` | ``dual`` (Fast-dLLM's approximate block KV cache).
         prompts: strings (chat template applied if ``chat``) or token ids [B, P] (with ``attention_mask``).
-        compile: capture the decode step in CUDA graphs and fuse its elementwise work with ``torch.compile``
-            (default: the ``load(compile=...)`` setting; ``None`` there = on for CUDA, off on the CPU).
+        compile: ``True``/``"fused"`` (CUDA graphs + ``torch.compile``), ``"exact"`` (CUDA graphs over the
+            eager kernels, bitwise the eager decode) or ``False``; default: the ``load(compile=...)``
+            setting, whose ``None`` means fused on CUDA and eager on the CPU.
         """
         if isinstance(prompts, torch.Tensor):
             if prompts.dim() != 2 or prompts.numel() == 0:
@@ -177,13 +178,14 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-    compile: bool | None = None,
+    compile: bool | str | None = None,
 ) -> DiffusionLM:
     """Load a LLaDA checkpoint (local folder or hub id); ``None`` loads the embedded testbed model.
 
     The projections are fused for inference (q/k/v and gate/up one matmul each; the checkpoint layout
-    is unchanged). ``compile``: default of ``generate(compile=...)``; ``None`` = CUDA graphs and
-    ``torch.compile`` on a CUDA device, eager on the CPU.
+    is unchanged). ``compile``: default of ``generate(compile=...)``: ``None`` = CUDA graphs and
+    ``torch.compile`` on a CUDA device, eager on the CPU; ``"exact"`` = CUDA graphs over the eager
+    kernels; ``False`` = eager.
     """
     if path_or_id is None:
         path_or_id = embedded_model_path()
@@ -191,5 +193,6 @@ def load(
             raise FileNotFoundError(f"the embedded model is missing from {path_or_id}; reinstall unmask")
     folder = resolve_model_path(path_or_id)
     model = load_model(folder, dtype=dtype, device=device).fuse_projections()
+    resolve_compile(compile, model.device)  # a bad mode fails here, not at the first generate
     tokenizer = Tokenizer.from_pretrained(folder, mask_token_id=model.config.mask_token_id)
     return DiffusionLM(model, tokenizer, folder, compile=compile)

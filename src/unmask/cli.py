@@ -14,7 +14,7 @@ from rich.table import Table
 from unmask.cli_errors import friendly_errors
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.policies import POLICY_NAMES
-from unmask.eval.cli import compare_command, eval_command, trace_command
+from unmask.eval.cli import COMPILE_HELP, compare_command, compile_mode, eval_command, trace_command
 from unmask.models.cache import CACHE_MODES
 from unmask.train.cli import train_command
 
@@ -85,15 +85,14 @@ def generate(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per prompt."),
-    compile: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="CUDA graphs + torch.compile for the decode step (default: on CUDA)."
-    ),
+    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
 ) -> None:
     """Generate responses with any commit policy, cache mode and credit fusion."""
     import unmask
 
     texts = read_prompts(prompts, file)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
     out = lm.generate(
         texts, policy=policy, gen_length=gen_length, block_length=block_length, steps=steps, threshold=threshold,
         factor=factor, margin=margin, cache=cache,
@@ -139,7 +138,8 @@ def bench(
     repeats: int = typer.Option(10, help="Timed repeats per measurement (median reported)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write bench.json and bench.md here."),
     mode: list[str] | None = typer.Option(
-        None, "--mode", help="eager and/or graph (CUDA graphs + torch.compile); default: both on CUDA, eager on CPU."
+        None, "--mode",
+        help="eager, exact (CUDA graphs), fused (CUDA graphs + torch.compile); default: all on CUDA, eager on CPU.",
     ),
 ) -> None:
     """Per-step latency and tokens/s of each cache mode, beside the weight-read and FLOP floors."""

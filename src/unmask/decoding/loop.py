@@ -295,32 +295,51 @@ def run_program(program: DecodeProgram, early_stop: bool, time_steps: bool = Fal
 
 
 def _program_key(policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions) -> tuple:
-    scorer_key = (scorer.kind, scorer.temperature > 0, tuple(scorer.confidence_exclude))
+    scorer_key = (scorer.kind, scorer.temperature, tuple(scorer.confidence_exclude))
     return (repr(policy), scorer_key, repr(credit), opts)
+
+
+COMPILE_MODES: tuple[str, ...] = ("fused", "exact", "off")
+
+
+def resolve_compile(compile: bool | str | None, device: torch.device) -> str:
+    """The compile mode of a decode on ``device``:
+
+    - ``fused`` (``True``; the default on CUDA): steps captured in CUDA graphs, the block's elementwise
+      work fused by ``torch.compile``. Numerically equivalent, not bitwise: bf16 tokens can differ
+      from the reference arithmetic where two candidates are within rounding of each other.
+    - ``exact``: steps captured in CUDA graphs over the eager kernels: bitwise the eager decode.
+    - ``off`` (``False``; the default on the CPU): eager steps launched from Python.
+
+    Graphs need CUDA; on the CPU ``fused`` compiles the kernels and ``exact`` runs eagerly.
+    """
+    if compile is None:
+        return "fused" if device.type == "cuda" else "off"
+    if isinstance(compile, bool):
+        return "fused" if compile else "off"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {compile!r} (allowed: True, False, None, {', '.join(COMPILE_MODES)})")
+    return compile
 
 
 def cached_program(
     model: LLaDAModel, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions,
-    capacity: int = 2,
+    graphs: bool, capacity: int = 2,
 ) -> DecodeProgram:
-    """The captured program of this decode shape, from the model's small LRU (captured on first use)."""
+    """The program of this decode shape from the model's small LRU (built, and captured, on first use)."""
     programs: OrderedDict = model.__dict__.setdefault("_decode_programs", OrderedDict())
-    key = _program_key(policy, scorer, credit, opts)
+    key = (_program_key(policy, scorer, credit, opts), graphs, model.kernels.compiled)
     program = programs.get(key)
     if program is None:
         while len(programs) >= capacity:
             programs.popitem(last=False)
-            torch.cuda.empty_cache()
-        program = DecodeProgram(model, policy, scorer, credit, opts, graphs=True)
+            if graphs:
+                torch.cuda.empty_cache()
+        program = DecodeProgram(model, policy, scorer, credit, opts, graphs=graphs)
         programs[key] = program
     programs.move_to_end(key)
     program.scorer = scorer  # the call's generator draws the noise
     return program
-
-
-def resolve_compile(compile: bool | None, device: torch.device) -> bool:
-    """``None`` = on where it pays (CUDA); the CPU runs eagerly."""
-    return device.type == "cuda" if compile is None else bool(compile)
 
 
 @torch.no_grad()
@@ -342,14 +361,15 @@ def decode(
     stop_ids: tuple[int, ...] = (),
     early_stop: bool = True,
     time_steps: bool = False,
-    compile: bool | None = False,
+    compile: bool | str | None = False,
 ) -> DecodeResult:
     """Decode ``gen_length`` tokens after left-padded prompts ``input_ids`` [B, P].
 
-    ``model.forward_window`` computes logits; NFE counts forwards. ``compile``: ``True`` captures the
-    steps in CUDA graphs (on CUDA; kept per decode shape on the model and replayed by later calls)
-    and fuses the block's elementwise work with ``torch.compile``; ``None`` does so on CUDA only;
-    ``False`` runs eagerly. ``time_steps`` synchronises after each step to record its latency.
+    ``model.forward_window`` computes logits; NFE counts forwards. ``compile`` (see ``resolve_compile``):
+    ``True``/``"fused"`` captures the steps in CUDA graphs and fuses the block's elementwise work with
+    ``torch.compile``; ``"exact"`` captures the eager kernels; ``None`` = fused on CUDA, eager on the
+    CPU; ``False`` = eager. Buffers (and graphs) are kept per decode shape on the model and reused by
+    later calls. ``time_steps`` synchronises after each step to record its latency.
     """
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
         raise ValueError(
@@ -371,17 +391,17 @@ def decode(
     opts = DecodeOptions(B, P, gen_length, block_length, padded, mask_id, cache, float(cfg_scale), logits_eos_inf,
                          eos_id, tuple(stop_ids), early_stop)
     start_time = time.perf_counter()
-    compiled = resolve_compile(compile, device)
-    model.compile_kernels(compiled)
-    program = None
-    if compiled and device.type == "cuda":
-        try:
-            program = cached_program(model, policy, scorer, credit, opts)
-        except Exception as err:  # capture is an optimisation: fall back to eager steps, never to wrong tokens
-            warnings.warn(f"CUDA graph capture failed, decoding eagerly ({type(err).__name__}: {err})", stacklevel=2)
-            model.compile_kernels(False)
-    if program is None:
-        program = DecodeProgram(model, policy, scorer, credit, opts)
+    mode = resolve_compile(compile, device)
+    model.compile_kernels(mode == "fused")
+    graphs = mode != "off" and device.type == "cuda"
+    try:
+        program = cached_program(model, policy, scorer, credit, opts, graphs)
+    except Exception as err:  # capture is an optimisation: fall back to eager steps, never to wrong tokens
+        if not graphs:
+            raise
+        warnings.warn(f"CUDA graph capture failed, decoding eagerly ({type(err).__name__}: {err})", stacklevel=2)
+        model.compile_kernels(False)
+        program = cached_program(model, policy, scorer, credit, opts, graphs=False)
     program.load(input_ids, attention_mask)
     nfe, step_times = run_program(program, early_stop, time_steps)
     x = program.x.clone()

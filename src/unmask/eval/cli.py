@@ -18,6 +18,17 @@ from unmask.eval.compare import COMPARE_SPECS
 from unmask.eval.spec import SPEC_FORMS
 
 console = Console()
+COMPILE_HELP = ("Decode step: auto (fused on CUDA, off on CPU), fused (CUDA graphs + torch.compile), "
+                "exact (CUDA graphs over the eager kernels: bitwise the eager decode), off (eager).")
+
+
+def compile_mode(mode: str, no_compile: bool = False) -> bool | str | None:
+    """The ``compile=`` argument of ``unmask.load`` for the CLI's ``--compile MODE`` / ``--no-compile``."""
+    if no_compile:
+        return False
+    if mode not in ("auto", "fused", "exact", "off"):
+        raise typer.BadParameter(f"--compile {mode!r} is not one of auto, fused, exact, off")
+    return {"auto": None, "off": False}.get(mode, mode)
 
 
 @friendly_errors
@@ -46,9 +57,8 @@ def eval_command(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    compile: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="CUDA graphs + torch.compile for the decode step (default: on CUDA)."
-    ),
+    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
 ) -> None:
     """Evaluate a grid of decoding specs x tasks: accuracy, NFE, tokens/NFE, tokens/s, latency, Pareto plot."""
     import unmask
@@ -58,7 +68,7 @@ def eval_command(
 
     spec_list = parse_specs(specs)  # fail on a bad spec before loading anything
     task_map = resolve_tasks(tasks)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
     report = run_eval(lm, spec_list, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop,
                       temperature=temperature, model_name=model, overwrite=overwrite, progress=progress)
@@ -79,15 +89,15 @@ def compare_command(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    compile: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="CUDA graphs + torch.compile for the decode step (default: on CUDA)."
-    ),
+    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
 ) -> None:
     """Quick comparison of the commit policies (topk, threshold, factor, frechet, credit, dual cache) on math/code."""
     from unmask.eval.compare import run_compare
 
     run_compare(model, n=n, batch_size=batch_size, gen_length=gen_length, block_length=block_length, out_dir=out,
-                device=device, dtype=dtype, progress=progress, console=console, compile=compile)
+                device=device, dtype=dtype, progress=progress, console=console,
+                compile=compile_mode(compile, no_compile))
 
 
 @friendly_errors
@@ -103,9 +113,8 @@ def trace_command(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
     as_json: bool = typer.Option(False, "--json", help="Print the trace summary as JSON."),
-    compile: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="CUDA graphs + torch.compile for the decode step (default: on CUDA)."
-    ),
+    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
 ) -> None:
     """Draw when each token of one generation was committed (step x position, confidence) and print per-step counts."""
     import unmask
@@ -113,7 +122,7 @@ def trace_command(
     from unmask.eval.trace import trace_generation
 
     decode_spec = parse_spec(spec)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
     trace = trace_generation(lm, prompt, decode_spec, gen_length=gen_length, block_length=block_length,
                              early_stop=early_stop, chat=chat, out=out)
     summary = {"spec": trace.spec, "nfe": trace.nfe, "tokens": trace.length, "tokens_per_nfe": trace.tokens_per_nfe,

@@ -1,10 +1,11 @@
 """``unmask bench``: per-step latency and tokens/s of each cache mode at a model shape.
 
 For each batch size, cache mode and execution mode (``eager``: the step launched op by op from
-Python; ``graph``: the same step captured in a CUDA graph, its elementwise work fused by
-``torch.compile``) this measures with CUDA events (wall clock on the CPU), warm-up excluded, median
-of repeats, a *whole decode step* of a ``DecodeProgram`` (forward, scorer, policy, commit,
-bookkeeping) for a block in the middle of the generation:
+Python; ``exact``: the same kernels captured in a CUDA graph; ``fused``: the step captured in a CUDA
+graph with the block's elementwise work fused by ``torch.compile``) this measures with CUDA events
+(wall clock on the CPU), warm-up excluded, median of repeats, a *whole decode step* of a
+``DecodeProgram`` (forward, scorer, policy, commit, bookkeeping) for a block in the middle of the
+generation:
 
 - the steady-state step: ``none`` = a forward over the whole canvas [prompt | generation];
   ``prefix`` = a cached forward over [block_start, end); ``dual`` = a cached forward over the block;
@@ -49,7 +50,7 @@ SHAPES: dict[str, LLaDAConfig] = {
 
 @dataclass
 class BenchRow:
-    mode: str  # eager | graph
+    mode: str  # eager | exact | fused
     cache: str
     batch: int
     prompt_length: int
@@ -65,7 +66,7 @@ class BenchRow:
     amortised_floor_ms: float  # the floor of the amortised step (refresh included)
     ratio_to_floor: float  # amortised step / amortised floor
     e2e_step_ms: float  # decode() wall time / NFE: host loop and read-backs included (nan: not measured)
-    graph_equals_eager: bool | None  # graph mode: the captured decode's tokens equal its kernels run eagerly
+    graph_equals_eager: bool | None  # graph modes: the captured decode's tokens equal its kernels run eagerly
 
 
 def timed(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
@@ -120,8 +121,8 @@ def build_program(
 
 
 def end_to_end_step_ms(
-    model: LLaDAModel, prompts: torch.Tensor, cache: str, gen_length: int, block_length: int, compile: bool,
-    repeats: int = 2,
+    model: LLaDAModel, prompts: torch.Tensor, cache: str, gen_length: int, block_length: int,
+    compile: bool | str, repeats: int = 2,
 ) -> tuple[float, torch.Tensor]:
     """Milliseconds per forward of a whole ``decode`` (LLaDA schedule, no early stop), and its tokens."""
 
@@ -146,20 +147,18 @@ def bench_model(
     modes: tuple[str, ...] | None = None,
     e2e_budget_s: float = 20.0,
 ) -> tuple[list[BenchRow], dict]:
-    """Step latency per (batch, cache, mode); ``modes``: ``eager`` and/or ``graph`` (default: both on CUDA).
+    """Step latency per (batch, cache, mode); ``modes``: ``eager``, ``exact``, ``fused`` (default: all on CUDA).
 
-    ``graph`` = the step captured in a CUDA graph with the block's elementwise work fused by
-    ``torch.compile``; ``eager`` = the same step launched op by op from Python. On CUDA, the graph
-    decode's tokens are checked against the same kernels run eagerly (they must be identical).
+    A graph mode's decode tokens are checked against the same kernels run eagerly (they must be identical).
     """
     device = model.device
     on_gpu = device.type == "cuda"
-    modes = modes or (("eager", "graph") if on_gpu else ("eager",))
+    modes = modes or (("eager", "exact", "fused") if on_gpu else ("eager",))
     for mode in modes:
-        if mode not in ("eager", "graph"):
-            raise ValueError(f"unknown bench mode {mode!r} (allowed: eager, graph)")
-        if mode == "graph" and not on_gpu:
-            raise ValueError("mode 'graph' needs a CUDA device")
+        if mode not in ("eager", "exact", "fused"):
+            raise ValueError(f"unknown bench mode {mode!r} (allowed: eager, exact, fused)")
+        if mode != "eager" and not on_gpu:
+            raise ValueError(f"mode {mode!r} captures CUDA graphs and needs a CUDA device")
     n_params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = memory_bandwidth(device, gib=2.0 if on_gpu else 0.25)
@@ -188,8 +187,8 @@ def bench_model(
             floor = max(weight_floor, flop_floor)
             refresh_floor = max(weight_floor, 2 * n_params * batch * T / flops * 1e3)
             for mode in modes:
-                graphs = mode == "graph"
-                model.compile_kernels(graphs)
+                graphs = mode != "eager"
+                model.compile_kernels(mode == "fused")
                 program = build_program(model, prompts, cache, gen_length, block_length, graphs)
                 program.begin_block(mid)
                 full = program.step_kind(mid, first=True)
@@ -205,9 +204,10 @@ def bench_model(
                                    + (steps_per_block - (cache != "none")) * floor) / steps_per_block
                 e2e_ms, agree = float("nan"), None
                 if amortised * gen_length / 1e3 <= e2e_budget_s:
-                    e2e_ms, tokens_out = end_to_end_step_ms(model, prompts, cache, gen_length, block_length, graphs)
+                    e2e_ms, tokens_out = end_to_end_step_ms(model, prompts, cache, gen_length, block_length,
+                                                            {"eager": False}.get(mode, mode))
                     if graphs:  # the captured step must replay exactly what its kernels compute eagerly
-                        model.compile_kernels(True)
+                        model.compile_kernels(mode == "fused")
                         program = build_program(model, prompts, cache, gen_length, block_length, graphs=False)
                         run_program(program, early_stop=False)
                         agree = bool(torch.equal(program.x[:, prompt_length:], tokens_out))

@@ -38,19 +38,17 @@ def recompute_columns(mode: str, block_start: int, block_end: int, canvas_length
 
 
 class StaticKVCache:
-    """Keys/values ``[n_layers, batch, n_kv_heads, canvas_length, head_dim]``, written in place.
+    """Keys and values ``[n_layers, 2, batch, n_kv_heads, canvas_length, head_dim]`` in one buffer.
 
-    ``write(layer, k, v, columns)`` stores fresh keys/values of the canvas ``columns`` (a 1-D index
-    tensor, or ``None`` for all of them) and returns the layer's full buffers to attend to.
+    A forward writes the fresh keys/values of the canvas ``columns`` it computes into ``layer(i)``
+    (one ``index_copy_`` for both, or a full copy for the refresh) and attends to all columns.
     """
 
     def __init__(
         self, n_layers: int, batch: int, n_kv_heads: int, length: int, head_dim: int,
         dtype: torch.dtype, device: torch.device | str,
     ) -> None:
-        shape = (n_layers, batch, n_kv_heads, length, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.kv = torch.zeros((n_layers, 2, batch, n_kv_heads, length, head_dim), dtype=dtype, device=device)
 
     @classmethod
     def for_model(cls, config, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> StaticKVCache:
@@ -58,20 +56,21 @@ class StaticKVCache:
 
     @property
     def batch(self) -> int:
-        return self.keys.shape[1]
+        return self.kv.shape[2]
 
     @property
     def length(self) -> int:
-        return self.keys.shape[3]
+        return self.kv.shape[4]
 
-    def write(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor, columns: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.keys[layer], self.values[layer]
-        if columns is None:
-            keys.copy_(k)
-            values.copy_(v)
-        else:
-            keys.index_copy_(2, columns, k)
-            values.index_copy_(2, columns, v)
-        return keys, values
+    def layer(self, index: int) -> torch.Tensor:
+        """The [2, batch, n_kv_heads, canvas_length, head_dim] buffer of one layer (keys, values)."""
+        return self.kv[index]
+
+
+def write_kv(buffer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, columns: torch.Tensor | None) -> None:
+    """Store fresh keys/values [B, H, W, hd] of canvas ``columns`` (all columns if ``None``) in ``buffer``."""
+    fresh = torch.stack((k, v))
+    if columns is None:
+        buffer.copy_(fresh)
+    else:
+        buffer.index_copy_(3, columns, fresh)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unmask.models.cache import StaticKVCache
+from unmask.models.cache import StaticKVCache, write_kv
 from unmask.models.config import LLaDAConfig
 
 
@@ -72,10 +72,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def attention_inputs(
     x: torch.Tensor, norm_weight: torch.Tensor, eps: float, qkv_weights: tuple[torch.Tensor, ...],
     n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+    cache: torch.Tensor | None = None, columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k (after RoPE) and v, each [B, heads, L, head_dim], from the block input x [B, L, d].
 
-    ``qkv_weights`` is one fused [q; k; v] matrix or the three separate ones.
+    ``qkv_weights`` is one fused [q; k; v] matrix or the three separate ones. With a layer's ``cache``
+    buffer [2, B, kv_heads, T, head_dim], the fresh keys/values are written at ``columns`` (all if
+    ``None``) and the returned k, v are the whole cached canvas.
     """
     B, L, _ = x.shape
     h = rms_norm(x, norm_weight, eps)
@@ -87,7 +90,11 @@ def attention_inputs(
     q = q.reshape(B, L, n_heads, hd).transpose(1, 2)
     k = k.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
     v = v.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
-    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if cache is None:
+        return q, k, v
+    write_kv(cache, k, v, columns)
+    return q, cache[0], cache[1]
 
 
 def attention_output_and_mlp(
@@ -115,24 +122,26 @@ class BlockKernels:
 
 
 EAGER_KERNELS = BlockKernels()
-_COMPILED_KERNELS: BlockKernels | None = None
+_COMPILED_KERNELS: dict[bool, BlockKernels] = {}
 
 
-def compiled_kernels() -> BlockKernels:
+def compiled_kernels(autotune: bool = False) -> BlockKernels:
     """The block halves through ``torch.compile`` (inductor), compiled once and shared by every layer.
 
     ``emulate_precision_casts`` keeps the eager code's intermediate roundings (e.g. RMSNorm's cast back
-    to bf16 before the weight), so compiled logits stay those of the reference arithmetic.
+    to bf16 before the weight). ``autotune`` lets inductor time Triton templates for the matmuls
+    (``max_autotune``; minutes of compilation per shape).
     """
-    global _COMPILED_KERNELS
-    if _COMPILED_KERNELS is None:
+    if autotune not in _COMPILED_KERNELS:
         options = {"emulate_precision_casts": True}
-        _COMPILED_KERNELS = BlockKernels(
+        if autotune:
+            options.update({"max_autotune": True, "triton.cudagraphs": False})
+        _COMPILED_KERNELS[autotune] = BlockKernels(
             torch.compile(attention_inputs, options=options),
             torch.compile(attention_output_and_mlp, options=options),
             compiled=True,
         )
-    return _COMPILED_KERNELS
+    return _COMPILED_KERNELS[autotune]
 
 
 class LLaDABlock(nn.Module):
@@ -186,9 +195,8 @@ class LLaDABlock(nn.Module):
         kernels: BlockKernels = EAGER_KERNELS,
     ) -> torch.Tensor:
         q, k, v = kernels.attention_inputs(x, self.attn_norm.weight, self.eps, self.qkv_weights(), self.n_heads,
-                                           self.n_kv_heads, cos, sin)
-        if cache is not None:
-            k, v = cache.write(layer, k, v, columns)
+                                           self.n_kv_heads, cos, sin, None if cache is None else cache.layer(layer),
+                                           columns)
         att = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads
         )
@@ -234,9 +242,9 @@ class LLaDAModel(nn.Module):
             block.fuse_projections()
         return self
 
-    def compile_kernels(self, enabled: bool = True) -> LLaDAModel:
+    def compile_kernels(self, enabled: bool = True, autotune: bool = False) -> LLaDAModel:
         """Run the block halves through ``torch.compile`` (``enabled=False``: back to eager)."""
-        self.kernels = compiled_kernels() if enabled else EAGER_KERNELS
+        self.kernels = compiled_kernels(autotune) if enabled else EAGER_KERNELS
         return self
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
