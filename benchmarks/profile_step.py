@@ -3,7 +3,7 @@
 At the LLaDA-8B shape with random weights, batch 1, prompt 256, gen 256, block 32, for a block in the
 middle of the generation: the eager step (ops launched from Python), the same kernels captured in a
 CUDA graph (exact) and the captured step with its elementwise work fused by torch.compile (fused), for
-each cache mode asked (``autotune``: fused with inductor's matmul autotuning).
+each cache mode asked (``--sdpa`` forces an attention backend for the experiment).
 
     python benchmarks/profile_step.py --out DIR [--cache dual --cache none] [--shape llada-8b]
 """
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 from unmask.eval.speed import SHAPES, build_program
@@ -36,7 +37,8 @@ def main() -> None:
     parser.add_argument("--cache", action="append", default=None)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--modes", default="eager,exact,fused", help="comma-separated: eager, exact, fused, autotune")
+    parser.add_argument("--modes", default="eager,exact,fused", help="comma-separated: eager, exact, fused")
+    parser.add_argument("--sdpa", default=None, help="force an attention backend: flash, efficient, cudnn")
     args = parser.parse_args()
     device = torch.device("cuda")
     model = random_model(SHAPES[args.shape], dtype=torch.bfloat16, device=device).fuse_projections()
@@ -46,8 +48,11 @@ def main() -> None:
     for cache in args.cache or ["dual"]:
         for mode in args.modes.split(","):
             graphs = mode != "eager"
-            model.compile_kernels(mode in ("fused", "autotune"), autotune=mode == "autotune")
-            program = build_program(model, prompts, cache, 256, 32, graphs)
+            model.compile_kernels(mode == "fused")
+            backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                        "cudnn": SDPBackend.CUDNN_ATTENTION}
+            with sdpa_kernel([backends[args.sdpa]] if args.sdpa else list(backends.values()) + [SDPBackend.MATH]):
+                program = build_program(model, prompts, cache, 256, 32, graphs)
             program.begin_block(4)
             kind = program.step_kind(4, first=cache == "none")
             for _ in range(3):

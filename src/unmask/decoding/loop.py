@@ -198,7 +198,7 @@ class DecodeProgram:
             logits[..., opts.eos_id] = -torch.inf
         if self.credit is not None:
             logits = self.credit.update_and_fuse(logits, masked)
-        candidates, confidence = self.scorer(logits, self.noise)
+        candidates, confidence = self.scorer(logits, self.noise, fused=self.model.kernels.compiled)
         confidence = torch.where(masked, confidence, -torch.inf)
         commit = self.policy(confidence, masked, self.step_index, self.schedule)
         self.x.index_copy_(1, columns, torch.where(commit, candidates, self.x.index_select(1, columns)))

@@ -42,6 +42,35 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, uniform: torch.Tenso
     return (logits.double() - temperature * torch.log(-torch.log(uniform))).argmax(dim=-1)
 
 
+def argmax_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy candidate and its probability exp(l_c - logsumexp(l)), with the normaliser in float64."""
+    candidates = logits.argmax(dim=-1)
+    chosen = logits.gather(-1, candidates[..., None]).squeeze(-1).double()
+    return candidates, (chosen - log_normaliser(logits)).exp()
+
+
+def _fused_log_normaliser(logits: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(logits.double(), dim=-1)
+
+
+def _fused_argmax_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    candidates = logits.argmax(dim=-1)
+    chosen = logits.gather(-1, candidates[..., None]).squeeze(-1).double()
+    return candidates, (chosen - _fused_log_normaliser(logits)).exp()
+
+
+_COMPILED_ARGMAX_CONFIDENCE = None
+
+
+def compiled_argmax_confidence():
+    """``argmax_confidence`` through ``torch.compile``: split reductions over the vocabulary (few rows,
+    long rows) and no float64 copy of the logits in memory."""
+    global _COMPILED_ARGMAX_CONFIDENCE
+    if _COMPILED_ARGMAX_CONFIDENCE is None:
+        _COMPILED_ARGMAX_CONFIDENCE = torch.compile(_fused_argmax_confidence)
+    return _COMPILED_ARGMAX_CONFIDENCE
+
+
 @dataclass
 class Noise:
     """The random draws of one step, taken before it (so a captured step replays with fresh noise)."""
@@ -95,7 +124,12 @@ class Scorer:
             noise.random_confidence.uniform_(generator=self.generator)
         return noise
 
-    def __call__(self, logits: torch.Tensor, noise: Noise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, logits: torch.Tensor, noise: Noise | None = None, fused: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(candidate, confidence) per position; ``fused`` runs the greedy confidence through ``torch.compile``."""
+        if self.kind == "confidence" and self.temperature == 0 and not self.confidence_exclude:
+            return (compiled_argmax_confidence() if fused else argmax_confidence)(logits)
         if noise is None and self.random:
             B, L, V = logits.shape
             noise = self.draw(self.allocate_noise(B, L, V, logits.device))

@@ -69,6 +69,8 @@ class StaticKVCache:
 
 def write_kv(buffer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, columns: torch.Tensor | None) -> None:
     """Store fresh keys/values [B, H, W, hd] of canvas ``columns`` (all columns if ``None``) in ``buffer``."""
+    # One write for both, on the buffer itself: under torch.compile a write through a view of the
+    # buffer (buffer[0].index_copy_) becomes a copy of the whole layer's cache.
     fresh = torch.stack((k, v))
     if columns is None:
         buffer.copy_(fresh)

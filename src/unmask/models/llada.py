@@ -122,26 +122,25 @@ class BlockKernels:
 
 
 EAGER_KERNELS = BlockKernels()
-_COMPILED_KERNELS: dict[bool, BlockKernels] = {}
+_COMPILED_KERNELS: BlockKernels | None = None
+COMPILE_OPTIONS = {"emulate_precision_casts": True}
 
 
-def compiled_kernels(autotune: bool = False) -> BlockKernels:
+def compiled_kernels() -> BlockKernels:
     """The block halves through ``torch.compile`` (inductor), compiled once and shared by every layer.
 
     ``emulate_precision_casts`` keeps the eager code's intermediate roundings (e.g. RMSNorm's cast back
-    to bf16 before the weight). ``autotune`` lets inductor time Triton templates for the matmuls
-    (``max_autotune``; minutes of compilation per shape).
+    to bf16 before the weight); the results still differ from eager in the last bits (reduction order,
+    fused multiply-adds).
     """
-    if autotune not in _COMPILED_KERNELS:
-        options = {"emulate_precision_casts": True}
-        if autotune:
-            options.update({"max_autotune": True, "triton.cudagraphs": False})
-        _COMPILED_KERNELS[autotune] = BlockKernels(
-            torch.compile(attention_inputs, options=options),
-            torch.compile(attention_output_and_mlp, options=options),
+    global _COMPILED_KERNELS
+    if _COMPILED_KERNELS is None:
+        _COMPILED_KERNELS = BlockKernels(
+            torch.compile(attention_inputs, options=COMPILE_OPTIONS),
+            torch.compile(attention_output_and_mlp, options=COMPILE_OPTIONS),
             compiled=True,
         )
-    return _COMPILED_KERNELS[autotune]
+    return _COMPILED_KERNELS
 
 
 class LLaDABlock(nn.Module):
@@ -242,9 +241,9 @@ class LLaDAModel(nn.Module):
             block.fuse_projections()
         return self
 
-    def compile_kernels(self, enabled: bool = True, autotune: bool = False) -> LLaDAModel:
+    def compile_kernels(self, enabled: bool = True) -> LLaDAModel:
         """Run the block halves through ``torch.compile`` (``enabled=False``: back to eager)."""
-        self.kernels = compiled_kernels(autotune) if enabled else EAGER_KERNELS
+        self.kernels = compiled_kernels() if enabled else EAGER_KERNELS
         return self
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
