@@ -122,7 +122,7 @@ def build_program(
 
 def end_to_end_step_ms(
     model: LLaDAModel, prompts: torch.Tensor, cache: str, gen_length: int, block_length: int,
-    compile: bool | str, repeats: int = 2,
+    compile: bool | str, repeats: int = 1,
 ) -> tuple[float, torch.Tensor]:
     """Milliseconds per forward of a whole ``decode`` (LLaDA schedule, no early stop), and its tokens."""
 
@@ -214,6 +214,9 @@ def bench_model(
                         del program
                         if not agree:
                             raise AssertionError(f"graph and eager tokens differ (batch {batch}, cache {cache})")
+                model.__dict__.pop("_decode_programs", None)  # free this configuration's buffers and graphs
+                if on_gpu:
+                    torch.cuda.empty_cache()
                 row = BenchRow(mode, cache, batch, prompt_length, gen_length, block_length, step_ms, refresh_ms,
                                amortised, batch / (amortised / 1e3), weight_floor, flop_floor, floor,
                                amortised_floor, amortised / amortised_floor, e2e_ms, agree)
