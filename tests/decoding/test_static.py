@@ -1,0 +1,168 @@
+"""The static decode step: compiled kernels give the reference-checked tokens, buffers are allocated once
+and reused, a fixed schedule never reads back from the device, compile modes are validated, and on a
+GPU the captured CUDA graphs replay exactly what the eager step computes."""
+
+import pytest
+import torch
+from reference import ref_fastdllm_generate
+
+import unmask
+from unmask.decoding import CreditConfig, Factor, Frechet, Scorer, Threshold, TopK, decode
+from unmask.decoding.loop import DecodeOptions, DecodeProgram, resolve_compile, run_program
+from unmask.decoding.scorers import CHUNK_ELEMENTS, argmax_confidence
+from unmask.models import load_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from llada_fixtures import random_weights, tiny_config, write_checkpoint
+
+    cfg = tiny_config()
+    folder = write_checkpoint(tmp_path_factory.mktemp("static") / "m", cfg, random_weights(cfg))
+    return load_model(folder, dtype="float64").fuse_projections()
+
+
+def prompts(n=2, length=7, seed=0):
+    return torch.randint(0, 100, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+CASES = [(policy, cache, credit)
+         for policy in (TopK(4), Threshold(0.3), Factor(1.0), Frechet(0.25))
+         for cache in ("none", "prefix", "dual")
+         for credit in (None, CreditConfig())]
+
+
+@pytest.mark.parametrize("policy,cache,credit", CASES, ids=lambda v: repr(v)[:24])
+def test_compiled_kernels_give_the_eager_tokens(model, policy, cache, credit):
+    """compile="fused" on the CPU runs the torch.compile kernels (no graphs): same tokens, NFE, commit steps."""
+    mask_id = model.config.mask_token_id
+    x = prompts(3, 9, seed=2)
+    attn = torch.ones_like(x)
+    attn[0, :4] = 0  # a ragged batch
+    kw = dict(mask_id=mask_id, attention_mask=attn, gen_length=24, block_length=8, cache=cache, credit=credit,
+              early_stop=False)
+    eager = decode(model, x, policy, compile=False, **kw)
+    fused = decode(model, x, policy, compile="fused", **kw)
+    assert torch.equal(eager.sequences, fused.sequences)
+    assert torch.equal(eager.commit_step, fused.commit_step)
+    assert eager.nfe == fused.nfe
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_compiled_kernels_equal_fastdllm(model, tiny_cfg, tiny_weights, cache):
+    """Directly against the restatement of Fast-dLLM's generate* (tiny_weights are the model fixture's)."""
+    weights = tiny_weights
+    mask_id = tiny_cfg["mask_token_id"]
+    for row in prompts(2, 6, seed=4):
+        x = row[None]
+        ref, ref_nfe = ref_fastdllm_generate(weights, tiny_cfg, x, 24, 8, mask_id, threshold=0.3, cache=cache)
+        out = decode(model, x, Threshold(0.3), mask_id=mask_id, gen_length=24, block_length=8, cache=cache,
+                     early_stop=False, compile="fused")
+        assert torch.equal(out.sequences, ref)
+        assert out.nfe == ref_nfe
+
+
+def test_programs_are_reused_and_leave_no_state_behind(model):
+    mask_id = model.config.mask_token_id
+    model.__dict__.pop("_decode_programs", None)
+    kw = dict(mask_id=mask_id, gen_length=16, block_length=8, cache="dual", early_stop=False)
+    a, b = prompts(2, 7, seed=0), prompts(2, 7, seed=1)
+    first = decode(model, a, Threshold(0.3), **kw)
+    (program,) = model._decode_programs.values()
+    pointers = (program.x.data_ptr(), program.kv.kv.data_ptr(), program.commit_step.data_ptr())
+    decode(model, b, Threshold(0.3), **kw)  # same shape: same program, same buffers
+    again = decode(model, a, Threshold(0.3), **kw)
+    assert list(model._decode_programs.values()) == [program]
+    assert (program.x.data_ptr(), program.kv.kv.data_ptr(), program.commit_step.data_ptr()) == pointers
+    assert torch.equal(first.sequences, again.sequences) and torch.equal(first.commit_step, again.commit_step)
+    decode(model, prompts(2, 5), Threshold(0.3), **kw)  # another prompt length: another program
+    assert len(model._decode_programs) == 2
+
+
+class NoReadBack:
+    """Stands in for a device flag: the step may write it, the host must not read it."""
+
+    def copy_(self, value):
+        return self
+
+    def fill_(self, value):
+        return self
+
+    def __bool__(self):
+        raise AssertionError("the host read a device flag during a fixed-schedule decode")
+
+
+def test_fixed_schedule_reads_nothing_back(model):
+    opts = DecodeOptions(2, 7, 16, 8, False, model.config.mask_token_id, "dual", 0.0, False, None, (), False)
+    program = DecodeProgram(model, TopK(8), Scorer(), None, opts)
+    program.load(prompts(), None)
+    program.active = NoReadBack()
+    nfe, _ = run_program(program, early_stop=False)
+    assert nfe == 16
+
+
+def test_dynamic_policy_reads_one_flag_per_step(model):
+    opts = DecodeOptions(2, 7, 16, 8, False, model.config.mask_token_id, "none", 0.0, False, None, (), False)
+    program = DecodeProgram(model, Threshold(0.3), Scorer(), None, opts)
+    program.load(prompts(), None)
+    program.active = NoReadBack()
+    with pytest.raises(AssertionError, match="read a device flag"):
+        run_program(program, early_stop=False)
+
+
+def test_policy_step_as_device_tensor_equals_int():
+    g = torch.Generator().manual_seed(0)
+    masked = torch.rand(8, 16, generator=g) < 0.6
+    conf = torch.where(masked, torch.rand(8, 16, generator=g, dtype=torch.float64), -torch.inf)
+    policy = TopK(4)
+    schedule = policy.start_block(masked)
+    for step in range(6):  # steps past the schedule finish the block
+        assert torch.equal(policy(conf, masked, step, schedule), policy(conf, masked, torch.tensor(step), schedule))
+
+
+def test_confidence_is_float64_and_chunked(monkeypatch):
+    logits = torch.randn(3, 5, 1000, dtype=torch.float64).to(torch.bfloat16)
+    candidates, confidence = argmax_confidence(logits)
+    assert confidence.dtype == torch.float64
+    expect = torch.softmax(logits.double(), dim=-1).gather(-1, candidates[..., None]).squeeze(-1)
+    torch.testing.assert_close(confidence, expect, rtol=1e-13, atol=0)
+    monkeypatch.setattr("unmask.decoding.scorers.CHUNK_ELEMENTS", 2000)  # 2 rows per chunk
+    assert CHUNK_ELEMENTS > 2000
+    assert torch.equal(argmax_confidence(logits)[1], confidence)
+
+
+def test_compile_modes_are_validated(tiny_ckpt):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile(None, cpu) == "off" and resolve_compile(None, cuda) == "fused"
+    assert resolve_compile(True, cpu) == "fused" and resolve_compile(False, cuda) == "off"
+    assert resolve_compile("exact", cuda) == "exact"
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'.*fused, exact, off"):
+        resolve_compile("fast", cpu)
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+        unmask.load(tiny_ckpt, dtype="float32", device="cpu", compile="fast")
+
+
+def test_generate_exact_mode_on_cpu_is_eager(tiny_ckpt):
+    lm = unmask.load(tiny_ckpt, dtype="float64", device="cpu")
+    kw = dict(policy="threshold", threshold=0.3, gen_length=16, block_length=8, cache="dual")
+    assert lm.generate("hello world", compile="exact", **kw).texts == lm.generate("hello world", **kw).texts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("policy,cache,credit", CASES, ids=lambda v: repr(v)[:24])
+def test_graph_replay_equals_eager_on_cuda(model, policy, cache, credit):
+    cuda_model = type(model)(model.config).to(torch.float32)
+    cuda_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    cuda_model = cuda_model.cuda().eval().requires_grad_(False)
+    x = prompts(3, 9, seed=2).cuda()
+    kw = dict(mask_id=model.config.mask_token_id, gen_length=24, block_length=8, cache=cache, credit=credit,
+              early_stop=False)
+    for mode in ("exact", "fused"):
+        cuda_model.compile_kernels(mode == "fused")
+        opts = DecodeOptions(3, 9, 24, 8, False, kw["mask_id"], cache, 0.0, False, None, (), False)
+        eager = DecodeProgram(cuda_model, policy, Scorer(), credit, opts)
+        graph = DecodeProgram(cuda_model, policy, Scorer(), credit, opts, graphs=True)
+        for program in (eager, graph):
+            program.load(x, None)
+            run_program(program, early_stop=False)
+        assert torch.equal(eager.x, graph.x) and torch.equal(eager.commit_step, graph.commit_step)
