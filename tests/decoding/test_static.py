@@ -166,3 +166,26 @@ def test_graph_replay_equals_eager_on_cuda(model, policy, cache, credit):
             program.load(x, None)
             run_program(program, early_stop=False)
         assert torch.equal(eager.x, graph.x) and torch.equal(eager.commit_step, graph.commit_step)
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_batch_buckets_share_programs_and_keep_tokens(model, early_stop):
+    """In fused mode a batch of 3 runs in the bucket of 4 (the first row repeated): same tokens, NFE."""
+    from unmask.decoding.loop import batch_bucket
+
+    assert [batch_bucket(b) for b in (1, 2, 3, 5, 33, 64, 65, 130)] == [1, 2, 4, 8, 64, 64, 128, 192]
+    mask_id = model.config.mask_token_id
+    x = prompts(3, 9, seed=5)
+    attn = torch.ones_like(x)
+    attn[1, :3] = 0
+    stop = (model.config.eos_token_id,)
+    kw = dict(mask_id=mask_id, attention_mask=attn, gen_length=16, block_length=8, cache="dual", early_stop=early_stop,
+              stop_ids=stop)
+    model.__dict__.pop("_decode_programs", None)
+    eager = decode(model, x, Frechet(0.25), compile=False, **kw)
+    fused = decode(model, x, Frechet(0.25), compile="fused", **kw)
+    assert fused.sequences.shape == eager.sequences.shape
+    assert torch.equal(eager.sequences, fused.sequences) and torch.equal(eager.nfe_per_row, fused.nfe_per_row)
+    assert eager.nfe == fused.nfe
+    four = [p for p in model._decode_programs.values() if p.B == 4]
+    assert len(four) == 1  # the fused program holds 4 rows

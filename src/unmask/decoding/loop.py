@@ -322,6 +322,11 @@ def resolve_compile(compile: bool | str | None, device: torch.device) -> str:
     return compile
 
 
+def batch_bucket(batch: int) -> int:
+    """Batch sizes share captured graphs by bucket: the next power of two up to 64, then multiples of 64."""
+    return 1 << (batch - 1).bit_length() if batch <= 64 else -(-batch // 64) * 64
+
+
 def cached_program(
     model: LLaDAModel, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions,
     graphs: bool, capacity: int = 2,
@@ -369,7 +374,8 @@ def decode(
     ``True``/``"fused"`` captures the steps in CUDA graphs and fuses the block's elementwise work with
     ``torch.compile``; ``"exact"`` captures the eager kernels; ``None`` = fused on CUDA, eager on the
     CPU; ``False`` = eager. Buffers (and graphs) are kept per decode shape on the model and reused by
-    later calls. ``time_steps`` synchronises after each step to record its latency.
+    later calls; in ``fused`` mode batch sizes share them by bucket (``batch_bucket``). ``time_steps``
+    synchronises after each step to record its latency.
     """
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
         raise ValueError(
@@ -386,12 +392,19 @@ def decode(
         raise ValueError("early_stop needs stop_ids (end-of-text / end-of-turn token ids)")
     scorer = scorer or Scorer()
     device = input_ids.device
-    B, P = input_ids.shape
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    opts = DecodeOptions(B, P, gen_length, block_length, padded, mask_id, cache, float(cfg_scale), logits_eos_inf,
-                         eos_id, tuple(stop_ids), early_stop)
     start_time = time.perf_counter()
     mode = resolve_compile(compile, device)
+    B, P = input_ids.shape
+    if mode == "fused" and batch_bucket(B) > B:
+        # share graphs across batch sizes: fill the bucket with copies of the first row, which decode
+        # exactly as it does (never adding a step) and are dropped below
+        extra = batch_bucket(B) - B
+        input_ids = torch.cat([input_ids, input_ids[:1].expand(extra, P)])
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask[:1].expand(extra, P)])
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    opts = DecodeOptions(input_ids.shape[0], P, gen_length, block_length, padded, mask_id, cache, float(cfg_scale),
+                         logits_eos_inf, eos_id, tuple(stop_ids), early_stop)
     model.compile_kernels(mode == "fused")
     graphs = mode != "off" and device.type == "cuda"
     try:
@@ -404,12 +417,12 @@ def decode(
         program = cached_program(model, policy, scorer, credit, opts, graphs=False)
     program.load(input_ids, attention_mask)
     nfe, step_times = run_program(program, early_stop, time_steps)
-    x = program.x.clone()
+    x = program.x[:B].clone()
     gen = x[:, P:]
     stop_tensor = torch.tensor(stop_ids or (-1,), dtype=torch.long, device=device)
     return DecodeResult(
-        sequences=x, tokens=gen, commit_step=program.commit_step.clone(),
-        commit_confidence=program.commit_confidence.clone(), nfe=nfe, nfe_per_row=program.nfe_per_row.clone(),
+        sequences=x, tokens=gen, commit_step=program.commit_step[:B].clone(),
+        commit_confidence=program.commit_confidence[:B].clone(), nfe=nfe, nfe_per_row=program.nfe_per_row[:B].clone(),
         lengths=stop_lengths(gen, stop_tensor), elapsed_s=time.perf_counter() - start_time,
         step_times_s=step_times, graphs=bool(program.graphs),
     )
