@@ -75,4 +75,4 @@ def write_kv(buffer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, columns: to
     if columns is None:
         buffer.copy_(fresh)
     else:
-        buffer.index_copy_(3, columns, fresh)
+        buffer[:, :, :, columns] = fresh  # index_put_: under torch.compile it fuses with its producers

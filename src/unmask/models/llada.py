@@ -70,16 +70,19 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def attention_inputs(
-    x: torch.Tensor, norm_weight: torch.Tensor, eps: float, qkv_weights: tuple[torch.Tensor, ...],
-    n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+    x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+    qkv_weights: tuple[torch.Tensor, ...], n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
     cache: torch.Tensor | None = None, columns: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k (after RoPE) and v, each [B, heads, L, head_dim], from the block input x [B, L, d].
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The block input x + mlp_out (the previous block's last residual add, done here so that it fuses
+    with this norm), and q, k (after RoPE), v [B, heads, L, head_dim] from it.
 
     ``qkv_weights`` is one fused [q; k; v] matrix or the three separate ones. With a layer's ``cache``
     buffer [2, B, kv_heads, T, head_dim], the fresh keys/values are written at ``columns`` (all if
     ``None``) and the returned k, v are the whole cached canvas.
     """
+    if mlp_out is not None:
+        x = x + mlp_out
     B, L, _ = x.shape
     h = rms_norm(x, norm_weight, eps)
     hd = cos.shape[-1]
@@ -92,16 +95,20 @@ def attention_inputs(
     v = v.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     if cache is None:
-        return q, k, v
+        return x, q, k, v
     write_kv(cache, k, v, columns)
-    return q, cache[0], cache[1]
+    return x, q, cache[0], cache[1]
 
 
 def attention_output_and_mlp(
     x: torch.Tensor, attended: torch.Tensor, out_weight: torch.Tensor, norm_weight: torch.Tensor, eps: float,
     gate_up_weights: tuple[torch.Tensor, ...], down_weight: torch.Tensor,
-) -> torch.Tensor:
-    """h = x + attn_out(attended); y = h + ff_out(silu(gate(m)) * up(m)), m = ff_norm(h)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h = x + attn_out(attended) and the MLP's output ff_out(silu(gate(m)) * up(m)), m = ff_norm(h).
+
+    The block's output is h + that; the sum is left to the next block's ``attention_inputs`` (or the
+    final norm), where it fuses with the norm that reads it.
+    """
     B, L, _ = x.shape
     h = x + F.linear(attended.transpose(1, 2).reshape(B, L, -1), out_weight)
     m = rms_norm(h, norm_weight, eps)
@@ -109,15 +116,15 @@ def attention_output_and_mlp(
         gate, up = F.linear(m, gate_up_weights[0]).chunk(2, dim=-1)
     else:
         gate, up = (F.linear(m, w) for w in gate_up_weights)
-    return h + F.linear(F.silu(gate) * up, down_weight)
+    return h, F.linear(F.silu(gate) * up, down_weight)
 
 
 @dataclass(frozen=True)
 class BlockKernels:
     """The two halves of a block around attention: eager functions or their ``torch.compile`` versions."""
 
-    attention_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = attention_inputs
-    attention_output_and_mlp: Callable[..., torch.Tensor] = attention_output_and_mlp
+    attention_inputs: Callable[..., tuple[torch.Tensor, ...]] = attention_inputs
+    attention_output_and_mlp: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_output_and_mlp
     compiled: bool = False
 
 
@@ -185,6 +192,7 @@ class LLaDABlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        mlp_out: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor | None,
@@ -192,10 +200,12 @@ class LLaDABlock(nn.Module):
         layer: int = 0,
         columns: torch.Tensor | None = None,
         kernels: BlockKernels = EAGER_KERNELS,
-    ) -> torch.Tensor:
-        q, k, v = kernels.attention_inputs(x, self.attn_norm.weight, self.eps, self.qkv_weights(), self.n_heads,
-                                           self.n_kv_heads, cos, sin, None if cache is None else cache.layer(layer),
-                                           columns)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, mlp_out) of this block for the input ``x + mlp_out`` (the previous block's pair); the
+        block's output is their sum."""
+        x, q, k, v = kernels.attention_inputs(
+            x, mlp_out, self.attn_norm.weight, self.eps, self.qkv_weights(), self.n_heads, self.n_kv_heads, cos, sin,
+            None if cache is None else cache.layer(layer), columns)
         att = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads
         )
@@ -296,14 +306,14 @@ class LLaDAModel(nn.Module):
         reads all T cached columns; without, the window attends to itself. ``logits_rows`` picks the rows
         of the window that go through the LM head (a slice or an index tensor).
         """
-        x = self.transformer.wte(input_ids)
+        x, mlp_out = self.transformer.wte(input_ids), None
         kernels = self.kernels
         for i, block in enumerate(self.transformer.blocks):
-            x = block(x, cos, sin, key_mask, cache, i, columns, kernels)
-        if isinstance(logits_rows, slice):
-            x = x[:, logits_rows]
+            x, mlp_out = block(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels)
+        if isinstance(logits_rows, slice):  # pick the rows first: the last residual add only for them
+            x, mlp_out = x[:, logits_rows], mlp_out[:, logits_rows]
         elif logits_rows is not None:
-            x = x.index_select(1, logits_rows)
-        x = self.transformer.ln_f(x)
+            x, mlp_out = x.index_select(1, logits_rows), mlp_out.index_select(1, logits_rows)
+        x = self.transformer.ln_f(x + mlp_out)
         head = self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight
         return F.linear(x, head)
