@@ -131,6 +131,7 @@ class BlockKernels:
 EAGER_KERNELS = BlockKernels()
 _COMPILED_KERNELS: BlockKernels | None = None
 COMPILE_OPTIONS = {"emulate_precision_casts": True}
+RECOMPILE_LIMIT = 64  # variants per block half: cache / columns / residual present or not, x static or dynamic shapes
 
 
 def compiled_kernels() -> BlockKernels:
@@ -138,10 +139,15 @@ def compiled_kernels() -> BlockKernels:
 
     ``emulate_precision_casts`` keeps the eager code's intermediate roundings (e.g. RMSNorm's cast back
     to bf16 before the weight); the results still differ from eager in the last bits (reduction order,
-    fused multiply-adds).
+    fused multiply-adds). Raises dynamo's per-function recompile limit to ``RECOMPILE_LIMIT``.
     """
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
+        # dynamo's default of 8 compiled variants per function is soon reached by the step kinds of a
+        # few decode shapes; past it, it silently runs the function eagerly (other kernels, other bits)
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         _COMPILED_KERNELS = BlockKernels(
             torch.compile(attention_inputs, options=COMPILE_OPTIONS),
             torch.compile(attention_output_and_mlp, options=COMPILE_OPTIONS),
