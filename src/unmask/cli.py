@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from unmask.cli_errors import friendly_errors
 from unmask.decoding.credit import CreditConfig
@@ -150,18 +148,5 @@ def bench(
               dtype, device, repeats, command, log=console.print, modes=tuple(mode) if mode else None)
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, justify="right" if column not in ("policy", "task", "cache") else "left")
-    for row in rows:
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
-    console.print(table)
-
-
-def main() -> None:
-    app()
-
-
 if __name__ == "__main__":
-    main()
+    app()

@@ -8,7 +8,7 @@ rerun skips what is done. Aggregates are always recomputed from the records:
 - mean NFE: mean of the row's own forwards (``nfe_per_row``: cache refreshes included, a row
   waiting on others costs it nothing);
 - tokens/NFE: generated tokens up to and including the first end-of-text, over the row's NFE,
-  per row, then averaged (DESIGN.md section 4);
+  per row, then averaged (docs/design.md §5);
 - tokens/s: generated tokens (same count) over wall time; latency per request is the batch's
   wall time over its size, latency per batch the mean wall time of a batch;
 - NFE speedup: mean NFE of the ``topk`` baseline of the same task over the spec's mean NFE

@@ -21,7 +21,6 @@ from unmask.models.cache import CACHE_MODES
 
 CREDIT_OPTIONS = ("credit", "credit-adaptive")
 PARAMETER = {"topk": "steps", "threshold": "threshold", "factor": "factor", "frechet": "margin"}
-DEFAULT_VALUE = {"topk": None, "threshold": 0.9, "factor": 1.0, "frechet": 0.25}
 SPEC_FORMS = (
     "POLICY[:VALUE][+credit|+credit-adaptive][@CACHE] with POLICY in {" + ", ".join(POLICY_NAMES) + "}, "
     "CACHE in {" + ", ".join(CACHE_MODES) + "}; VALUE: topk total steps (int), threshold tau in (0, 1], "

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from unmask.decoding.loop import FILLED_BY_EARLY_STOP
 from unmask.eval.spec import DecodeSpec, parse_spec
 
-FILLED_BY_EARLY_STOP = -2
 MAX_LABELLED = 96  # label tokens on the x axis up to this many positions
 
 

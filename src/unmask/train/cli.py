@@ -1,7 +1,7 @@
 """``unmask train``: train a LLaDA-architecture model with the masked-diffusion objective.
 
-Mount with ``app.command("train")(train_command)`` (or ``app.add_typer(train_app, name=...)``), or run
-directly: ``python -m unmask.train.cli --config testbed --out runs/testbed --max-minutes 8``.
+Mounted by ``unmask.cli`` as ``app.command("train")(train_command)``, or run directly:
+``python -m unmask.train.cli --config testbed --out runs/testbed --max-minutes 8``.
 """
 
 from __future__ import annotations
@@ -117,13 +117,5 @@ def train_command(
     run(preset, out, log=typer.echo, init=init)
 
 
-train_app = typer.Typer(add_completion=False, help="Train models with the masked-diffusion objective.")
-train_app.command("train")(train_command)
-
-
-def main() -> None:
-    typer.run(train_command)
-
-
 if __name__ == "__main__":
-    main()
+    typer.run(train_command)

@@ -1,6 +1,6 @@
 """Training presets: model shape + optimisation + data sizes.
 
-- ``testbed``: the embedded testbed model (DESIGN.md section 5): LLaDA architecture, about 14-15M
+- ``testbed``: the embedded testbed model (docs/design.md §7): LLaDA architecture, about 14-15M
   parameters (about 31 MB in bf16, two safetensors shards under 16 MiB each), BPE vocabulary 3072.
 - ``tiny``: a 2-layer, d_model 64 model for tests on the CPU.
 

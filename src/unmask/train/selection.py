@@ -17,7 +17,7 @@ Selectors (``make_selector``):
   Supervised Fine-tuning", github.com/gfyddha/UDS, ``UDSamplingTrainer.py``), see ``UDSSelector``.
 
 For masked-diffusion SFT, "the logits matrix" of a row is its logits at the masked response positions
-(DESIGN.md section 8). We keep the positions in place and zero the other rows of the [L, V] matrix:
+(docs/design.md §8). We keep the positions in place and zero the other rows of the [L, V] matrix:
 zero rows change no singular value, so the nuclear norm is the one of the masked-row submatrix, and
 shapes stay static (no host-device synchronisation).
 """
@@ -256,7 +256,7 @@ class UDSSelector:
 
     One deliberate difference from the UDS code, which scores an autoregressive model's logits at every
     position of the padded sequence: for masked diffusion the matrix is taken at the masked response
-    positions of the training forward (DESIGN.md section 8), the positions the loss is computed on.
+    positions of the training forward (docs/design.md §8), the positions the loss is computed on.
     """
 
     needs_forward = True

@@ -1,7 +1,7 @@
 """Masked-diffusion training of a LLaDA model (Nie et al. 2025, "Large Language Diffusion Models").
 
-Forward process (Algorithm 1 pretraining / Algorithm 2 SFT of the paper; ``forward_process`` of the
-reference ``GUIDELINES.md``): per row draw ``t ~ U(0, 1)`` and set ``p = (1 - eps) t + eps`` (so
+Forward process (Algorithm 1 pretraining / Algorithm 2 SFT of the paper; ``forward_process`` of LLaDA's
+published training guidelines): per row draw ``t ~ U(0, 1)`` and set ``p = (1 - eps) t + eps`` (so
 ``p ~ U(eps, 1)``, eps = 1e-3); every answer token is replaced by the mask token independently with
 probability ``p``. For SFT the prompt is never masked; for pretraining rows ``prompt_len = 0``.
 
@@ -104,19 +104,6 @@ def per_row_loss(
     answer_len = (L - prompt_len.to(input_ids.device)).clamp(min=1).float()
     weights = 1.0 / (p_mask.float() * answer_len)
     return (ce * masked).sum(1) * weights
-
-
-def masked_diffusion_loss(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    prompt_len: torch.Tensor,
-    mask_id: int,
-    eps: float = EPS,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """The batch loss (mean of ``per_row_loss``) of one noising of ``input_ids``."""
-    noisy, masked, p_mask = forward_process(input_ids, prompt_len, mask_id, eps, generator)
-    return per_row_loss(model(noisy), input_ids, masked, p_mask, prompt_len).mean()
 
 
 # ----------------------------------------------------------------------------- model set-up
