@@ -14,12 +14,21 @@ from unmask.models import load_model
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def checkpoint(tmp_path_factory):
     from llada_fixtures import random_weights, tiny_config, write_checkpoint
 
     cfg = tiny_config()
-    folder = write_checkpoint(tmp_path_factory.mktemp("static") / "m", cfg, random_weights(cfg))
-    return load_model(folder, dtype="float64").fuse_projections()
+    return write_checkpoint(tmp_path_factory.mktemp("static") / "m", cfg, random_weights(cfg))
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_model(checkpoint, dtype="float64").fuse_projections()
+
+
+@pytest.fixture(scope="module")
+def model32(checkpoint):
+    return load_model(checkpoint, dtype="float32").fuse_projections()
 
 
 def prompts(n=2, length=7, seed=0):
@@ -32,9 +41,12 @@ CASES = [(policy, cache, credit)
          for credit in (None, CreditConfig())]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("policy,cache,credit", CASES, ids=lambda v: repr(v)[:24])
-def test_compiled_kernels_give_the_eager_tokens(model, policy, cache, credit):
-    """compile="fused" on the CPU runs the torch.compile kernels (no graphs): same tokens, NFE, commit steps."""
+def test_compiled_kernels_give_the_eager_tokens(model, model32, dtype, policy, cache, credit):
+    """compile="fused" on the CPU runs the torch.compile kernels (no graphs): same tokens, NFE, commit steps,
+    in float64 and in float32 (where the reference-checked eager path is the one of the other tests)."""
+    model = model if dtype == "float64" else model32
     mask_id = model.config.mask_token_id
     x = prompts(3, 9, seed=2)
     attn = torch.ones_like(x)
