@@ -88,3 +88,21 @@ def test_train_bad_selection_options(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in " ".join(result.output.replace("│", " ").split())  # typer draws a box around the error
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_with_a_spec(tiny_ckpt):
+    result = run("generate", "hello world", "-m", tiny_ckpt, "--gen-length", 16, "--block-length", 8, "--json",
+                 "--spec", "frechet:0.3+credit@dual")
+    assert result.exit_code == 0, result.output
+    clash = run("generate", "hello", "-m", tiny_ckpt, "--spec", "threshold:0.5", "--threshold", "0.7")
+    assert clash.exit_code == 2 and "give either --spec or --threshold" in " ".join(clash.output.split())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--policy", "threshold", "--margin", "0.3"], "margin do not apply to policy 'threshold'"),
+    (["--compile", "fast"], "--compile 'fast' is not one of auto, fused, exact, off"),
+])
+def test_generate_rejects_options_that_do_not_apply(tiny_ckpt, args, message):
+    result = run("generate", "hello", "-m", tiny_ckpt, "--gen-length", 8, "--block-length", 8, *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())

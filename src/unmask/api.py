@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from unmask.decoding.credit import CreditConfig
-from unmask.decoding.loop import DecodeResult, decode, resolve_compile
-from unmask.decoding.policies import POLICY_NAMES, Policy, TopK, make_policy
+from unmask.decoding.loop import DecodeResult, check_lengths, decode, resolve_compile
+from unmask.decoding.policies import CommitPolicy, Policy, make_policy, policy_names
 from unmask.decoding.scorers import Scorer
 from unmask.models.llada import LLaDAModel
 from unmask.models.loading import load_model, resolve_model_path
@@ -85,10 +85,6 @@ class DiffusionLM:
         policy: str | Policy = "topk",
         gen_length: int = 128,
         block_length: int = 32,
-        steps: int | None = None,
-        threshold: float | None = None,
-        factor: float | None = None,
-        margin: float | None = None,
         credit: bool | CreditConfig = False,
         cache: str = "none",
         temperature: float = 0.0,
@@ -102,12 +98,15 @@ class DiffusionLM:
         seed: int | None = None,
         time_steps: bool = False,
         compile: bool | str | None = None,
+        **knobs: float | int | None,
     ) -> GenerateOutput:
         """Decode a response for each prompt.
 
-        policy: ``topk`` (LLaDA baseline; ``steps`` in all, default ``gen_length``: one token per step),
+        policy: a registered policy by name with its option as a keyword (``knobs``): ``topk``
+            (LLaDA baseline; ``steps`` in all, default ``gen_length``: one token per step),
             ``threshold`` (``threshold`` tau, default 0.9), ``factor`` (``factor`` f, default 1.0),
-            ``frechet`` (``margin`` delta, default 0.25, or the budget of ``factor``), or a policy object.
+            ``frechet`` (``margin`` delta, default 0.25, or the budget ``factor``); or a policy object.
+            An option of another policy is an error.
         credit: True (paper defaults) or a ``CreditConfig``: CreditDecoding fused with the policy.
         cache: ``none`` | ``prefix`` | ``dual`` (Fast-dLLM's approximate block KV cache).
         prompts: strings (chat template applied if ``chat``) or token ids [B, P] (with ``attention_mask``).
@@ -130,24 +129,13 @@ class DiffusionLM:
                 f"prompt length {input_ids.shape[1]} + gen_length {gen_length} exceeds the model's "
                 f"max_sequence_length {limit}"
             )
-        if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
-            raise ValueError(f"gen_length={gen_length} must be a positive multiple of block_length={block_length}")
+        check_lengths(gen_length, block_length)
         if isinstance(policy, str):
-            if policy not in POLICY_NAMES:
-                raise ValueError(f"unknown policy {policy!r} (allowed: {', '.join(POLICY_NAMES)})")
-            steps_per_block = None
-            if policy == "topk":
-                num_blocks = gen_length // block_length
-                steps = gen_length if steps is None else steps
-                if steps <= 0 or steps % num_blocks:
-                    raise ValueError(
-                        f"steps={steps} must be a positive multiple of the number of blocks ({num_blocks})"
-                    )
-                steps_per_block = steps // num_blocks
-            policy = make_policy(policy, steps_per_block=steps_per_block, threshold=threshold, factor=factor,
-                                 margin=margin)
-        elif isinstance(policy, TopK) and steps is not None:
-            raise ValueError("give steps through TopK(steps_per_block) when passing a policy object")
+            policy = make_policy(policy, gen_length=gen_length, block_length=block_length, **knobs)
+        elif not isinstance(policy, CommitPolicy):
+            raise ValueError(f"policy must be a name ({', '.join(policy_names())}) or a policy object, got {policy!r}")
+        elif any(v is not None for v in knobs.values()):
+            raise ValueError(f"give the options of a policy object to its constructor, not {', '.join(knobs)}")
         credit_config = CreditConfig() if credit is True else (credit or None)
         generator = None
         if seed is not None:

@@ -11,8 +11,9 @@ from rich.console import Console
 
 from unmask.cli_errors import friendly_errors
 from unmask.decoding.credit import CreditConfig
-from unmask.decoding.policies import POLICY_NAMES
+from unmask.decoding.policies import POLICY_NAMES, REGISTRY
 from unmask.eval.cli import COMPILE_HELP, compare_command, compile_mode, eval_command, trace_command
+from unmask.eval.spec import SPEC_FORMS, parse_spec
 from unmask.models.cache import CACHE_MODES
 from unmask.train.cli import train_command
 
@@ -59,13 +60,14 @@ def generate(
     prompts: list[str] | None = typer.Argument(None, help="One or more prompts (the chat template is applied)."),
     file: Path | None = typer.Option(None, "--file", "-f", help="Prompts file: JSON lines {\"prompt\": ...} or text."),
     model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
-    policy: str = typer.Option("topk", help=f"Commit policy: {', '.join(POLICY_NAMES)}."),
+    policy: str | None = typer.Option(None, help=f"Commit policy: {', '.join(POLICY_NAMES)} (default topk)."),
+    spec: str | None = typer.Option(None, "--spec", "-s", help=f"Instead of --policy/--cache/--credit: {SPEC_FORMS}."),
     gen_length: int = typer.Option(128, "--gen-length", help="Tokens to generate (multiple of block length)."),
     block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
-    steps: int | None = typer.Option(None, help="topk: total steps (default gen_length: 1 token per step)."),
-    threshold: float | None = typer.Option(None, help="threshold: tau in (0, 1] (default 0.9)."),
-    factor: float | None = typer.Option(None, help="factor: f > 0 (default 1.0); frechet: budget 1 - delta."),
-    margin: float | None = typer.Option(None, help="frechet: margin delta (default 0.25)."),
+    steps: int | None = typer.Option(None, help=REGISTRY["topk"].knob.help + "."),
+    threshold: float | None = typer.Option(None, help=REGISTRY["threshold"].knob.help + "."),
+    factor: float | None = typer.Option(None, help=REGISTRY["factor"].knob.help + "."),
+    margin: float | None = typer.Option(None, help=REGISTRY["frechet"].knob.help + "."),
     cache: str = typer.Option("none", help=f"KV cache: {', '.join(CACHE_MODES)}."),
     credit: bool = typer.Option(False, "--credit/--no-credit", help="Fuse CreditDecoding trace credits."),
     credit_alpha: float = typer.Option(0.65, "--credit-alpha"),
@@ -89,12 +91,20 @@ def generate(
     """Generate responses with any commit policy, cache mode and credit fusion."""
     import unmask
 
+    decoding = {"policy": policy or "topk", "cache": cache,
+                "credit": build_credit(credit, credit_alpha, credit_beta, credit_gamma, credit_adaptive) or False,
+                "steps": steps, "threshold": threshold, "factor": factor, "margin": margin}
+    if spec is not None:
+        given = [name for name, value in (("--policy", policy), ("--steps", steps), ("--threshold", threshold),
+                                          ("--factor", factor), ("--margin", margin)) if value is not None]
+        given += ["--cache"] * (cache != "none") + ["--credit"] * credit
+        if given:
+            raise ValueError(f"give either --spec or {', '.join(given)}, not both")
+        decoding = parse_spec(spec).generate_kwargs()
     texts = read_prompts(prompts, file)
     lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
     out = lm.generate(
-        texts, policy=policy, gen_length=gen_length, block_length=block_length, steps=steps, threshold=threshold,
-        factor=factor, margin=margin, cache=cache,
-        credit=build_credit(credit, credit_alpha, credit_beta, credit_gamma, credit_adaptive) or False,
+        texts, gen_length=gen_length, block_length=block_length, **decoding,
         temperature=temperature, scorer=scorer, cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
         confidence_eos_eot_inf=confidence_eos_eot_inf, early_stop=early_stop, chat=chat, seed=seed,
     )
@@ -108,7 +118,7 @@ def generate(
         console.rule(f"[bold]prompt {i + 1}[/]: {texts[i][:80]}")
         console.print(text, markup=False, highlight=False)
     console.print(
-        f"[dim]{len(texts)} prompt(s) | policy {policy} | cache {cache} | NFE {out.nfe} | "
+        f"[dim]{len(texts)} prompt(s) | policy {decoding['policy']} | cache {decoding['cache']} | NFE {out.nfe} | "
         f"tokens/NFE {out.tokens_per_nfe:.2f} | {out.elapsed_s:.2f} s[/]"
     )
 

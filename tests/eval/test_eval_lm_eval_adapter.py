@@ -81,13 +81,15 @@ def test_registration_and_args():
     from lm_eval.api.registry import get_model
 
     assert get_model("unmask") is UnmaskLM
-    assert build_spec(None, "frechet", None, None, 0.3, None, None, "prefix").label == "frechet:0.3@prefix"
-    assert build_spec("factor:2+credit", None, None, None, None, None, None, None).label == "factor:2+credit"
-    assert build_spec(None, None, None, None, None, None, None, None).label == "topk"
+    assert build_spec(None, "frechet", {"margin": 0.3}, None, "prefix").label == "frechet:0.3@prefix"
+    assert build_spec("factor:2+credit", None, {}, None, None).label == "factor:2+credit"
+    assert build_spec(None, None, {"threshold": None}, None, None).label == "topk"
     with pytest.raises(ValueError, match="do not apply to policy 'threshold'"):
-        build_spec(None, "threshold", None, 1.0, None, None, None, None)
+        build_spec(None, "threshold", {"factor": 1.0}, None, None)
     with pytest.raises(ValueError, match="not both"):
-        build_spec("topk", "threshold", None, None, None, None, None, None)
+        build_spec("topk", "threshold", {}, None, None)
+    with pytest.raises(ValueError, match="not both"):
+        build_spec("topk", None, {"threshold": 0.5}, None, None)
     assert cut_at_stops("a b STOP c END", ["END", "STOP", ""]) == "a b "
 
 

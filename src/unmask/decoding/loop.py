@@ -55,6 +55,15 @@ class DecodeResult:
     graphs: bool = False  # whether the steps ran as CUDA graph replays
 
 
+def check_lengths(gen_length: object, block_length: object) -> None:
+    """``gen_length`` a positive multiple of ``block_length``, both integers; else a ``ValueError`` naming them."""
+    for name, value in (("gen_length", gen_length), ("block_length", block_length)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} must be a positive multiple of block_length={block_length}")
+
+
 def first_stop_finished(gen: torch.Tensor, mask_id: int, stop_ids: torch.Tensor) -> torch.Tensor:
     """Rows where some stop token is committed and every position before it is decoded."""
     decoded_prefix = (gen != mask_id).long().cumprod(dim=-1).bool()
@@ -377,10 +386,7 @@ def decode(
     later calls; in ``fused`` mode batch sizes share them by bucket (``batch_bucket``). ``time_steps``
     synchronises after each step to record its latency.
     """
-    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
-        raise ValueError(
-            f"gen_length={gen_length} must be a positive multiple of block_length={block_length}"
-        )
+    check_lengths(gen_length, block_length)
     check_cache_mode(cache)
     if isinstance(policy, TopK) and policy.steps_per_block > block_length:
         raise ValueError(f"steps per block ({policy.steps_per_block}) exceeds block_length={block_length}")

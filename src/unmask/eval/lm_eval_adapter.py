@@ -35,6 +35,7 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry, register_model
 
+from unmask.decoding.policies import REGISTRY, get_policy_class, knob_names
 from unmask.eval.spec import DecodeSpec, parse_spec
 
 LOGLIKELIHOOD_MESSAGE = (
@@ -55,26 +56,26 @@ def _as_bool(name: str, value: Any) -> bool:
     raise ValueError(f"model arg {name} must be true or false, got {value!r}")
 
 
-def build_spec(spec: str | None, policy: str | None, threshold: float | None, factor: float | None,
-               margin: float | None, steps: int | None, credit: Any, cache: str | None) -> DecodeSpec:
-    """One ``DecodeSpec`` from either ``spec=`` or the separate model args (not both)."""
-    separate = {"policy": policy, "threshold": threshold, "factor": factor, "margin": margin, "steps": steps,
-                "cache": cache}
+def build_spec(spec: str | None, policy: str | None, knobs: dict[str, Any], credit: Any,
+               cache: str | None) -> DecodeSpec:
+    """One ``DecodeSpec`` from either ``spec=`` or the separate model args (not both).
+
+    ``knobs``: the policy options given as model args (``threshold=0.9``; names from the policy registry).
+    """
+    knobs = {k: v for k, v in knobs.items() if v is not None}
     if spec is not None:
-        given = [k for k, v in separate.items() if v is not None]
+        given = [k for k, v in {"policy": policy, "cache": cache, **knobs}.items() if v is not None]
         if given or credit not in (None, False):
             raise ValueError(f"give either spec= or the separate args ({', '.join(given) or 'credit'}), not both")
         return parse_spec(str(spec))
     policy = policy or "topk"
-    values = {"topk": steps, "threshold": threshold, "factor": factor, "frechet": margin}
-    if policy not in values:
+    if policy not in REGISTRY:
         return parse_spec(policy)  # raises with the allowed forms
-    others = [k for k in ("threshold", "factor", "margin", "steps")
-              if separate[k] is not None and k != {"topk": "steps", "threshold": "threshold", "factor": "factor",
-                                                    "frechet": "margin"}[policy]]
+    own = get_policy_class(policy).knob
+    others = sorted(k for k in knobs if k != own.name)
     if others:
-        raise ValueError(f"model arg(s) {', '.join(others)} do not apply to policy {policy!r}")
-    text = policy if values[policy] is None else f"{policy}:{values[policy]}"
+        raise ValueError(f"model arg(s) {', '.join(others)} do not apply to policy {policy!r} (its arg: {own.name})")
+    text = policy if own.name not in knobs else f"{policy}:{knobs[own.name]}"
     if credit not in (None, False):
         text += "+credit-adaptive" if str(credit).lower() == "adaptive" else (
             "+credit" if _as_bool("credit", credit) else "")
@@ -91,10 +92,6 @@ class UnmaskLM(LM):
         pretrained: str | None = None,
         spec: str | None = None,
         policy: str | None = None,
-        threshold: float | None = None,
-        factor: float | None = None,
-        margin: float | None = None,
-        steps: int | None = None,
         credit: Any = None,
         cache: str | None = None,
         gen_length: int | None = None,
@@ -109,10 +106,11 @@ class UnmaskLM(LM):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in knob_names()}  # policy options, e.g. threshold=0.9
         unknown = sorted(k for k in kwargs if k not in ("trust_remote_code", "revision", "parallelize"))
         if unknown:
             raise ValueError(f"unknown unmask model arg(s): {', '.join(unknown)}")
-        self.spec = build_spec(spec, policy, threshold, factor, margin, steps, credit, cache)
+        self.spec = build_spec(spec, policy, knobs, credit, cache)
         self.gen_length = None if gen_length is None else int(gen_length)
         self.block_length = int(block_length)
         if self.block_length <= 0:

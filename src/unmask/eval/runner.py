@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unmask.decoding.loop import check_lengths
 from unmask.eval.spec import DecodeSpec, parse_specs
 from unmask.tasks.base import Example, Task, get_task
 
@@ -214,8 +215,7 @@ def run_eval(
         raise ValueError(f"n must be >= 0 examples per task (0: all, benchmarks only), got {n}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} must be a positive multiple of block_length={block_length}")
+    check_lengths(gen_length, block_length)
     items = [specs] if isinstance(specs, str) else list(specs)
     spec_list = parse_specs([s.label if isinstance(s, DecodeSpec) else s for s in items])
     task_map = resolve_tasks(tasks)

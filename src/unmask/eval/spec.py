@@ -11,21 +11,19 @@ Grammar: ``POLICY[:VALUE][+credit|+credit-adaptive][@CACHE]``, for example
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 from unmask.decoding.credit import CreditConfig
-from unmask.decoding.policies import POLICY_NAMES
+from unmask.decoding.policies import REGISTRY, get_policy_class
 from unmask.models.cache import CACHE_MODES
 
 CREDIT_OPTIONS = ("credit", "credit-adaptive")
-PARAMETER = {"topk": "steps", "threshold": "threshold", "factor": "factor", "frechet": "margin"}
 SPEC_FORMS = (
-    "POLICY[:VALUE][+credit|+credit-adaptive][@CACHE] with POLICY in {" + ", ".join(POLICY_NAMES) + "}, "
-    "CACHE in {" + ", ".join(CACHE_MODES) + "}; VALUE: topk total steps (int), threshold tau in (0, 1], "
-    "factor f > 0, frechet margin delta; e.g. topk, threshold:0.9, factor:1.0, frechet:0.25, "
-    "threshold:0.9+credit@dual"
+    "POLICY[:VALUE][+credit|+credit-adaptive][@CACHE] with POLICY in {" + ", ".join(REGISTRY) + "}, "
+    "CACHE in {" + ", ".join(CACHE_MODES) + "}; VALUE: "
+    + ", ".join(f"{name} {cls.knob.name} {cls.knob.allowed}" for name, cls in REGISTRY.items())
+    + "; e.g. topk, threshold:0.9, factor:1.0, frechet:0.25, threshold:0.9+credit@dual"
 )
 _SPEC_RE = re.compile(r"^(?P<policy>[a-z_]+)(?::(?P<value>[^+@]*))?(?P<options>(?:\+[a-z-]+)*)(?:@(?P<cache>[a-z]*))?$")
 
@@ -60,7 +58,7 @@ class DecodeSpec:
         """Keyword arguments of ``DiffusionLM.generate`` for this spec."""
         kwargs: dict = {"policy": self.policy, "cache": self.cache}
         if self.value is not None:
-            kwargs[PARAMETER[self.policy]] = self.value
+            kwargs[get_policy_class(self.policy).knob.name] = self.value
         if self.credit == "credit":
             kwargs["credit"] = True
         elif self.credit == "credit-adaptive":
@@ -80,7 +78,7 @@ def parse_spec(text: str) -> DecodeSpec:
     if not match:
         raise ValueError(f"bad decoding spec {text!r}; allowed: {SPEC_FORMS}")
     policy = match["policy"]
-    if policy not in POLICY_NAMES:
+    if policy not in REGISTRY:
         raise ValueError(f"bad decoding spec {text!r}: unknown policy {policy!r}; allowed: {SPEC_FORMS}")
     value: float | int | None = None
     if match["value"] is not None:
@@ -100,28 +98,10 @@ def parse_spec(text: str) -> DecodeSpec:
 
 
 def _parse_value(text: str, policy: str, value_text: str) -> float | int:
-    name = PARAMETER[policy]
     try:
-        if policy == "topk":
-            value: float | int = int(value_text)
-        else:
-            value = float(value_text)
-    except ValueError:
-        kind = "an integer" if policy == "topk" else "a number"
-        raise ValueError(
-            f"bad decoding spec {text!r}: {policy} {name} must be {kind}, got {value_text!r}; allowed: {SPEC_FORMS}"
-        ) from None
-    ok = {
-        "topk": lambda v: v > 0,
-        "threshold": lambda v: 0 < v <= 1,
-        "factor": lambda v: math.isfinite(v) and v > 0,
-        "frechet": math.isfinite,
-    }[policy](value)
-    if not ok:
-        allowed = {"topk": "> 0", "threshold": "in (0, 1]", "factor": "> 0", "frechet": "finite"}[policy]
-        raise ValueError(f"bad decoding spec {text!r}: {policy} {name} must be {allowed}, got {value_text}; "
-                         f"allowed: {SPEC_FORMS}")
-    return value
+        return get_policy_class(policy).knob.parse(value_text, policy)
+    except ValueError as err:
+        raise ValueError(f"bad decoding spec {text!r}: {err}; allowed: {SPEC_FORMS}") from None
 
 
 def parse_specs(texts: str | list[str]) -> list[DecodeSpec]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from unmask.decoding.loop import DecodeOptions, DecodeProgram, decode, run_program
+from unmask.decoding.loop import DecodeOptions, DecodeProgram, check_lengths, decode, run_program
 from unmask.decoding.policies import Policy, TopK
 from unmask.decoding.scorers import Scorer
 from unmask.models.cache import CACHE_MODES, recompute_columns
@@ -268,8 +268,7 @@ def run_bench(
     log: Callable[[str], None] = print,
     modes: tuple[str, ...] | None = None,
 ) -> list[BenchRow]:
-    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} must be a positive multiple of block_length={block_length}")
+    check_lengths(gen_length, block_length)
     for cache in caches:
         if cache not in CACHE_MODES:
             raise ValueError(f"unknown cache mode {cache!r} (allowed: {', '.join(CACHE_MODES)})")

@@ -19,6 +19,7 @@ import numpy as np
 
 from unmask.decoding.loop import FILLED_BY_EARLY_STOP
 from unmask.eval.spec import DecodeSpec, parse_spec
+from unmask.models.tokenizer import EOS_TOKEN, EOT_TOKEN, MASK_TOKEN
 
 MAX_LABELLED = 96  # label tokens on the x axis up to this many positions
 
@@ -79,8 +80,8 @@ def trace_generation(
 
 
 def _short(token: str, width: int = 8) -> str:
-    token = token.replace("\n", "\\n").replace("<|endoftext|>", "EOS").replace("<|eot_id|>", "EOT")
-    token = token.replace("<|mdm_mask|>", "MASK")
+    token = token.replace("\n", "\\n").replace(EOS_TOKEN, "EOS").replace(EOT_TOKEN, "EOT")
+    token = token.replace(MASK_TOKEN, "MASK")
     return token if len(token) <= width else token[: width - 1] + "…"
 
 

@@ -9,10 +9,13 @@ import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
+# LLaDA's special tokens: the one place their spellings live
 MASK_TOKEN = "<|mdm_mask|>"
 EOS_TOKEN = "<|endoftext|>"
 EOT_TOKEN = "<|eot_id|>"
 BOS_TOKEN = "<|startoftext|>"
+START_HEADER_TOKEN = "<|start_header_id|>"
+END_HEADER_TOKEN = "<|end_header_id|>"
 
 
 def _token_text(value: object) -> str | None:

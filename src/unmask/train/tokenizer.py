@@ -16,12 +16,13 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"  # also the padding token (LLaDA pads SFT answers with it)
-MASK = "<|mdm_mask|>"
-START_HEADER = "<|start_header_id|>"
-END_HEADER = "<|end_header_id|>"
-EOT = "<|eot_id|>"
+from unmask.models.tokenizer import BOS_TOKEN as BOS
+from unmask.models.tokenizer import END_HEADER_TOKEN as END_HEADER
+from unmask.models.tokenizer import EOS_TOKEN as EOS  # also the padding token (LLaDA pads SFT answers with it)
+from unmask.models.tokenizer import EOT_TOKEN as EOT
+from unmask.models.tokenizer import MASK_TOKEN as MASK
+from unmask.models.tokenizer import START_HEADER_TOKEN as START_HEADER
+
 SPECIAL_TOKENS = [BOS, EOS, MASK, START_HEADER, END_HEADER, EOT]
 
 # LLaDA-8B-Instruct's chat template, verbatim (bos_token is prepended to the first message).

@@ -1,0 +1,160 @@
+"""The policy contract, the registry, and the sorting helpers every policy shares (docs/design.md §1, §6).
+
+A policy is a small class, registered by name, with one hyper-parameter (its ``knob``) and a pure
+call ``(confidence [B, L], masked [B, L], step, schedule) -> commit [B, L] bool``:
+
+- ``confidence`` holds -inf wherever ``masked`` is False;
+- ``step`` (the step index inside the block) is an int or a 0-d device tensor, so a policy runs
+  inside a captured CUDA graph without a host sync;
+- ``start_block(masked)`` returns the per-row state of a block (a fixed schedule) or ``None``;
+- every policy commits at least the top-1 masked position of each row that has one (so decoding
+  always progresses) and nothing elsewhere; rows are handled together, no per-row loops.
+
+The knob declares its name (the keyword of ``generate`` and ``make_policy``, the ``--NAME`` option
+and the value of a ``POLICY:VALUE`` spec), type, default, allowed range and help, so the spec parser,
+the command line, the Python API and the lm-eval adapter all read it from here: adding a policy is
+one module in this package and its test.
+
+Ties are broken by position, lowest first (stable sort; ``argmax`` returns the first maximum). The
+references select with ``torch.topk``, whose order among exactly equal values is not specified; with
+float64 confidences exact ties between different positions need exactly equal logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A policy's hyper-parameter: ``generate(policy=..., NAME=value)``, ``--NAME``, spec ``POLICY:VALUE``."""
+
+    name: str
+    type: type
+    default: float | int | None
+    allowed: str  # the allowed range in words, for errors: "in (0, 1]"
+    check: Callable[[Any], bool]
+    help: str
+    # other option names that set this knob, each with a function that parses, checks and maps its value
+    aliases: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+
+    def parse(self, value: Any, policy: str) -> float | int:
+        """``value`` as this knob's type, checked; a ``ValueError`` names the value and what is allowed."""
+        label = self.name if policy == self.name else f"{policy} {self.name}"
+        kind = "an integer" if self.type is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{label} must be {kind} {self.allowed}, got {value!r}")
+        try:
+            number = self.type(value) if self.type is float else _integer(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{label} must be {kind} {self.allowed}, got {value!r}") from None
+        if not self.check(number):
+            raise ValueError(f"{label} must be {self.allowed}, got {value}")
+        return number
+
+
+def _integer(value: Any) -> int:
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError
+    return int(number)
+
+
+def finite_number(value: float) -> bool:
+    return math.isfinite(value)
+
+
+class CommitPolicy:
+    """Base of the registered policies; subclasses are dataclasses holding their knob's value."""
+
+    name: ClassVar[str]
+    knob: ClassVar[Knob]
+    steps_per_block: int | None = None  # a fixed number of forwards per block (topk), else None
+
+    def start_block(self, masked: torch.Tensor) -> torch.Tensor | None:
+        """The per-row state of a block, from its masked positions at the block's start."""
+        return None
+
+    def __call__(
+        self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor, schedule: torch.Tensor | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def from_knob(cls, value: float | int | None, gen_length: int | None = None,
+                  block_length: int | None = None) -> CommitPolicy:
+        """The policy for a knob value (``None``: the default); the decode's lengths where the knob needs them."""
+        return cls(cls.knob.default if value is None else value)
+
+
+REGISTRY: dict[str, type[CommitPolicy]] = {}
+
+
+def register(cls: type[CommitPolicy]) -> type[CommitPolicy]:
+    """Class decorator: make the policy available by ``cls.name`` everywhere."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"policy {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def policy_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get_policy_class(name: str) -> type[CommitPolicy]:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown policy {name!r} (allowed: {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def knob_names() -> set[str]:
+    """Every policy option name (knobs and their aliases)."""
+    return {name for cls in REGISTRY.values() for name in (cls.knob.name, *cls.knob.aliases)}
+
+
+def make_policy(
+    name: str, *, gen_length: int | None = None, block_length: int | None = None, **knobs: Any
+) -> CommitPolicy:
+    """Build a registered policy from its knob (``make_policy("threshold", threshold=0.8)``).
+
+    Knobs given as ``None`` are ignored; a knob of another policy is an error, not silently dropped.
+    """
+    cls = get_policy_class(name)
+    given = {k: v for k, v in knobs.items() if v is not None}
+    known = knob_names()
+    for key in given:
+        if key not in known:
+            raise ValueError(f"unknown policy option {key!r} (options: {', '.join(sorted(known))})")
+    own = {cls.knob.name, *cls.knob.aliases}
+    foreign = sorted(k for k in given if k not in own)
+    if foreign:
+        raise ValueError(f"option(s) {', '.join(foreign)} do not apply to policy {name!r} "
+                         f"(its option: {cls.knob.name})")
+    if len(given) > 1:
+        raise ValueError(f"give policy {name!r} one of {', '.join(sorted(given))}, not several")
+    value = None
+    for key, raw in given.items():  # at most one
+        # the knob itself, or an alias such as frechet's factor budget f (margin 1 - f)
+        value = cls.knob.parse(raw, name) if key == cls.knob.name else cls.knob.aliases[key](raw)
+    return cls.from_knob(value, gen_length=gen_length, block_length=block_length)
+
+
+def sorted_confidence(
+    confidence: torch.Tensor, masked: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_(1) >= c_(2) >= ... per row, the permutation that sorts, the masked count per row)."""
+    values, order = confidence.sort(dim=-1, descending=True, stable=True)
+    return values, order, masked.sum(dim=-1)
+
+
+def commit_top_n(order: torch.Tensor, n: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Commit the ``n[b]`` highest-confidence positions of each row (``order`` from ``sorted_confidence``)."""
+    ranks = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    chosen_sorted = ranks < n[:, None]
+    return torch.zeros_like(masked).scatter(-1, order, chosen_sorted) & masked
