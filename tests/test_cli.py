@@ -69,7 +69,7 @@ def test_generate_without_prompt(tiny_ckpt):
 def test_bench_on_cpu_writes_tables(tmp_path):
     result = run("bench", "--random-weights", "llada-tiny", "--batch", 1, "--cache", "dual", "--prompt-length", 16,
                  "--gen-length", 32, "--block-length", 16, "--repeats", 1, "-o", tmp_path)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output + repr(result.exception)
     data = json.loads((tmp_path / "bench.json").read_text())
     assert [r["cache"] for r in data["rows"]] == ["dual"]
     assert data["rows"][0]["step_ms"] > 0 and data["rows"][0]["e2e_step_ms"] > 0

@@ -105,7 +105,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 8192) -> f
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     ms = timed(lambda: a @ b, device, warmup=2, repeats=10)
-    return 2 * size**3 / (ms / 1e3)
+    return 2 * size**3 / (max(ms, 1e-6) / 1e3)
 
 
 def build_program(
