@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from unmask.decoding.credit import CreditConfig
-from unmask.decoding.loop import DecodeResult, check_lengths, decode, resolve_compile
-from unmask.decoding.policies import CommitPolicy, Policy, make_policy, policy_names
+from unmask.decoding.config import DecodeConfig
+from unmask.decoding.loop import DecodeResult, decode, resolve_compile
 from unmask.decoding.scorers import Scorer
 from unmask.models.llada import LLaDAModel
 from unmask.models.loading import load_model, resolve_model_path
@@ -26,19 +26,13 @@ def embedded_model_path() -> Path:
 
 
 @dataclass
-class GenerateOutput:
-    """What ``DiffusionLM.generate`` returns: texts plus everything needed to analyse the decode."""
+class GenerateOutput(DecodeResult):
+    """What ``DiffusionLM.generate`` returns: the decode's ``DecodeResult`` with the texts, the prompts'
+    token ids and the settings used."""
 
-    texts: list[str]
-    tokens: torch.Tensor  # [B, gen_length] generated ids (mask-free)
-    lengths: torch.Tensor  # [B] tokens up to and including the first end-of-text/turn
-    nfe: int
-    nfe_per_row: torch.Tensor
-    commit_step: torch.Tensor  # [B, gen_length] step at which each token was committed (-2: early-stop fill)
-    commit_confidence: torch.Tensor
-    elapsed_s: float
-    prompt_ids: torch.Tensor  # [B, P] left-padded
-    raw: DecodeResult
+    texts: list[str] = field(default_factory=list)
+    prompt_ids: torch.Tensor | None = None  # [B, P] left-padded
+    config: DecodeConfig | None = None
 
     @property
     def tokens_per_nfe(self) -> float:
@@ -81,39 +75,26 @@ class DiffusionLM:
     def generate(
         self,
         prompts: str | list[str] | torch.Tensor,
+        config: DecodeConfig | None = None,
         *,
-        policy: str | Policy = "topk",
-        gen_length: int = 128,
-        block_length: int = 32,
-        credit: bool | CreditConfig = False,
-        cache: str = "none",
-        temperature: float = 0.0,
-        scorer: str = "confidence",
-        cfg_scale: float = 0.0,
-        logits_eos_inf: bool = False,
-        confidence_eos_eot_inf: bool = False,
-        early_stop: bool = True,
         chat: bool = True,
         attention_mask: torch.Tensor | None = None,
-        seed: int | None = None,
         time_steps: bool = False,
-        compile: bool | str | None = None,
-        **knobs: float | int | None,
+        **settings: Any,
     ) -> GenerateOutput:
         """Decode a response for each prompt.
 
-        policy: a registered policy by name with its option as a keyword (``knobs``): ``topk``
-            (LLaDA baseline; ``steps`` in all, default ``gen_length``: one token per step),
-            ``threshold`` (``threshold`` tau, default 0.9), ``factor`` (``factor`` f, default 1.0),
-            ``frechet`` (``margin`` delta, default 0.25, or the budget ``factor``); or a policy object.
-            An option of another policy is an error.
-        credit: True (paper defaults) or a ``CreditConfig``: CreditDecoding fused with the policy.
-        cache: ``none`` | ``prefix`` | ``dual`` (Fast-dLLM's approximate block KV cache).
         prompts: strings (chat template applied if ``chat``) or token ids [B, P] (with ``attention_mask``).
-        compile: ``True``/``"fused"`` (CUDA graphs + ``torch.compile``), ``"exact"`` (CUDA graphs over the
-            eager kernels, bitwise the eager decode) or ``False``; default: the ``load(compile=...)``
-            setting, whose ``None`` means fused on CUDA and eager on the CPU.
+        config / settings: a ``DecodeConfig`` and/or its fields as keywords (keywords win), e.g.
+            ``policy="threshold", threshold=0.9, cache="dual", credit=True, gen_length=256``:
+            ``policy`` is a registered name with its option as a keyword (``topk``: ``steps`` in all,
+            default ``gen_length``; ``threshold``: ``threshold`` tau, default 0.9; ``factor``: ``factor`` f,
+            default 1.0; ``frechet``: ``margin`` delta, default 0.25, or the budget ``factor``) or a policy
+            object; ``credit``: True or a ``CreditConfig``; ``cache``: none | prefix | dual; ``compile``:
+            ``True``/``"fused"`` (CUDA graphs + ``torch.compile``), ``"exact"`` (CUDA graphs over the eager
+            kernels) or ``False``, default the ``load(compile=...)`` setting. Every value is checked first.
         """
+        config = DecodeConfig.create(config, **settings)
         if isinstance(prompts, torch.Tensor):
             if prompts.dim() != 2 or prompts.numel() == 0:
                 raise ValueError(
@@ -124,41 +105,29 @@ class DiffusionLM:
         else:
             input_ids, attention_mask = self.encode_prompts(prompts, chat=chat)
         limit = self.model.config.max_sequence_length
-        if input_ids.shape[1] + gen_length > limit:
+        if input_ids.shape[1] + config.gen_length > limit:
             raise ValueError(
-                f"prompt length {input_ids.shape[1]} + gen_length {gen_length} exceeds the model's "
+                f"prompt length {input_ids.shape[1]} + gen_length {config.gen_length} exceeds the model's "
                 f"max_sequence_length {limit}"
             )
-        check_lengths(gen_length, block_length)
-        if isinstance(policy, str):
-            policy = make_policy(policy, gen_length=gen_length, block_length=block_length, **knobs)
-        elif not isinstance(policy, CommitPolicy):
-            raise ValueError(f"policy must be a name ({', '.join(policy_names())}) or a policy object, got {policy!r}")
-        elif any(v is not None for v in knobs.values()):
-            raise ValueError(f"give the options of a policy object to its constructor, not {', '.join(knobs)}")
-        credit_config = CreditConfig() if credit is True else (credit or None)
         generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        exclude = (self.tokenizer.eot_id,) if confidence_eos_eot_inf and self.tokenizer.eot_id is not None else ()
+        if config.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        eot = self.tokenizer.eot_id
+        exclude = (eot,) if config.confidence_eos_eot_inf and eot is not None else ()
         result = decode(
-            self.model, input_ids, policy, mask_id=self.mask_id, attention_mask=attention_mask,
-            gen_length=gen_length, block_length=block_length,
-            scorer=Scorer(scorer, temperature, generator, exclude), credit=credit_config, cache=cache,
-            cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf, eos_id=self.tokenizer.eos_id,
-            stop_ids=self.tokenizer.stop_ids, early_stop=early_stop, time_steps=time_steps,
-            compile=self.compile if compile is None else compile,
+            self.model, input_ids, config.build_policy(), mask_id=self.mask_id, attention_mask=attention_mask,
+            gen_length=config.gen_length, block_length=config.block_length,
+            scorer=Scorer(config.scorer, config.temperature, generator, exclude), credit=config.credit_config,
+            cache=config.cache, cfg_scale=config.cfg_scale, logits_eos_inf=config.logits_eos_inf,
+            eos_id=self.tokenizer.eos_id, stop_ids=self.tokenizer.stop_ids, early_stop=config.early_stop,
+            time_steps=time_steps, compile=self.compile if config.compile is None else config.compile,
         )
         texts = [
             self.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True).strip()
             for row, n in zip(result.tokens, result.lengths, strict=True)
         ]
-        return GenerateOutput(
-            texts=texts, tokens=result.tokens, lengths=result.lengths, nfe=result.nfe,
-            nfe_per_row=result.nfe_per_row, commit_step=result.commit_step,
-            commit_confidence=result.commit_confidence, elapsed_s=result.elapsed_s, prompt_ids=input_ids,
-            raw=result,
-        )
+        return GenerateOutput(**vars(result), texts=texts, prompt_ids=input_ids, config=config)
 
 
 def load(

@@ -89,5 +89,9 @@ def test_credit_composes_with_every_policy_and_speeds_up_dynamic_ones(tiny_ckpt,
 def test_credit_config_errors():
     with pytest.raises(ValueError, match="beta must be in"):
         CreditConfig(beta=1.5)
-    with pytest.raises(ValueError, match="alpha must be >= 0"):
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got -1"):
         CreditConfig(alpha=-1)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got nan"):
+        CreditConfig(alpha=float("nan"))
+    with pytest.raises(ValueError, match="gamma must be a finite number > 0, got inf"):
+        CreditConfig(gamma=float("inf"))

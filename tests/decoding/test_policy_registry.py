@@ -76,5 +76,5 @@ def test_generate_rejects_options_of_another_policy(tiny_ckpt):
     lm = unmask.load(tiny_ckpt, dtype="float64", device="cpu")
     with pytest.raises(ValueError, match="margin do not apply to policy 'threshold'"):
         lm.generate("hello", policy="threshold", margin=0.3, gen_length=8, block_length=8)
-    with pytest.raises(ValueError, match="unknown policy option 'temprature'"):
+    with pytest.raises(ValueError, match="unknown decoding setting.s. temprature .settings: .*temperature"):
         lm.generate("hello", temprature=0.5, gen_length=8, block_length=8)

@@ -91,7 +91,7 @@ def test_llada_options_equal_reference(tmp_path, tiny_cfg, tiny_weights, options
                              eot_id=eot, **options)
     out = lm.generate(x, attention_mask=attn, policy="topk", steps=16, gen_length=16, block_length=8,
                       early_stop=False, **options)
-    assert torch.equal(out.raw.sequences, ref)
+    assert torch.equal(out.sequences, ref)
     plain = lm.generate(x, attention_mask=attn, policy="topk", steps=16, gen_length=16, block_length=8,
                         early_stop=False)
-    assert not torch.equal(plain.raw.sequences, ref), "the option had no effect on this fixture"
+    assert not torch.equal(plain.sequences, ref), "the option had no effect on this fixture"

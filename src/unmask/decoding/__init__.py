@@ -1,5 +1,6 @@
 """The block loop, scorers, commit policies and CreditDecoding."""
 
+from unmask.decoding.config import DecodeConfig
 from unmask.decoding.credit import CreditConfig, CreditState
 from unmask.decoding.loop import DecodeResult, decode
 from unmask.decoding.policies import (
@@ -15,6 +16,6 @@ from unmask.decoding.policies import (
 from unmask.decoding.scorers import SCORER_NAMES, Scorer
 
 __all__ = [
-    "CreditConfig", "CreditState", "DecodeResult", "decode", "POLICY_NAMES", "Factor", "Frechet", "Policy",
-    "Threshold", "TopK", "make_policy", "num_transfer_tokens", "SCORER_NAMES", "Scorer",
+    "CreditConfig", "CreditState", "DecodeConfig", "DecodeResult", "decode", "POLICY_NAMES", "Factor", "Frechet",
+    "Policy", "Threshold", "TopK", "make_policy", "num_transfer_tokens", "SCORER_NAMES", "Scorer",
 ]

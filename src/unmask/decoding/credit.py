@@ -20,6 +20,7 @@ replaces dInfer's dense B x L x V buffer, and credit is updated exactly once per
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +35,12 @@ class CreditConfig:
     slots: int = 4
 
     def __post_init__(self) -> None:
-        if self.alpha < 0:
-            raise ValueError(f"credit alpha must be >= 0, got {self.alpha}")
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):  # NaN fails every comparison: rejected too
+            raise ValueError(f"credit alpha must be a finite number >= 0, got {self.alpha}")
         if not 0 <= self.beta <= 1:
             raise ValueError(f"credit beta must be in [0, 1], got {self.beta}")
-        if self.gamma <= 0:
-            raise ValueError(f"credit gamma must be > 0, got {self.gamma}")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise ValueError(f"credit gamma must be a finite number > 0, got {self.gamma}")
         if self.slots < 1:
             raise ValueError(f"credit slots must be >= 1, got {self.slots}")
 

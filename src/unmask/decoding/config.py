@@ -1,0 +1,102 @@
+"""``DecodeConfig``: every decoding setting of ``DiffusionLM.generate`` in one validated object.
+
+Like Hugging Face's ``GenerationConfig`` or vLLM's ``SamplingParams``: build it once (or pass the same
+settings as keywords to ``generate``), and every value is checked at construction, with an error that
+names the value and what is allowed. The policy's own option (``threshold=0.9``, ``margin=0.25``, ...)
+comes from the policy registry (docs/design.md §6a).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from unmask.decoding.credit import CreditConfig
+from unmask.decoding.loop import check_lengths, resolve_compile
+from unmask.decoding.policies import CommitPolicy, knob_names, make_policy, policy_names
+from unmask.decoding.scorers import SCORER_NAMES
+from unmask.models.cache import check_cache_mode
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding settings (defaults: LLaDA's baseline, one token per step, block 32, no cache).
+
+    policy: a registered policy name or a policy object; ``options`` holds the named policy's option,
+    e.g. ``{"threshold": 0.9}`` (``DecodeConfig.create(policy="threshold", threshold=0.9)`` sorts the
+    keywords). credit: ``True`` (paper defaults) or a ``CreditConfig``. cache: none | prefix | dual.
+    temperature: Gumbel sampling temperature (0: greedy). scorer: confidence | margin | entropy | random.
+    cfg_scale: LLaDA's unsupervised classifier-free guidance. compile: ``None`` = the model's setting.
+    """
+
+    policy: str | CommitPolicy = "topk"
+    options: dict[str, Any] = field(default_factory=dict)
+    gen_length: int = 128
+    block_length: int = 32
+    credit: bool | CreditConfig = False
+    cache: str = "none"
+    temperature: float = 0.0
+    scorer: str = "confidence"
+    cfg_scale: float = 0.0
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    early_stop: bool = True
+    seed: int | None = None
+    compile: bool | str | None = None
+
+    def __post_init__(self) -> None:
+        check_lengths(self.gen_length, self.block_length)
+        if isinstance(self.policy, str):
+            self.options = {k: v for k, v in dict(self.options).items() if v is not None}
+            self.build_policy()  # the policy's name and option are checked here
+        elif not isinstance(self.policy, CommitPolicy):
+            raise ValueError(f"policy must be a name ({', '.join(policy_names())}) or a policy object, "
+                             f"got {self.policy!r}")
+        elif self.options:
+            raise ValueError(f"give the options of a policy object to its constructor, not {', '.join(self.options)}")
+        if not isinstance(self.credit, (bool, CreditConfig)):
+            raise ValueError(f"credit must be True, False or a CreditConfig, got {self.credit!r}")
+        check_cache_mode(self.cache)
+        _check_number("temperature", self.temperature, ">= 0", lambda v: v >= 0)
+        _check_number("cfg_scale", self.cfg_scale, ">= 0", lambda v: v >= 0)
+        if self.scorer not in SCORER_NAMES:
+            raise ValueError(f"unknown scorer {self.scorer!r} (allowed: {', '.join(SCORER_NAMES)})")
+        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "early_stop"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        resolve_compile(self.compile, torch.device("cpu"))  # checks the value
+
+    @classmethod
+    def create(cls, config: DecodeConfig | None = None, **settings: Any) -> DecodeConfig:
+        """``config`` (or the defaults) with ``settings`` replaced; policy options go to ``options``."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in settings if k not in fields and k not in knob_names())
+        if unknown:
+            raise ValueError(f"unknown decoding setting(s) {', '.join(unknown)} (settings: "
+                             f"{', '.join(sorted(fields))}; policy options: {', '.join(sorted(knob_names()))})")
+        options = {k: settings.pop(k) for k in list(settings) if k not in fields}
+        base = config or cls()
+        if "policy" in settings and settings["policy"] != base.policy:
+            base = dataclasses.replace(base, options={})  # another policy: the old policy's option goes
+        merged = {**base.options, **options, **settings.pop("options", {})}
+        return dataclasses.replace(base, options=merged, **settings)
+
+    def build_policy(self) -> CommitPolicy:
+        if isinstance(self.policy, CommitPolicy):
+            return self.policy
+        return make_policy(self.policy, gen_length=self.gen_length, block_length=self.block_length, **self.options)
+
+    @property
+    def credit_config(self) -> CreditConfig | None:
+        return CreditConfig() if self.credit is True else (self.credit or None)
+
+
+def _check_number(name: str, value: Any, allowed: str, check) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not check(value):
+        raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
