@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from unmask.eval.runner import RECORDS, aggregate, pareto_front, read_records, run_eval
+from unmask.eval.records import RECORDS, read_records
+from unmask.eval.report import aggregate, pareto_front
+from unmask.eval.runner import run_eval
 
 SPECS = ["topk", "threshold:0.5+credit@dual"]
 COMPARED = ("n", "accuracy", "mean_nfe", "tokens_per_nfe", "mean_tokens", "nfe_speedup")

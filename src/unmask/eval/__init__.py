@@ -2,7 +2,9 @@
 traces, and an lm-evaluation-harness adapter (``unmask.eval.lm_eval_adapter``, imported on demand)."""
 
 from unmask.eval.compare import COMPARE_SPECS, print_report, run_compare
-from unmask.eval.runner import EvalConfig, EvalReport, aggregate, pareto_front, read_records, run_eval
+from unmask.eval.records import read_records
+from unmask.eval.report import aggregate, pareto_front
+from unmask.eval.runner import EvalConfig, EvalReport, run_eval
 from unmask.eval.spec import DecodeSpec, parse_spec, parse_specs
 from unmask.eval.trace import Trace, plot_trace, trace_generation
 

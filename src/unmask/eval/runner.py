@@ -1,18 +1,10 @@
-"""Evaluation grid: decoding specs x tasks on one model, resumable, with tables and a Pareto plot.
+"""Evaluation grid: decoding specs x tasks on one model, resumable.
 
-For each (spec, task) the examples are decoded in batches; each finished example is appended at
-once to ``<out>/records.jsonl`` (flushed and fsynced), so a crash loses no finished result and a
-rerun skips what is done. Aggregates are always recomputed from the records:
-
-- accuracy: mean task score;
-- mean NFE: mean of the row's own forwards (``nfe_per_row``: cache refreshes included, a row
-  waiting on others costs it nothing);
-- tokens/NFE: generated tokens up to and including the first end-of-text, over the row's NFE,
-  per row, then averaged (docs/design.md §5);
-- tokens/s: generated tokens (same count) over wall time; latency per request is the batch's
-  wall time over its size, latency per batch the mean wall time of a batch;
-- NFE speedup: mean NFE of the ``topk`` baseline of the same task over the spec's mean NFE
-  (time speedup likewise with latency per request).
+For each (spec, task) the examples are decoded in batches and scored; each finished example is
+appended at once to ``<out>/records.jsonl`` (``eval/records.py``), so a crash loses no finished result
+and a rerun skips what is done. Aggregates, tables and the Pareto plot are always recomputed from the
+records (``eval/report.py``): accuracy, mean NFE per row, tokens/NFE, tokens/s, latencies, speedups
+against the ``topk`` baseline.
 
 Outputs: ``run.json`` (the decode settings; a rerun with other settings is refused),
 ``records.jsonl``, ``results.json`` (aggregates + config), ``results.md``, ``pareto.png``.
@@ -20,27 +12,20 @@ Outputs: ``run.json`` (the decode settings; a rerun with other settings is refus
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unmask.decoding.loop import check_lengths
+from unmask.eval.records import RECORDS, RUN_KEYS, RecordWriter, check_run_file, read_records, record_key
+from unmask.eval.report import aggregate, write_outputs
 from unmask.eval.spec import DecodeSpec, parse_specs
 from unmask.tasks.base import Example, Task, get_task
-
-RECORDS = "records.jsonl"
-RUN_FILE = "run.json"
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
-PARETO_PNG = "pareto.png"
-# settings that change what a record means: a rerun into the same folder must match them
-RUN_KEYS = ("model", "split", "seed", "gen_length", "block_length", "early_stop", "temperature", "chat")
 
 
 @dataclass
@@ -116,69 +101,6 @@ def _named_task(name: str) -> Task:
         raise ValueError(f"{err}; on the command line write --task {name}=PATH") from None
 
 
-# --------------------------------------------------------------------------- records
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Finished records; a torn last line (crash while writing) is dropped from the file."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):  # crash mid-write: cut the partial line so appends stay valid
-        keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
-    records = []
-    for number, line in enumerate(data.decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number} is not a valid record ({err.msg}); fix or delete that line") from err
-    return records
-
-
-def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
-    return record["spec"], record["task"], record["id"]
-
-
-class RecordWriter:
-    """Appends records as JSON lines, each flushed and fsynced before the next batch starts."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
-
-    def write(self, records: Sequence[dict[str, Any]]) -> None:
-        for record in records:
-            self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def check_run_file(out_dir: Path, config: EvalConfig, overwrite: bool) -> None:
-    run_path = out_dir / RUN_FILE
-    identity = config.run_identity()
-    if overwrite:
-        for name in (RECORDS, RESULTS_JSON, RESULTS_MD, PARETO_PNG, RUN_FILE):
-            (out_dir / name).unlink(missing_ok=True)
-    elif run_path.is_file():
-        previous = json.loads(run_path.read_text())
-        diff = [f"{k}: {previous.get(k)!r} there, {v!r} now" for k, v in identity.items() if previous.get(k) != v]
-        if diff:
-            raise ValueError(
-                f"{out_dir} holds records of a different run ({'; '.join(diff)}); "
-                "use another output folder or overwrite it"
-            )
-    elif (out_dir / RECORDS).is_file() and (out_dir / RECORDS).stat().st_size:
-        raise ValueError(f"{out_dir / RECORDS} exists without {RUN_FILE}; use another output folder or overwrite it")
-    run_path.write_text(json.dumps(identity, indent=2) + "\n")
-
-
 # --------------------------------------------------------------------------- the grid
 
 
@@ -229,7 +151,7 @@ def run_eval(
         model=model_name, device=str(getattr(lm, "device", "")),
         dtype=str(getattr(getattr(lm, "model", None), "dtype", "")),
     )
-    check_run_file(out, config, overwrite)
+    check_run_file(out, config.run_identity(), overwrite)
 
     examples = {name: task.examples(split, n, seed) for name, task in task_map.items()}
     for name, exs in examples.items():
@@ -315,168 +237,6 @@ def score_all(task: Task, examples: list[Example], completions: list[str]) -> li
         return [float(task.score(e, c)) for e, c in zip(examples, completions, strict=True)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [float(s) for s in pool.map(task.score, examples, completions)]
-
-
-# --------------------------------------------------------------------------- aggregates
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
-def aggregate(records: list[dict[str, Any]], specs: list[str], tasks: list[str]) -> list[dict[str, Any]]:
-    """One row per (spec, task) with records, in spec-then-task order; speedups vs the task's topk baseline."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["spec"], r["task"]), []).append(r)
-    rows = []
-    for spec in specs:
-        for task in tasks:
-            group = groups.get((spec, task))
-            if not group:
-                continue
-            batches: dict[str, float] = {}
-            for r in group:
-                batches[r["batch"]] = r["batch_seconds"]
-            seconds = sum(r["seconds"] for r in group)
-            tokens = sum(r["tokens"] for r in group)
-            rows.append({
-                "spec": spec, "task": task, "n": len(group),
-                "accuracy": _mean([r["score"] for r in group]),
-                "mean_nfe": _mean([r["nfe"] for r in group]),
-                "tokens_per_nfe": _mean([r["tokens_per_nfe"] for r in group]),
-                "mean_tokens": tokens / len(group),
-                "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
-                "latency_s": seconds / len(group),
-                "batch_latency_s": _mean(list(batches.values())),
-                "seconds": seconds,
-                "nfe_speedup": None, "time_speedup": None,
-            })
-    for task in tasks:
-        base = _baseline_row(rows, task)
-        if base is None:
-            continue
-        for row in rows:
-            if row["task"] == task:
-                row["nfe_speedup"] = base["mean_nfe"] / row["mean_nfe"] if row["mean_nfe"] else None
-                row["time_speedup"] = base["latency_s"] / row["latency_s"] if row["latency_s"] else None
-    return rows
-
-
-def _baseline_row(rows: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
-    for row in rows:
-        if row["task"] == task and row["spec"] == "topk":
-            return row
-    return None
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def write_outputs(report: EvalReport, plot: bool = True) -> dict[str, Path]:
-    out = report.out_dir
-    files = {"records": out / RECORDS, "json": out / RESULTS_JSON, "markdown": out / RESULTS_MD}
-    payload = {"config": asdict(report.config), "results": report.rows,
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = out / (RESULTS_JSON + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(out / RESULTS_JSON)
-    (out / RESULTS_MD).write_text(markdown_table(report.rows, report.config))
-    if plot and report.rows:
-        files["pareto"] = plot_pareto(report.rows, out / PARETO_PNG)
-    return files
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "nan" if value != value else f"{value:.{digits}f}"
-    return str(value)
-
-
-MD_COLUMNS = (
-    ("task", "task"), ("spec", "spec"), ("n", "n"), ("accuracy", "accuracy"), ("mean_nfe", "mean NFE"),
-    ("tokens_per_nfe", "tokens/NFE"), ("nfe_speedup", "NFE speedup"), ("tokens_per_s", "tokens/s"),
-    ("latency_s", "s/request"), ("batch_latency_s", "s/batch"),
-)
-
-
-def markdown_table(rows: list[dict[str, Any]], config: EvalConfig) -> str:
-    lines = [
-        f"# unmask eval: {config.model}",
-        "",
-        f"split `{config.split}`, {config.n} examples per task (seed {config.seed}), gen_length {config.gen_length}, "
-        f"block_length {config.block_length}, batch {config.batch_size}, early stop {config.early_stop}, "
-        f"temperature {config.temperature}, device `{config.device}`, dtype `{config.dtype}`. "
-        "NFE: the row's model forwards (cache refreshes included); tokens: generated up to the first end-of-text; "
-        "speedup: topk baseline's mean NFE / the spec's.",
-        "",
-        "| " + " | ".join(title for _, title in MD_COLUMNS) + " |",
-        "|" + "|".join("---" if key in ("task", "spec") else "---:" for key, _ in MD_COLUMNS) + "|",
-    ]
-    for row in sorted(rows, key=lambda r: config.tasks.index(r["task"]) if r["task"] in config.tasks else 0):
-        cells = []
-        for key, _ in MD_COLUMNS:
-            value = row[key]
-            if key == "nfe_speedup" and value is not None:
-                cells.append(f"{value:.2f}x")
-            else:
-                cells.append(_fmt(value, 1 if key in ("tokens_per_s",) else 3))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats (lower-or-equal NFE and higher-or-equal accuracy,
-    one of them strictly), sorted by NFE."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            (x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
-
-
-def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy vs mean NFE, one panel per task, one point per spec, the Pareto front drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        task_rows = [r for r in rows if r["task"] == task]
-        points = [(r["mean_nfe"], r["accuracy"]) for r in task_rows]
-        front = pareto_front(points)
-        ax.scatter([p[0] for p in points], [p[1] for p in points], c="tab:blue", zorder=3)
-        labels: dict[tuple[float, float], list[str]] = {}
-        for r, point in zip(task_rows, points, strict=True):
-            labels.setdefault(point, []).append(r["spec"])
-        for (x, y), specs in labels.items():  # coincident points share one label
-            ax.annotate("\n".join(specs), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        if front:
-            fx = [points[i][0] for i in front]
-            fy = [points[i][1] for i in front]
-            ax.step(fx, fy, where="post", color="tab:red", lw=1.5, label="Pareto front", zorder=2)
-            ax.scatter(fx, fy, facecolors="none", edgecolors="tab:red", s=90, zorder=4)
-            ax.legend(loc="lower right", fontsize=8)
-        xs = [p[0] for p in points if p[0] > 0]
-        if xs and max(xs) / min(xs) > 10:  # parallel rules sit 10-30x left of the baseline: log scale
-            ax.set_xscale("log")
-        ax.set_xlabel("mean NFE per example (lower is faster)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{task} (n={task_rows[0]['n']})")
-        ax.set_ylim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------- progress
