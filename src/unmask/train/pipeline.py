@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from unmask.train.data import TokenData, encode_pretrain, encode_sft
+from unmask.train.plots import plot_losses
 from unmask.train.presets import Preset
 from unmask.train.selection import make_selector
 from unmask.train.tokenizer import (
@@ -30,7 +31,7 @@ from unmask.train.tokenizer import (
     tokenizer_files,
     train_tokenizer,
 )
-from unmask.train.trainer import Trainer, init_weights, param_count, plot_losses
+from unmask.train.trainer import Trainer, init_weights, param_count
 
 MODEL_DIR = "model"
 LOG_FILE = "train_log.json"

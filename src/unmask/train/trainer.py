@@ -1,28 +1,8 @@
-"""Masked-diffusion training of a LLaDA model (Nie et al. 2025, "Large Language Diffusion Models").
+"""The training loop of masked-diffusion SFT (``Trainer``): batches, optional online batch selection
+(``train/selection.py``), AdamW with warm-up and cosine decay, validation, checkpoints, progress.
 
-Forward process (Algorithm 1 pretraining / Algorithm 2 SFT of the paper; ``forward_process`` of LLaDA's
-published training guidelines): per row draw ``t ~ U(0, 1)`` and set ``p = (1 - eps) t + eps`` (so
-``p ~ U(eps, 1)``, eps = 1e-3); every answer token is replaced by the mask token independently with
-probability ``p``. For SFT the prompt is never masked; for pretraining rows ``prompt_len = 0``.
-
-Loss (the SFT guideline's code)::
-
-    loss = sum_{rows b} sum_{masked i in b} CE(logits_bi, x_bi) / p_b / answer_len_b   /  B
-
-where ``answer_len_b = L - prompt_len_b`` counts the response and its end-of-text padding (all of it
-is target). For pretraining rows this is the paper's ``sum CE / t`` normalised by ``L`` (the
-guideline's ``/ (B * L)``). ``per_row_loss`` returns the per-row terms; the batch loss is their mean
-over the rows a ``BatchSelector`` keeps (all by default).
-
-Optional semi-autoregressive rows (``semi_ar_prob`` > 0, an unmask extension, not in the LLaDA recipe):
-a row of this kind looks like a canvas in the middle of LLaDA's semi-autoregressive block decoding.
-A cut ``k`` is drawn uniformly over the answer; answer positions ``< k`` stay clean, those in
-``[k, k + W)`` (the "current block", W = ``semi_ar_block``) are masked with probability ``p``, and
-every position ``>= k + W`` is masked. Uniform masking lets a small model answer ``a op b = [M]`` by
-copying the result from a later line that is still visible; these rows make it compute from the left
-context only, which is all that block decoding ever shows it (cf. the clean-prefix / noised-block
-training of Block Diffusion, Arriola et al. 2025). Their weight uses the expected masked share,
-``p_eff = (min(W, A - k') p + max(0, A - k' - W)) / A`` with ``k' = k - prompt_len``, in place of ``p``.
+The objective (LLaDA's forward process and 1/p-weighted loss, and unmask's semi-autoregressive rows)
+is in ``train/objective.py``; loss curves in ``train/plots.py``.
 """
 
 from __future__ import annotations
@@ -35,76 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from unmask.models.llada import LLaDAModel
 from unmask.train.data import TokenData, length_bucketed_batches, trim_batch
+from unmask.train.objective import EPS, forward_process, per_row_loss
 from unmask.train.selection import AllSelector, BatchSelector, Candidates
-
-EPS = 1e-3
-
-
-# ----------------------------------------------------------------------------- the objective
-
-
-def forward_process(
-    input_ids: torch.Tensor,
-    prompt_len: torch.Tensor,
-    mask_id: int,
-    eps: float = EPS,
-    generator: torch.Generator | None = None,
-    semi_ar_prob: float = 0.0,
-    semi_ar_block: int = 32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Noise a batch: returns ``(noisy_ids, masked [B, L] bool, p_mask [B])``.
-
-    Positions ``< prompt_len`` are never masked; every later position (response and end-of-text
-    padding) is masked independently with the row's probability ``p_mask = (1 - eps) t + eps``.
-    With ``semi_ar_prob`` > 0 that share of rows is noised semi-autoregressively instead (module
-    docstring): clean before a uniform cut ``k``, masked with ``p_mask`` in ``[k, k + semi_ar_block)``,
-    masked after; their ``p_mask`` is then the expected masked share of the answer.
-    """
-    B, L = input_ids.shape
-    dev = input_ids.device
-    t = torch.rand(B, device=dev, generator=generator)
-    p_mask = (1 - eps) * t + eps
-    pos = torch.arange(L, device=dev)[None, :]
-    start = prompt_len.to(dev)[:, None]
-    answer = pos >= start
-    draw = torch.rand(B, L, device=dev, generator=generator) < p_mask[:, None]
-    masked = draw & answer
-    if semi_ar_prob > 0:
-        answer_len = (L - start).clamp(min=1)
-        semi = torch.rand(B, 1, device=dev, generator=generator) < semi_ar_prob
-        cut = start + (torch.rand(B, 1, device=dev, generator=generator) * answer_len).long()
-        after = pos >= cut + semi_ar_block
-        masked = torch.where(semi, answer & ((draw & (pos >= cut)) | after), masked)
-        rest = (L - cut).float()  # answer positions from the cut on
-        expected = (rest.clamp(max=semi_ar_block) * p_mask[:, None] + (rest - semi_ar_block).clamp(min=0))
-        p_mask = torch.where(semi[:, 0], (expected / answer_len).squeeze(1), p_mask)
-    noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
-    return noisy, masked, p_mask
-
-
-def per_row_loss(
-    logits: torch.Tensor,
-    input_ids: torch.Tensor,
-    masked: torch.Tensor,
-    p_mask: torch.Tensor,
-    prompt_len: torch.Tensor,
-) -> torch.Tensor:
-    """[B] float32: ``sum_{masked i} CE_i / p_mask / answer_len`` per row (``answer_len = L - prompt_len``).
-
-    Computed densely (cross-entropy at every position, zero weight where unmasked): no data-dependent
-    shapes, hence no host-device synchronisation in the training step.
-    """
-    B, L = input_ids.shape
-    ce = F.cross_entropy(logits.float().flatten(0, 1), input_ids.flatten(), reduction="none").view(B, L)
-    answer_len = (L - prompt_len.to(input_ids.device)).clamp(min=1).float()
-    weights = 1.0 / (p_mask.float() * answer_len)
-    return (ce * masked).sum(1) * weights
-
 
 # ----------------------------------------------------------------------------- model set-up
 
@@ -502,35 +418,3 @@ class _progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def plot_losses(log: TrainLog | dict, path: str | Path, title: str = "masked-diffusion loss") -> None:
-    """Training loss (per log interval) and validation loss against step, as a PNG (Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = log.to_dict() if isinstance(log, TrainLog) else log
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    if d["train"]:
-        ax.plot([r["step"] for r in d["train"]], [r["loss"] for r in d["train"]], lw=1, label="train")
-    if d["val"]:
-        ax.plot([r["step"] for r in d["val"]], [r["loss"] for r in d["val"]], "o-", ms=3, label="validation")
-        for key in sorted(k for k in d["val"][0] if k.startswith("loss_")):
-            ax.plot(
-                [r["step"] for r in d["val"]],
-                [r.get(key, float("nan")) for r in d["val"]],
-                "--",
-                lw=1,
-                label=f"val {key[5:]}",
-            )
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (sum CE / t, per answer token)")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
