@@ -33,7 +33,7 @@ def examples():
 
 @pytest.fixture(scope="session")
 def tokenizer(examples):
-    from unmask.train.tokenizer import train_tokenizer
+    from unmask.models.tokenizer import train_tokenizer
 
     texts = [t for ex in examples for t in (ex.prompt, ex.target)]
     return train_tokenizer(texts, vocab_size=384)
@@ -41,6 +41,6 @@ def tokenizer(examples):
 
 @pytest.fixture(scope="session")
 def tok_dir(tokenizer, tmp_path_factory):
-    from unmask.train.tokenizer import save_tokenizer
+    from unmask.models.tokenizer import save_tokenizer
 
     return save_tokenizer(tokenizer, tmp_path_factory.mktemp("tok"))

@@ -5,6 +5,7 @@ import torch
 
 from unmask.models.llada import LLaDAModel
 from unmask.models.loading import load_model
+from unmask.models.tokenizer import special_ids
 from unmask.train import pipeline
 from unmask.train.data import encode_sft
 from unmask.train.presets import load_preset
@@ -16,7 +17,6 @@ from unmask.train.selection import (
     RandomSelector,
     n_keep,
 )
-from unmask.train.tokenizer import special_ids
 from unmask.train.trainer import Trainer, init_weights, lr_factor
 
 

@@ -1,8 +1,8 @@
 import torch
 
+from unmask.models.tokenizer import special_ids, user_prompt_text
 from unmask.train.data import encode_sft, length_bucketed_batches, pack_sft_rows, trim_batch
 from unmask.train.objective import forward_process, per_row_loss
-from unmask.train.tokenizer import special_ids, user_prompt_text
 
 
 def test_sft_rows_layout(examples, tokenizer):

@@ -1,9 +1,9 @@
 import json
 
-from unmask.models.tokenizer import Tokenizer
-from unmask.train.tokenizer import (
+from unmask.models.tokenizer import (
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
+    Tokenizer,
     padded_embedding_size,
     render_chat,
     special_ids,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unmask.models.llada import LLaDAModel
+from unmask.models.tokenizer import special_ids
 from unmask.train import pipeline
 from unmask.train.data import encode_sft
 from unmask.train.presets import load_preset
@@ -22,7 +23,6 @@ from unmask.train.selection import (
     n_keep,
     nuclear_norms,
 )
-from unmask.train.tokenizer import special_ids
 from unmask.train.trainer import Trainer, init_weights
 
 

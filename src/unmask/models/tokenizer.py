@@ -1,21 +1,66 @@
-"""Tokenizer + chat template from ``tokenizer.json`` and ``tokenizer_config.json`` (no transformers needed)."""
+"""LLaDA's tokenizer side in one place: the special tokens, the chat template and its renderer, loading
+a checkpoint's tokenizer (``tokenizer.json`` + ``tokenizer_config.json``, no transformers needed), and
+training the small byte-level BPE tokenizer of the embedded testbed model.
+
+A trained tokenizer folder holds ``tokenizer.json`` (HF ``tokenizers``) and ``tokenizer_config.json``
+(``bos_token``/``eos_token``/``pad_token`` and a ``chat_template`` of the same shape as
+LLaDA-8B-Instruct's), so the same loading code serves the testbed model and the 8B checkpoints.
+Digits are split one per token (``Digits(individual_digits=True)``) so that arithmetic stays learnable.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 # LLaDA's special tokens: the one place their spellings live
 MASK_TOKEN = "<|mdm_mask|>"
-EOS_TOKEN = "<|endoftext|>"
+EOS_TOKEN = "<|endoftext|>"  # also the padding token (LLaDA pads SFT answers with it)
 EOT_TOKEN = "<|eot_id|>"
 BOS_TOKEN = "<|startoftext|>"
 START_HEADER_TOKEN = "<|start_header_id|>"
 END_HEADER_TOKEN = "<|end_header_id|>"
+SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, START_HEADER_TOKEN, END_HEADER_TOKEN, EOT_TOKEN]
+
+# LLaDA-8B-Instruct's chat template, verbatim (bos_token is prepended to the first message).
+CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+def render_chat(
+    messages: Sequence[dict[str, str]], add_generation_prompt: bool = True, template: str = CHAT_TEMPLATE,
+    bos_token: str = BOS_TOKEN, eos_token: str = EOS_TOKEN,
+) -> str:
+    """Render a Jinja chat template as transformers does (sandboxed, trim_blocks and lstrip_blocks)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                            bos_token=bos_token, eos_token=eos_token)
+
+
+def user_prompt_text(prompt: str) -> str:
+    """The chat-templated single-turn prompt with the generation prompt, as a plain string.
+
+    Equals ``render_chat([{"role": "user", "content": prompt}])`` (tested), without the cost of Jinja
+    for hundreds of thousands of training examples.
+    """
+    return (f"{BOS_TOKEN}{START_HEADER_TOKEN}user{END_HEADER_TOKEN}\n\n{prompt.strip()}{EOT_TOKEN}"
+            f"{START_HEADER_TOKEN}assistant{END_HEADER_TOKEN}\n\n")
 
 
 def _token_text(value: object) -> str | None:
@@ -50,11 +95,11 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, folder: str | Path, mask_token_id: int | None = None) -> Tokenizer:
         folder = Path(folder)
-        file = folder / "tokenizer.json"
+        file = folder / TOKENIZER_FILE
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer.json in {str(folder)!r}")
         config: dict = {}
-        config_file = folder / "tokenizer_config.json"
+        config_file = folder / TOKENIZER_CONFIG_FILE
         if config_file.is_file():
             try:
                 config = json.loads(config_file.read_text())
@@ -73,10 +118,7 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
             raise ValueError("this tokenizer has no chat_template; pass chat=False to use raw prompts")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        template = env.from_string(self.chat_template)
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token=self.bos_token, eos_token=self.eos_token)
+        return render_chat(messages, add_generation_prompt, self.chat_template, self.bos_token, self.eos_token)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -97,3 +139,108 @@ class Tokenizer:
                 input_ids[row, width - len(ids):] = torch.tensor(ids)
                 attention_mask[row, width - len(ids):] = 1
         return input_ids.to(device), attention_mask.to(device)
+
+
+# ----------------------------------------------------------------------------- training the BPE tokenizer
+
+
+def build_tokenizer() -> HFTokenizer:
+    """An untrained byte-level BPE tokenizer: individual digits, then GPT-2 style byte-level splitting."""
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 3072, min_frequency: int = 2) -> HFTokenizer:
+    """Train the BPE merges on ``texts``; special tokens take ids 0..5 in ``SPECIAL_TOKENS`` order.
+
+    The result may have fewer than ``vocab_size`` tokens when the corpus is small.
+    """
+    tok = build_tokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def padded_embedding_size(vocab_size: int, multiple: int = 64) -> int:
+    """The embedding rows for ``vocab_size`` tokens, rounded up to a multiple of ``multiple``."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def special_ids(tok: HFTokenizer) -> dict[str, int]:
+    """Ids of the special tokens: bos, eos, pad (= eos), mask, eot, start_header, end_header."""
+    ids = {
+        name: tok.token_to_id(t)
+        for name, t in [
+            ("bos", BOS_TOKEN),
+            ("eos", EOS_TOKEN),
+            ("mask", MASK_TOKEN),
+            ("eot", EOT_TOKEN),
+            ("start_header", START_HEADER_TOKEN),
+            ("end_header", END_HEADER_TOKEN),
+        ]
+    }
+    missing = [k for k, v in ids.items() if v is None]
+    if missing:
+        raise ValueError(f"tokenizer lacks special tokens {missing}")
+    ids["pad"] = ids["eos"]
+    return ids
+
+
+def tokenizer_config(tok: HFTokenizer, model_max_length: int = 4096) -> dict:
+    """``tokenizer_config.json`` in the shape of LLaDA-8B-Instruct's (fast-tokenizer fields + chat template)."""
+    added = {
+        str(tok.token_to_id(t)): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for t in SPECIAL_TOKENS
+    }
+    return {
+        "added_tokens_decoder": added,
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": EOS_TOKEN,
+        "mask_token": MASK_TOKEN,
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+def tokenizer_files(tok: HFTokenizer, model_max_length: int = 4096) -> dict[str, str]:
+    """File name -> text of ``tokenizer.json`` and ``tokenizer_config.json`` (for ``save_pretrained``)."""
+    return {
+        TOKENIZER_FILE: tok.to_str(pretty=False),
+        TOKENIZER_CONFIG_FILE: json.dumps(tokenizer_config(tok, model_max_length), indent=2) + "\n",
+    }
+
+
+def save_tokenizer(tok: HFTokenizer, folder: str | os.PathLike, model_max_length: int = 4096) -> Path:
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in tokenizer_files(tok, model_max_length).items():
+        (out / name).write_text(text)
+    return out
+
+
+def load_tokenizer(folder: str | os.PathLike) -> HFTokenizer:
+    """The raw ``tokenizers.Tokenizer`` of a folder (fast batch encoding for training)."""
+    return HFTokenizer.from_file(str(Path(folder) / TOKENIZER_FILE))

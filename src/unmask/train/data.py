@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from unmask.train.tokenizer import special_ids, user_prompt_text
+from unmask.models.tokenizer import special_ids, user_prompt_text
 
 
 @dataclass

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import torch
 
-from unmask.train.data import TokenData, encode_pretrain, encode_sft
-from unmask.train.plots import plot_losses
-from unmask.train.presets import Preset
-from unmask.train.selection import make_selector
-from unmask.train.tokenizer import (
+from unmask.models.tokenizer import (
     load_tokenizer,
     padded_embedding_size,
     special_ids,
     tokenizer_files,
     train_tokenizer,
 )
+from unmask.train.data import TokenData, encode_pretrain, encode_sft
+from unmask.train.plots import plot_losses
+from unmask.train.presets import Preset
+from unmask.train.selection import make_selector
 from unmask.train.trainer import Trainer, init_weights, param_count
 
 MODEL_DIR = "model"
