@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--by-op", action="store_true", help="Also tabulate wrong equations per operation and digits.")
     args = ap.parse_args(argv)
 
-    from unmask.tasks.base import get_task
+    from unmask.tasks.registry import get_task
 
     task = get_task("math")
     records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]

@@ -26,7 +26,7 @@ from unmask.tasks.arithmetic import LINE_RE
 
 def probe(model_path: str | None, n: int, gen_length: int, device: str | None, batch: int = 64) -> dict[str, float]:
     import unmask
-    from unmask.tasks.base import get_task
+    from unmask.tasks.registry import get_task
 
     lm = unmask.load(model_path, device=device) if model_path else unmask.load(device=device)
     tok, model = lm.tokenizer, lm.model

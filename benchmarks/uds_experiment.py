@@ -123,7 +123,7 @@ def run_one(args, data_path: Path, selector_name: str, budget: float, seed: int,
     from unmask.api import DiffusionLM
     from unmask.eval.runner import score_all
     from unmask.models.tokenizer import Tokenizer
-    from unmask.tasks.base import get_task
+    from unmask.tasks.registry import get_task
     from unmask.train.selection import make_selector
     from unmask.train.trainer import TrainConfig, Trainer
 

@@ -15,7 +15,7 @@ import torch
 
 import unmask
 from unmask.api import embedded_model_path
-from unmask.tasks.base import get_task
+from unmask.tasks.registry import get_task
 
 MAX_PARAMS = 25_000_000
 MAX_WEIGHT_BYTES = 40_000_000

@@ -128,7 +128,7 @@ def test_policy_step_as_device_tensor_equals_int():
     conf = torch.where(masked, torch.rand(8, 16, generator=g, dtype=torch.float64), -torch.inf)
     policy = TopK(4)
     schedule = policy.start_block(masked)
-    for step in range(6):  # steps past the schedule finish the block
+    for step in range(4):
         assert torch.equal(policy(conf, masked, step, schedule), policy(conf, masked, torch.tensor(step), schedule))
 
 

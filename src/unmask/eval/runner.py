@@ -25,7 +25,8 @@ from unmask.decoding.loop import check_lengths
 from unmask.eval.records import RECORDS, RUN_KEYS, RecordWriter, check_run_file, read_records, record_key
 from unmask.eval.report import aggregate, write_outputs
 from unmask.eval.spec import DecodeSpec, parse_specs
-from unmask.tasks.base import Example, Task, get_task
+from unmask.tasks.base import Example, Task
+from unmask.tasks.registry import get_task
 
 
 @dataclass

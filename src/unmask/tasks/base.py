@@ -1,4 +1,4 @@
-"""Task interface, split assignment by stable hashing, and the task registry."""
+"""Task interface and split assignment by stable hashing (the registry of tasks: ``tasks/registry.py``)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import hashlib
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
 
 SPLITS = ("train", "validation", "test")
-TASK_NAMES = ("math", "code", "long")
-BENCHMARK_NAMES = ("gsm8k", "math500", "humaneval", "mbpp")
 
 
 @dataclass(frozen=True)
@@ -101,27 +98,3 @@ class GeneratedTask(Task):
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         return [ex for _, ex in self.keyed_examples(split, n, seed)]
-
-
-def get_task(name: str, **kwargs: Any) -> Task:
-    """Build a task by name: "math", "code", "long", or a benchmark ("gsm8k", "math500",
-    "humaneval", "mbpp") which needs `path=` (a local file or directory)."""
-    if name == "math":
-        from unmask.tasks.arithmetic import ArithmeticTask
-
-        return ArithmeticTask(**kwargs)
-    if name == "code":
-        from unmask.tasks.code import CodeTask
-
-        return CodeTask(**kwargs)
-    if name == "long":
-        from unmask.tasks.long import LongTask
-
-        return LongTask(**kwargs)
-    if name in BENCHMARK_NAMES:
-        from unmask.tasks import benchmarks
-
-        if "path" not in kwargs:
-            raise TypeError(f"benchmark task {name!r} needs a local data path: get_task({name!r}, path=...)")
-        return benchmarks.BENCHMARKS[name](**kwargs)
-    raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASK_NAMES + BENCHMARK_NAMES)}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from unmask.tasks.base import Example, get_task
+from unmask.tasks.base import Example
+from unmask.tasks.registry import get_task
 
 DEFAULT_PRETRAIN = {"math": 20_000, "code": 5_000, "long": 1_000}
 

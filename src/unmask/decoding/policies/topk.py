@@ -53,9 +53,7 @@ class TopK(CommitPolicy):
     def __call__(
         self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor, schedule: torch.Tensor
     ) -> torch.Tensor:
-        _, order, count = sorted_confidence(confidence, masked)
+        _, order, _ = sorted_confidence(confidence, masked)
         step = torch.as_tensor(step, device=schedule.device)
-        column = step.clamp(max=self.steps_per_block - 1).expand(schedule.shape[0], 1)
-        k = schedule.gather(1, column).squeeze(1)
-        k = torch.where(step >= self.steps_per_block, count, k)  # extra steps (if a caller runs them) finish the block
-        return commit_top_n(order, k, masked)
+        column = step.clamp(max=self.steps_per_block - 1).expand(schedule.shape[0], 1)  # the loop stops at the last
+        return commit_top_n(order, schedule.gather(1, column).squeeze(1), masked)
