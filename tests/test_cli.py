@@ -106,3 +106,14 @@ def test_generate_rejects_options_that_do_not_apply(tiny_ckpt, args, message):
     result = run("generate", "hello", "-m", tiny_ckpt, "--gen-length", 8, "--block-length", 8, *args)
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_generate_with_knob_options(tiny_ckpt):
+    ok = run("generate", "hello world", "-m", tiny_ckpt, "--gen-length", 16, "--block-length", 8, "--json",
+             "--policy", "frechet", "--knob", "margin=0.3")
+    assert ok.exit_code == 0, ok.output
+    for args, message in [(["--knob", "margin"], "--knob 'margin' must look like NAME=VALUE"),
+                          (["--policy", "threshold", "--knob", "threshold=2"], "threshold must be in (0, 1], got 2"),
+                          (["--policy", "threshold", "--knob", "near=1"], "unknown decoding setting(s) near")]:
+        result = run("generate", "hello", "-m", tiny_ckpt, "--gen-length", 8, "--block-length", 8, *args)
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output

@@ -50,6 +50,19 @@ def read_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
     return found
 
 
+def parse_knobs(items: list[str]) -> dict[str, str]:
+    """``["threshold=0.8"]`` -> ``{"threshold": "0.8"}`` (the policy registry checks names and values)."""
+    knobs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"--knob {item!r} must look like NAME=VALUE, e.g. threshold=0.8")
+        if name.strip() in knobs:
+            raise ValueError(f"--knob {name.strip()} given twice")
+        knobs[name.strip()] = value.strip()
+    return knobs
+
+
 def build_credit(credit: bool, alpha: float, beta: float, gamma: float, adaptive: bool) -> CreditConfig | None:
     return CreditConfig(alpha=alpha, beta=beta, gamma=gamma, adaptive=adaptive) if credit else None
 
@@ -68,6 +81,9 @@ def generate(
     threshold: float | None = typer.Option(None, help=REGISTRY["threshold"].knob.help + "."),
     factor: float | None = typer.Option(None, help=REGISTRY["factor"].knob.help + "."),
     margin: float | None = typer.Option(None, help=REGISTRY["frechet"].knob.help + "."),
+    knob: list[str] | None = typer.Option(
+        None, "--knob", help="A policy's option as NAME=VALUE (any registered policy, e.g. --knob threshold=0.8)."
+    ),
     cache: str = typer.Option("none", help=f"KV cache: {', '.join(CACHE_MODES)}."),
     credit: bool = typer.Option(False, "--credit/--no-credit", help="Fuse CreditDecoding trace credits."),
     credit_alpha: float = typer.Option(0.65, "--credit-alpha"),
@@ -91,12 +107,17 @@ def generate(
     """Generate responses with any commit policy, cache mode and credit fusion."""
     import unmask
 
+    knobs = parse_knobs(knob or [])
+    for name, value in (("steps", steps), ("threshold", threshold), ("factor", factor), ("margin", margin)):
+        if value is not None:
+            if name in knobs:
+                raise ValueError(f"--{name} and --knob {name}=... both given; give one")
+            knobs[name] = value
     decoding = {"policy": policy or "topk", "cache": cache,
                 "credit": build_credit(credit, credit_alpha, credit_beta, credit_gamma, credit_adaptive) or False,
-                "steps": steps, "threshold": threshold, "factor": factor, "margin": margin}
+                **knobs}
     if spec is not None:
-        given = [name for name, value in (("--policy", policy), ("--steps", steps), ("--threshold", threshold),
-                                          ("--factor", factor), ("--margin", margin)) if value is not None]
+        given = ["--policy"] * (policy is not None) + [f"--{name}" for name in knobs]
         given += ["--cache"] * (cache != "none") + ["--credit"] * credit
         if given:
             raise ValueError(f"give either --spec or {', '.join(given)}, not both")
