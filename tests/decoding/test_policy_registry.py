@@ -46,6 +46,33 @@ def test_a_registered_policy_is_usable_everywhere(near_top, tiny_ckpt):
     assert wide.nfe == 2  # within 1.0 of the best: the whole block at once
 
 
+def test_a_module_dropped_into_the_package_is_registered(tmp_path):
+    """Adding a policy is one file: a module in decoding/policies/ is found and registered on import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import unmask.decoding.policies as package
+
+    folder = Path(package.__file__).parent
+    module = folder / "zz_test_policy.py"
+    module.write_text(
+        "from dataclasses import dataclass\n"
+        "from unmask.decoding.policies.base import CommitPolicy, Knob, register\n\n\n"
+        "@register\n@dataclass\nclass Everything(CommitPolicy):\n"
+        "    all: float = 1.0\n    name = 'everything'\n"
+        "    knob = Knob('all', float, 1.0, '> 0', lambda v: v > 0, 'everything: unused')\n\n"
+        "    def __call__(self, confidence, masked, step, schedule):\n        return masked\n"
+    )
+    try:
+        code = ("from unmask.decoding.policies import POLICY_NAMES, make_policy; "
+                "print(POLICY_NAMES[-1], make_policy('everything', all=2.0))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    finally:
+        module.unlink()
+    assert out.strip() == "everything Everything(all=2.0)"
+
+
 def test_registering_a_name_twice_fails(near_top):
     with pytest.raises(ValueError, match="registered twice"):
         register(near_top)
