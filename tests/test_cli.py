@@ -117,3 +117,32 @@ def test_generate_with_knob_options(tiny_ckpt):
                           (["--policy", "threshold", "--knob", "near=1"], "unknown decoding setting(s) near")]:
         result = run("generate", "hello", "-m", tiny_ckpt, "--gen-length", 8, "--block-length", 8, *args)
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_bad_inputs_named_in_one_line(tiny_ckpt, tmp_path):
+    binary = tmp_path / "prompts.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81 prompt")
+    cases = [
+        (["generate", "-f", tmp_path, "-m", tiny_ckpt], "is a directory"),
+        (["generate", "-f", binary, "-m", tiny_ckpt], f"prompt file {str(binary)!r} is not UTF-8 text"),
+        (["generate", "hello", "-m", tiny_ckpt, "--temperature", "nan"], "temperature must be a finite number"),
+        (["generate", "hello", "-m", tiny_ckpt, "--credit", "--credit-alpha", "nan"], "alpha must be a finite"),
+        (["compare", "-m", tiny_ckpt, "-n", "0"], "n must be >= 1 example per task, got 0"),
+        (["trace", "hello", "-m", tiny_ckpt, "-o", tmp_path / "missing" / "t.png"], "does not exist"),
+        (["trace", "hello", "-m", tiny_ckpt, "-o", tmp_path], "is a directory"),
+    ]
+    if not __import__("torch").cuda.is_available():
+        cases.append((["generate", "hello", "-m", tiny_ckpt, "--device", "cuda"], "CUDA is not available"))
+    for args, message in cases:
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+    assert not (tmp_path / "missing").exists()  # nothing half-written
+
+
+def test_python_api_rejects_a_dict_of_prompts(tiny_ckpt):
+    import unmask
+
+    lm = unmask.load(tiny_ckpt, dtype="float32", device="cpu")
+    with pytest.raises(ValueError, match="prompts must be a string, a list of strings or a token tensor, got dict"):
+        lm.generate({"a": 1}, gen_length=8, block_length=8)

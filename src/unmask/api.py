@@ -63,6 +63,9 @@ class DiffusionLM:
         """Chat-templated (or raw) prompts -> left-padded ``input_ids`` and ``attention_mask``."""
         if isinstance(prompts, str):
             prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)):
+            raise ValueError(f"prompts must be a string, a list of strings or a token tensor, got "
+                             f"{type(prompts).__name__}")
         if not prompts:
             raise ValueError("prompts is empty: give at least one prompt")
         for i, prompt in enumerate(prompts):

@@ -30,9 +30,16 @@ def read_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
     """Prompts from arguments, or from a file: JSON lines with a "prompt" field, or plain lines."""
     found = list(prompts or [])
     if file is not None:
+        if file.is_dir():
+            raise ValueError(f"prompt file {str(file)!r} is a directory; give a JSON-lines or text file")
         if not file.is_file():
             raise FileNotFoundError(f"prompt file {str(file)!r} does not exist")
-        for number, line in enumerate(file.read_text().splitlines(), 1):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"prompt file {str(file)!r} is not UTF-8 text ({err.reason} at byte {err.start})") \
+                from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             if file.suffix in (".jsonl", ".json") or line.lstrip().startswith("{"):

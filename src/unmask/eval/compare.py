@@ -57,6 +57,10 @@ def run_compare(
 
         lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
     on_gpu = getattr(getattr(lm, "device", None), "type", "cpu") == "cuda"
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1 example per task, got {n}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = n or (GPU_N if on_gpu else CPU_N)
     batch_size = batch_size or (n if on_gpu else min(n, CPU_BATCH))
     with tempfile.TemporaryDirectory(prefix="unmask-compare-") as tmp:

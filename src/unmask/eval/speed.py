@@ -39,7 +39,7 @@ from unmask.decoding.scorers import Scorer
 from unmask.models.cache import CACHE_MODES, recompute_columns
 from unmask.models.config import LLADA_8B, LLaDAConfig
 from unmask.models.llada import LLaDAModel
-from unmask.models.loading import load_model, parse_dtype, random_model
+from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device
 
 SHAPES: dict[str, LLaDAConfig] = {
     "llada-8b": LLADA_8B,
@@ -272,7 +272,7 @@ def run_bench(
     for cache in caches:
         if cache not in CACHE_MODES:
             raise ValueError(f"unknown cache mode {cache!r} (allowed: {', '.join(CACHE_MODES)})")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     if random_weights is not None:
         if random_weights not in SHAPES:

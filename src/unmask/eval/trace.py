@@ -61,6 +61,8 @@ def trace_generation(
 ) -> Trace:
     """Decode ``prompt`` with ``spec`` on ``lm`` and return its trace (and draw it to ``out`` if given)."""
     spec = spec if isinstance(spec, DecodeSpec) else parse_spec(spec)
+    if out is not None:
+        check_writable(Path(out))  # fail before decoding, not after
     result = lm.generate([prompt], gen_length=gen_length, block_length=block_length, early_stop=early_stop, chat=chat,
                          **spec.generate_kwargs())
     steps = result.commit_step[0].cpu().numpy().astype(np.int64)
@@ -83,6 +85,17 @@ def _short(token: str, width: int = 8) -> str:
     token = token.replace("\n", "\\n").replace(EOS_TOKEN, "EOS").replace(EOT_TOKEN, "EOT")
     token = token.replace(MASK_TOKEN, "MASK")
     return token if len(token) <= width else token[: width - 1] + "…"
+
+
+def check_writable(path: Path) -> None:
+    """The PNG's folder must exist and be writable (no folders are created for a mistyped path)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ValueError(f"output {str(path)!r} is a directory; give a file name such as trace.png")
+    if not folder.is_dir():
+        raise ValueError(f"output folder {str(folder)!r} does not exist (or is a file)")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"output folder {str(folder)!r} is not writable")
 
 
 def plot_trace(trace: Trace, path: str | os.PathLike, title: str | None = None) -> Path:
@@ -124,7 +137,7 @@ def plot_trace(trace: Trace, path: str | os.PathLike, title: str | None = None) 
         f"(white masked, grey decoded, dark grey early-stop fill)"), fontsize=9)
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

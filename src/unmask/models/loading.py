@@ -109,6 +109,24 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA if available, else the CPU; a named device must exist here."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r} (allowed: cpu, cuda, cuda:N, auto)") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (use cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type not in ("cpu", "meta"):
+        raise ValueError(f"device {str(device)!r} is not supported (allowed: cpu, cuda, cuda:N, auto)")
+    return device
+
+
 def default_dtype(config: LLaDAConfig, device: torch.device) -> torch.dtype:
     """The checkpoint's dtype on an accelerator; float32 on the CPU (bf16 matmuls are slow there)."""
     if device.type == "cpu":
@@ -124,7 +142,7 @@ def load_model(
     """Build a ``LLaDAModel`` from a folder or hub id and load its weights (exact names, exact shapes)."""
     folder = resolve_model_path(path_or_id)
     config = read_config(folder)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     dtype = parse_dtype(dtype) or default_dtype(config, device)
     state = load_state_dict(folder)
     with torch.device("meta"):

@@ -47,9 +47,9 @@ def param_count(model: nn.Module) -> int:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from unmask.models.loading import resolve_device as resolve
+
+    return resolve(device)
 
 
 # ----------------------------------------------------------------------------- training
