@@ -27,6 +27,7 @@ def test_trace_png_and_counts(tiny_lm, tmp_path, spec, early_stop):
 
 
 def test_trace_long_generation_without_labels(tiny_lm, tmp_path):
+    (tmp_path / "sub").mkdir()  # the output folder must exist: a mistyped path creates no folders
     trace = trace_generation(tiny_lm, "hello w4", "threshold:0.9@dual", gen_length=128, block_length=32,
                              out=tmp_path / "sub" / "t.png")
     assert trace.path.is_file()
