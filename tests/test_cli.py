@@ -130,6 +130,8 @@ def test_bad_inputs_named_in_one_line(tiny_ckpt, tmp_path):
         (["compare", "-m", tiny_ckpt, "-n", "0"], "n must be >= 1 example per task, got 0"),
         (["trace", "hello", "-m", tiny_ckpt, "-o", tmp_path / "missing" / "t.png"], "does not exist"),
         (["trace", "hello", "-m", tiny_ckpt, "-o", tmp_path], "is a directory"),
+        (["eval", "-s", "topk", "-t", "math", "-n", "1", "-m", tiny_ckpt, "-o", binary / "out"], "Not a directory"),
+        (["train", "--config", "nosuch", "--out", tmp_path / "t"], "unknown preset 'nosuch'"),
     ]
     if not __import__("torch").cuda.is_available():
         cases.append((["generate", "hello", "-m", tiny_ckpt, "--device", "cuda"], "CUDA is not available"))

@@ -14,14 +14,19 @@ err_console = Console(stderr=True)
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad input (ValueError, missing files, broken checkpoints, bad JSON) into one clear line and exit 2."""
+    """Turn bad input (ValueError, missing or unwritable paths, broken checkpoints, bad JSON) into one clear
+    line and exit 2."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
+        except (ValueError, json.JSONDecodeError) as err:
             err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+            raise typer.Exit(2) from err
+        except OSError as err:  # a path that is missing, not a folder, not writable, ...
+            where = f" {str(err.filename)!r}" if err.filename else ""
+            err_console.print(f"[bold red]error:[/]{where} {err.strerror or err}", markup=True, highlight=False)
             raise typer.Exit(2) from err
 
     return wrapper

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from unmask.cli_errors import friendly_errors
 from unmask.train.presets import load_preset
 from unmask.train.selection import SELECTORS
 
@@ -27,6 +28,7 @@ def _parse_sizes(text: str | None) -> dict[str, int] | None:
     return sizes
 
 
+@friendly_errors
 def train_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (model/, train_log.json, loss.png)."),
     config: str = typer.Option("testbed", "--config", "-c", help="Preset name (testbed, tiny) or a JSON file."),
