@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -83,6 +84,7 @@ class DiffusionLM:
         chat: bool = True,
         attention_mask: torch.Tensor | None = None,
         time_steps: bool = False,
+        on_block: Callable[[int, int], None] | None = None,
         **settings: Any,
     ) -> GenerateOutput:
         """Decode a response for each prompt.
@@ -96,6 +98,7 @@ class DiffusionLM:
             object; ``credit``: True or a ``CreditConfig``; ``cache``: none | prefix | dual; ``compile``:
             ``True``/``"fused"`` (CUDA graphs + ``torch.compile``), ``"exact"`` (CUDA graphs over the eager
             kernels) or ``False``, default the ``load(compile=...)`` setting. Every value is checked first.
+        on_block: called as ``on_block(blocks_done, blocks)`` after each block (a progress display).
         """
         config = DecodeConfig.create(config, **settings)
         if isinstance(prompts, torch.Tensor):
@@ -125,6 +128,7 @@ class DiffusionLM:
             cache=config.cache, cfg_scale=config.cfg_scale, logits_eos_inf=config.logits_eos_inf,
             eos_id=self.tokenizer.eos_id, stop_ids=self.tokenizer.stop_ids, early_stop=config.early_stop,
             time_steps=time_steps, compile=self.compile if config.compile is None else config.compile,
+            on_block=on_block,
         )
         texts = [
             self.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True).strip()

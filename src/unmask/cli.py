@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from unmask.cli_errors import friendly_errors
 from unmask.decoding.credit import CreditConfig
@@ -131,11 +132,16 @@ def generate(
         decoding = parse_spec(spec).generate_kwargs()
     texts = read_prompts(prompts, file)
     lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
-    out = lm.generate(
-        texts, gen_length=gen_length, block_length=block_length, **decoding,
-        temperature=temperature, scorer=scorer, cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
-        confidence_eos_eot_inf=confidence_eos_eot_inf, early_stop=early_stop, chat=chat, seed=seed,
-    )
+    with Progress(TextColumn("[dim]decoding {task.fields[rows]} prompt(s)"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("blocks"), TimeElapsedColumn(), console=console, transient=True,
+                  disable=as_json or not console.is_terminal) as bar:
+        task = bar.add_task("decode", total=gen_length // block_length, rows=len(texts))
+        out = lm.generate(
+            texts, gen_length=gen_length, block_length=block_length, **decoding,
+            on_block=lambda done, total: bar.update(task, completed=done),
+            temperature=temperature, scorer=scorer, cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
+            confidence_eos_eot_inf=confidence_eos_eot_inf, early_stop=early_stop, chat=chat, seed=seed,
+        )
     if as_json:
         for i, text in enumerate(out.texts):
             record = {"prompt": texts[i], "response": text, "tokens": int(out.lengths[i]),

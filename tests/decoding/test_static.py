@@ -201,3 +201,11 @@ def test_batch_buckets_share_programs_and_keep_tokens(model, early_stop):
     assert eager.nfe == fused.nfe
     four = [p for p in model._decode_programs.values() if p.B == 4]
     assert len(four) == 1  # the fused program holds 4 rows
+
+
+@pytest.mark.parametrize("policy", [TopK(8), Threshold(0.3)], ids=repr)
+def test_on_block_reports_progress(model, policy):
+    seen = []
+    decode(model, prompts(), policy, mask_id=model.config.mask_token_id, gen_length=32, block_length=8,
+           early_stop=False, on_block=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -267,8 +268,14 @@ class DecodeProgram:
         self.captured = True
 
 
-def run_program(program: DecodeProgram, early_stop: bool, time_steps: bool = False) -> tuple[int, list[float]]:
-    """The host side of a decode: blocks in order, steps until the block is decoded; (NFE, step seconds)."""
+def run_program(
+    program: DecodeProgram, early_stop: bool, time_steps: bool = False,
+    on_block: Callable[[int, int], None] | None = None,
+) -> tuple[int, list[float]]:
+    """The host side of a decode: blocks in order, steps until the block is decoded; (NFE, step seconds).
+
+    ``on_block(done, total)`` is called after each block (progress display; it costs no device sync).
+    """
     device = program.x.device
     sync = device.type == "cuda"
     fixed_steps = program.policy.steps_per_block
@@ -293,11 +300,15 @@ def run_program(program: DecodeProgram, early_stop: bool, time_steps: bool = Fal
         if fixed_steps is not None and not early_stop:  # the schedule alone decides: no read-back
             for _ in range(fixed_steps - 1):
                 step(kind)
+            if on_block is not None:
+                on_block(block + 1, program.num_blocks)
             continue
         i = 1
         while (fixed_steps is None or i < fixed_steps) and bool(program.active):  # one read-back per step
             step(kind)
             i += 1
+        if on_block is not None:
+            on_block(block + 1, program.num_blocks)
     if sync:
         torch.cuda.synchronize(device)
     return nfe, step_times
@@ -376,6 +387,7 @@ def decode(
     early_stop: bool = True,
     time_steps: bool = False,
     compile: bool | str | None = False,
+    on_block: Callable[[int, int], None] | None = None,
 ) -> DecodeResult:
     """Decode ``gen_length`` tokens after left-padded prompts ``input_ids`` [B, P].
 
@@ -384,7 +396,7 @@ def decode(
     ``torch.compile``; ``"exact"`` captures the eager kernels; ``None`` = fused on CUDA, eager on the
     CPU; ``False`` = eager. Buffers (and graphs) are kept per decode shape on the model and reused by
     later calls; in ``fused`` mode batch sizes share them by bucket (``batch_bucket``). ``time_steps``
-    synchronises after each step to record its latency.
+    synchronises after each step to record its latency; ``on_block(done, total)`` reports progress.
     """
     check_lengths(gen_length, block_length)
     check_cache_mode(cache)
@@ -422,7 +434,7 @@ def decode(
         model.compile_kernels(False)
         program = cached_program(model, policy, scorer, credit, opts, graphs=False)
     program.load(input_ids, attention_mask)
-    nfe, step_times = run_program(program, early_stop, time_steps)
+    nfe, step_times = run_program(program, early_stop, time_steps, on_block)
     x = program.x[:B].clone()
     gen = x[:, P:]
     stop_tensor = torch.tensor(stop_ids or (-1,), dtype=torch.long, device=device)
