@@ -197,3 +197,14 @@ def test_save_reload_same_logits(tokenizer, tmp_path):
     ids = torch.randint(0, model.config.vocab_size, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(model(ids), reloaded(ids), rtol=0, atol=0)
+
+
+def test_corpus_is_sized_to_the_steps_a_run_can_read():
+    from unmask.train.pipeline import corpus_sizes
+    from unmask.train.trainer import TrainConfig
+
+    sizes = {"math": 200_000, "code": 80_000, "long": 20_000}
+    small = corpus_sizes(sizes, TrainConfig(steps=3, batch_size=8))
+    assert small == {"math": 16, "code": 7, "long": 2}  # 24 rows needed, the same mix, rounded up
+    assert corpus_sizes(sizes, TrainConfig(steps=3, batch_size=8, selection_fraction=0.25))["math"] == 64
+    assert corpus_sizes(sizes, TrainConfig(steps=200_000, batch_size=128)) == sizes

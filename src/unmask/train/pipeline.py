@@ -31,7 +31,7 @@ from unmask.train.data import TokenData, encode_pretrain, encode_sft
 from unmask.train.plots import plot_losses
 from unmask.train.presets import Preset
 from unmask.train.selection import make_selector
-from unmask.train.trainer import Trainer, init_weights, param_count
+from unmask.train.trainer import TrainConfig, Trainer, init_weights, param_count
 
 MODEL_DIR = "model"
 LOG_FILE = "train_log.json"
@@ -101,6 +101,17 @@ def model_config(preset: Preset, tokenizer, seq_len: int):
     )
 
 
+def corpus_sizes(n_per_task: dict[str, int], train: TrainConfig) -> dict[str, int]:
+    """The preset's examples per task, scaled down (same mix) when the run cannot read them all: a
+    ``--steps 3`` smoke run needs a few hundred rows, not the full corpus."""
+    candidate_rows = max(1, round(train.batch_size / train.selection_fraction))
+    needed = train.steps * candidate_rows
+    total = sum(n_per_task.values())
+    if needed >= total:
+        return dict(n_per_task)
+    return {task: max(1, -(-n * needed // total)) for task, n in n_per_task.items()}
+
+
 def _stats(data: TokenData) -> dict:
     out: dict = {"rows": len(data), "seq_len": data.seq_len}
     if len(data):
@@ -129,7 +140,7 @@ def run(preset: Preset, out: str | Path, log=print, init: str | Path | None = No
     torch.manual_seed(tc.seed)
 
     t0 = time.perf_counter()
-    train_ex = generate_corpus(d.n_per_task, "train", d.seed, d.workers)
+    train_ex = generate_corpus(corpus_sizes(d.n_per_task, tc), "train", d.seed, d.workers)
     val_ex = generate_corpus(d.n_val_per_task, "validation", d.seed, 1)
     t_gen = time.perf_counter() - t0
     log(f"corpus: {len(train_ex)} train / {len(val_ex)} validation examples in {t_gen:.1f}s")
