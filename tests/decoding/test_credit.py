@@ -37,8 +37,28 @@ def test_sparse_credit_equals_dense_restatement():
         torch.testing.assert_close(state.update_and_fuse(logits, masked), expect, rtol=1e-6, atol=1e-6)
 
 
+def test_default_credit_is_exact_with_many_distinct_top1_tokens():
+    """A position whose top-1 changes at every step (more distinct tokens than a small slot table holds):
+    the default (one slot per step of the block) equals the dense rule; slots=4 evicts and differs."""
+    B, L, V, steps = 1, 8, 16, 8
+    logits_steps = []
+    for t in range(steps):
+        logits = torch.zeros(B, L, V, dtype=torch.float64)
+        logits[..., t] = 3.0  # token t is the top-1 at step t, everywhere
+        logits_steps.append(logits)
+    masked_steps = [torch.ones(B, L, dtype=torch.bool)] * steps
+    ref = dense_credit_steps(logits_steps, masked_steps, 0.65, 0.7, 0.2)
+    exact = CreditState(CreditConfig(), B, L, torch.device("cpu"))
+    small = CreditState(CreditConfig(slots=4), B, L, torch.device("cpu"))
+    differs = False
+    for logits, masked, expect in zip(logits_steps, masked_steps, ref, strict=True):
+        torch.testing.assert_close(exact.update_and_fuse(logits, masked), expect, rtol=1e-6, atol=1e-6)
+        differs |= not torch.allclose(small.update_and_fuse(logits, masked), expect, rtol=1e-6, atol=1e-6)
+    assert differs
+
+
 def test_credit_survives_argmax_change_by_decay():
-    cfg = CreditConfig(alpha=1.0, beta=0.5, gamma=1.0)
+    cfg = CreditConfig(alpha=1.0, beta=0.5, gamma=1.0, slots=2)  # two steps on a one-position state
     state = CreditState(cfg, 1, 1, torch.device("cpu"))
     masked = torch.ones(1, 1, dtype=torch.bool)
     a = torch.tensor([[[math.log(0.8), math.log(0.2)]]], dtype=torch.float64)

@@ -13,9 +13,12 @@ decays when the argmax changes. Paper defaults alpha = 0.65, beta = 0.7, gamma =
 uses 0.7, 0.8, 0.2). Parameter-free variant (``adaptive``): gamma = 1, alpha = beta = 1 - r, with r
 the row's current mask ratio in the block.
 
-Storage is sparse: only tokens that were top-1 at a position hold credit, ``slots`` of them per
-position (a full slot table evicts the smallest credit, which by then has decayed by beta^k). This
-replaces dInfer's dense B x L x V buffer, and credit is updated exactly once per forward.
+Storage is sparse: only tokens that were top-1 at a position hold credit. By default a position has
+one slot per step its block can take (``block_length``: every step commits at least one token), so
+no token is ever evicted and the result equals the dense rule exactly; ``slots=k`` is an explicit
+memory option that keeps k per position and evicts the smallest credit (which by then has decayed by
+beta^j), which differs from the dense rule once a position sees more than k distinct top-1 tokens in a
+block. This replaces dInfer's dense B x L x V buffer, and credit is updated exactly once per forward.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class CreditConfig:
     beta: float = 0.7
     gamma: float = 0.2
     adaptive: bool = False
-    slots: int = 4
+    slots: int | None = None  # None: one per step of a block (exact); k: at most k tokens per position
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and self.alpha >= 0):  # NaN fails every comparison: rejected too
@@ -41,8 +44,9 @@ class CreditConfig:
             raise ValueError(f"credit beta must be in [0, 1], got {self.beta}")
         if not (math.isfinite(self.gamma) and self.gamma > 0):
             raise ValueError(f"credit gamma must be a finite number > 0, got {self.gamma}")
-        if self.slots < 1:
-            raise ValueError(f"credit slots must be >= 1, got {self.slots}")
+        if self.slots is not None and (isinstance(self.slots, bool) or not isinstance(self.slots, int)
+                                       or self.slots < 1):
+            raise ValueError(f"credit slots must be None (exact) or an integer >= 1, got {self.slots!r}")
 
 
 class CreditState:
@@ -54,8 +58,9 @@ class CreditState:
 
     def __init__(self, config: CreditConfig, batch: int, length: int, device: torch.device) -> None:
         self.config = config
-        self.tokens = torch.full((batch, length, config.slots), -1, dtype=torch.long, device=device)
-        self.credit = torch.zeros((batch, length, config.slots), dtype=torch.float32, device=device)
+        slots = length if config.slots is None else config.slots  # a block takes at most `length` steps
+        self.tokens = torch.full((batch, length, slots), -1, dtype=torch.long, device=device)
+        self.credit = torch.zeros((batch, length, slots), dtype=torch.float32, device=device)
 
     def reset(self) -> None:
         self.tokens.fill_(-1)
