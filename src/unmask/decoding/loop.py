@@ -107,10 +107,10 @@ class DecodeProgram:
         self, model: LLaDAModel, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions,
         graphs: bool = False,
     ) -> None:
-        self.model, self.policy, self.scorer, self.credit_config, self.opts = model, policy, scorer, credit, opts
+        self.model, self.policy, self.scorer, self.opts = model, policy, scorer, opts
         device = model.device
         B, P, G, BL = opts.batch, opts.prompt_length, opts.gen_length, opts.block_length
-        self.B, self.P, self.G, self.BL, self.T = B, P, G, BL, P + G
+        self.B, self.P, self.T = B, P, P + G
         self.num_blocks = G // BL
         self.Bm = 2 * B if opts.cfg_scale > 0 else B  # rows through the model (CFG adds the unconditional copy)
         T, mask_id = self.T, opts.mask_id
@@ -145,7 +145,6 @@ class DecodeProgram:
         self.noise = scorer.allocate_noise(B, BL, model.config.embedding_size, device)
         self.graphs: dict[object, torch.cuda.CUDAGraph] = {}
         self.graph_pool = None
-        self.captured = False
         if graphs:
             self.capture()
 
@@ -265,7 +264,6 @@ class DecodeProgram:
                 self._step(kind)
             self.graph_pool = graph.pool()
             self.graphs[kind] = graph
-        self.captured = True
 
 
 def run_program(
@@ -300,13 +298,11 @@ def run_program(
         if fixed_steps is not None and not early_stop:  # the schedule alone decides: no read-back
             for _ in range(fixed_steps - 1):
                 step(kind)
-            if on_block is not None:
-                on_block(block + 1, program.num_blocks)
-            continue
-        i = 1
-        while (fixed_steps is None or i < fixed_steps) and bool(program.active):  # one read-back per step
-            step(kind)
-            i += 1
+        else:
+            i = 1
+            while (fixed_steps is None or i < fixed_steps) and bool(program.active):  # one read-back per step
+                step(kind)
+                i += 1
         if on_block is not None:
             on_block(block + 1, program.num_blocks)
     if sync:
@@ -437,10 +433,9 @@ def decode(
     nfe, step_times = run_program(program, early_stop, time_steps, on_block)
     x = program.x[:B].clone()
     gen = x[:, P:]
-    stop_tensor = torch.tensor(stop_ids or (-1,), dtype=torch.long, device=device)
     return DecodeResult(
         sequences=x, tokens=gen, commit_step=program.commit_step[:B].clone(),
         commit_confidence=program.commit_confidence[:B].clone(), nfe=nfe, nfe_per_row=program.nfe_per_row[:B].clone(),
-        lengths=stop_lengths(gen, stop_tensor), elapsed_s=time.perf_counter() - start_time,
+        lengths=stop_lengths(gen, program.stop_tensor), elapsed_s=time.perf_counter() - start_time,
         step_times_s=step_times, graphs=bool(program.graphs),
     )

@@ -9,7 +9,7 @@ logits' dtype, bf16 on a GPU; in float32/float64 models the two agree.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,21 +42,28 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, uniform: torch.Tenso
     return (logits.double() - temperature * torch.log(-torch.log(uniform))).argmax(dim=-1)
 
 
-def argmax_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy candidate and its probability exp(l_c - logsumexp(l)), with the normaliser in float64."""
-    candidates = logits.argmax(dim=-1)
+def candidate_probability(
+    logits: torch.Tensor, candidates: torch.Tensor, normaliser: Callable[[torch.Tensor], torch.Tensor] = log_normaliser,
+) -> torch.Tensor:
+    """p(candidate) = exp(l_c - logsumexp(l)), in float64, without materialising all of p."""
     chosen = logits.gather(-1, candidates[..., None]).squeeze(-1).double()
-    return candidates, (chosen - log_normaliser(logits)).exp()
+    return (chosen - normaliser(logits)).exp()
 
 
-def _fused_log_normaliser(logits: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(logits.double(), dim=-1)
+def argmax_confidence(
+    logits: torch.Tensor, normaliser: Callable[[torch.Tensor], torch.Tensor] = log_normaliser,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy candidate and its probability, with the normaliser in float64."""
+    candidates = logits.argmax(dim=-1)
+    return candidates, candidate_probability(logits, candidates, normaliser)
+
+
+def _unchunked_log_normaliser(logits: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(logits.double(), dim=-1)  # under torch.compile: fused, no float64 copy in memory
 
 
 def _fused_argmax_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    candidates = logits.argmax(dim=-1)
-    chosen = logits.gather(-1, candidates[..., None]).squeeze(-1).double()
-    return candidates, (chosen - _fused_log_normaliser(logits)).exp()
+    return argmax_confidence(logits, _unchunked_log_normaliser)
 
 
 _COMPILED_ARGMAX_CONFIDENCE = None
@@ -140,9 +147,8 @@ class Scorer:
             logits = logits.clone()
             for token in self.confidence_exclude:
                 logits[..., token] = -torch.inf
-        if self.kind == "confidence":  # p_c = exp(l_c - logsumexp(l)) without materialising all of p
-            chosen = logits.gather(-1, candidates[..., None]).squeeze(-1).double()
-            return candidates, (chosen - log_normaliser(logits)).exp()
+        if self.kind == "confidence":
+            return candidates, candidate_probability(logits, candidates)
         log_probs = log_probs_float64(logits)
         if self.kind == "margin":
             top2 = log_probs.topk(2, dim=-1).values.exp()

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from unmask.cli_errors import friendly_errors
+from unmask.decoding.loop import COMPILE_MODES
 from unmask.eval.compare import COMPARE_SPECS
 from unmask.eval.spec import SPEC_FORMS
 
@@ -26,8 +27,8 @@ def compile_mode(mode: str, no_compile: bool = False) -> bool | str | None:
     """The ``compile=`` argument of ``unmask.load`` for the CLI's ``--compile MODE`` / ``--no-compile``."""
     if no_compile:
         return False
-    if mode not in ("auto", "fused", "exact", "off"):
-        raise typer.BadParameter(f"--compile {mode!r} is not one of auto, fused, exact, off")
+    if mode not in ("auto", *COMPILE_MODES):
+        raise typer.BadParameter(f"--compile {mode!r} is not one of auto, {', '.join(COMPILE_MODES)}")
     return {"auto": None, "off": False}.get(mode, mode)
 
 

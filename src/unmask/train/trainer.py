@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from unmask.models.llada import LLaDAModel
+from unmask.models.loading import resolve_device
 from unmask.train.data import TokenData, length_bucketed_batches, trim_batch
 from unmask.train.objective import EPS, forward_process, per_row_loss
 from unmask.train.selection import AllSelector, BatchSelector, Candidates
@@ -44,12 +45,6 @@ def init_weights(model: LLaDAModel, std: float = 0.02, seed: int | None = None) 
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def resolve_device(device: str | None) -> torch.device:
-    from unmask.models.loading import resolve_device as resolve
-
-    return resolve(device)
 
 
 # ----------------------------------------------------------------------------- training
