@@ -1,4 +1,4 @@
-"""Load and save LLaDA checkpoints in the Hugging Face layout (config.json + safetensors, sharded or not)."""
+"""Load and save checkpoints in the Hugging Face layout (config.json + safetensors, sharded or not)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ from safetensors.torch import load_file, save_file
 
 from unmask.models.config import ConfigError, LLaDAConfig
 from unmask.models.llada import LLaDAModel
+
+# config.json's ``model_type`` -> (config class with ``from_dict``, model class). Every architecture
+# unmask builds natively is listed here; the model class takes the config and has the checkpoint's names.
+MODEL_TYPES: dict[str, tuple[type, type[torch.nn.Module]]] = {
+    "llada": (LLaDAConfig, LLaDAModel),
+}
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -65,7 +71,16 @@ def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
             ) from err
 
 
-def read_config(folder: Path) -> LLaDAConfig:
+def model_class(config: object) -> type[torch.nn.Module]:
+    """The model class that builds ``config`` (looked up by its ``model_type``)."""
+    for config_cls, model_cls in MODEL_TYPES.values():
+        if type(config) is config_cls:
+            return model_cls
+    raise TypeError(f"no model class for config type {type(config).__name__}")
+
+
+def read_config(folder: Path):
+    """The config object of a checkpoint folder, built by the class registered for its ``model_type``."""
     file = folder / "config.json"
     if not file.is_file():
         raise CheckpointError(f"no config.json in {str(folder)!r}")
@@ -73,8 +88,18 @@ def read_config(folder: Path) -> LLaDAConfig:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{str(file)!r} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{str(file)!r} must hold a JSON object, got {type(data).__name__}")
+    model_type = data.get("model_type")
+    if model_type is None:
+        raise CheckpointError(f"{str(file)!r} has no 'model_type' (supported: {', '.join(MODEL_TYPES)})")
+    entry = MODEL_TYPES.get(str(model_type).lower())
+    if entry is None:
+        raise CheckpointError(
+            f"{str(file)!r}: model_type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
+        )
     try:
-        return LLaDAConfig.from_dict(data)
+        return entry[0].from_dict(data)
     except ConfigError as err:
         raise CheckpointError(f"{str(file)!r}: {err}") from err
 
@@ -127,7 +152,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def default_dtype(config: LLaDAConfig, device: torch.device) -> torch.dtype:
+def default_dtype(config, device: torch.device) -> torch.dtype:
     """The checkpoint's dtype on an accelerator; float32 on the CPU (bf16 matmuls are slow there)."""
     if device.type == "cpu":
         return torch.float32
@@ -138,21 +163,21 @@ def load_model(
     path_or_id: str | os.PathLike,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
-) -> LLaDAModel:
-    """Build a ``LLaDAModel`` from a folder or hub id and load its weights (exact names, exact shapes)."""
+) -> torch.nn.Module:
+    """Build the model (its class chosen by ``model_type``) from a folder or hub id; load its weights by name."""
     folder = resolve_model_path(path_or_id)
     config = read_config(folder)
     device = resolve_device(device)
     dtype = parse_dtype(dtype) or default_dtype(config, device)
     state = load_state_dict(folder)
     with torch.device("meta"):
-        model = LLaDAModel(config)
+        model = model_class(config)(config)
     expected = {name: p.shape for name, p in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint {str(folder)!r} does not match the LLaDA layout: "
+            f"checkpoint {str(folder)!r} does not match the {config.model_type} layout: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
@@ -164,13 +189,13 @@ def load_model(
     return model.eval().requires_grad_(False)
 
 
-def random_model(config: LLaDAConfig, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                 seed: int = 0) -> LLaDAModel:
+def random_model(config, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
+                 seed: int = 0) -> torch.nn.Module:
     """A model with N(0, 0.02) weights (RMSNorm weights 1): for speed benchmarks and tests."""
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.device("meta"):
-        model = LLaDAModel(config)
+        model = model_class(config)(config)
     state = {}
     for name, p in model.state_dict().items():
         if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
@@ -183,7 +208,7 @@ def random_model(config: LLaDAConfig, dtype: torch.dtype = torch.bfloat16, devic
 
 
 def save_pretrained(
-    model: LLaDAModel,
+    model: torch.nn.Module,
     path: str | os.PathLike,
     dtype: str | torch.dtype | None = torch.bfloat16,
     max_shard_bytes: int = 15 * 2**20,
