@@ -68,11 +68,14 @@ class StaticKVCache:
 
 
 def write_kv(buffer: torch.Tensor, k: torch.Tensor, v: torch.Tensor, columns: torch.Tensor | None) -> None:
-    """Store fresh keys/values [B, H, W, hd] of canvas ``columns`` (all columns if ``None``) in ``buffer``."""
+    """Store fresh keys/values [B, H, W, hd] of canvas ``columns`` in ``buffer``: all columns if ``None``,
+    the same W columns for every row ([W]) or each row's own ([B, W])."""
     # One write for both, on the buffer itself: under torch.compile a write through a view of the
     # buffer (buffer[0].index_copy_) becomes a copy of the whole layer's cache.
     fresh = torch.stack((k, v))
     if columns is None:
         buffer.copy_(fresh)
+    elif columns.dim() == 2:  # per-row columns [B, W] (rows at different places: the server's batches)
+        buffer.scatter_(3, columns[None, :, None, :, None].expand_as(fresh), fresh)
     else:
         buffer[:, :, :, columns] = fresh  # index_put_: under torch.compile it fuses with its producers

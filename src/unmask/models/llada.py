@@ -73,23 +73,27 @@ def attention_inputs(
     x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
     qkv_weights: tuple[torch.Tensor, ...], n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
     cache: torch.Tensor | None = None, columns: torch.Tensor | None = None,
+    qkv_biases: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The block input x + mlp_out (the previous block's last residual add, done here so that it fuses
     with this norm), and q, k (after RoPE), v [B, heads, L, head_dim] from it.
 
-    ``qkv_weights`` is one fused [q; k; v] matrix or the three separate ones. With a layer's ``cache``
-    buffer [2, B, kv_heads, T, head_dim], the fresh keys/values are written at ``columns`` (all if
-    ``None``) and the returned k, v are the whole cached canvas.
+    ``qkv_weights`` is one fused [q; k; v] matrix or the three separate ones; ``qkv_biases`` the matching
+    biases (Qwen2-style models such as Dream) or ``None``. With a layer's ``cache`` buffer
+    [2, B, kv_heads, T, head_dim], the fresh keys/values are written at ``columns`` (all if ``None``)
+    and the returned k, v are the whole cached canvas.
     """
     if mlp_out is not None:
         x = x + mlp_out
     B, L, _ = x.shape
     h = rms_norm(x, norm_weight, eps)
     hd = cos.shape[-1]
+    biases = qkv_biases or (None,) * len(qkv_weights)
     if len(qkv_weights) == 1:
-        q, k, v = F.linear(h, qkv_weights[0]).split([n_heads * hd, n_kv_heads * hd, n_kv_heads * hd], dim=-1)
+        qkv = F.linear(h, qkv_weights[0], biases[0])
+        q, k, v = qkv.split([n_heads * hd, n_kv_heads * hd, n_kv_heads * hd], dim=-1)
     else:
-        q, k, v = (F.linear(h, w) for w in qkv_weights)
+        q, k, v = (F.linear(h, w, b) for w, b in zip(qkv_weights, biases, strict=True))
     q = q.reshape(B, L, n_heads, hd).transpose(1, 2)
     k = k.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
     v = v.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
@@ -156,6 +160,18 @@ def compiled_kernels() -> BlockKernels:
     return _COMPILED_KERNELS
 
 
+def fuse_parameters(modules: list[nn.Module], name: str = "weight") -> torch.Tensor:
+    """The ``name`` parameters of ``modules`` concatenated along dim 0 (one matmul for all of them); each
+    module's parameter becomes a view into the result, so the checkpoint's names and values are unchanged."""
+    fused = torch.cat([getattr(m, name).detach() for m in modules], dim=0)
+    row = 0
+    for m in modules:
+        rows = getattr(m, name).shape[0]
+        setattr(m, name, nn.Parameter(fused[row : row + rows], requires_grad=False))
+        row += rows
+    return fused
+
+
 class LLaDABlock(nn.Module):
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__()
@@ -179,14 +195,7 @@ class LLaDABlock(nn.Module):
             return
         groups = (("qkv_weight", ("q_proj", "k_proj", "v_proj")), ("gate_up_weight", ("ff_proj", "up_proj")))
         for fused_name, names in groups:
-            modules = [getattr(self, n) for n in names]
-            fused = torch.cat([m.weight.detach() for m in modules], dim=0)
-            self.register_buffer(fused_name, fused, persistent=False)
-            row = 0
-            for m in modules:
-                rows = m.weight.shape[0]
-                m.weight = nn.Parameter(fused[row : row + rows], requires_grad=False)
-                row += rows
+            self.register_buffer(fused_name, fuse_parameters([getattr(self, n) for n in names]), persistent=False)
         self.fused = True
 
     def qkv_weights(self) -> tuple[torch.Tensor, ...]:
@@ -308,9 +317,10 @@ class LLaDAModel(nn.Module):
         """Logits for the canvas ``columns`` held in ``input_ids`` [B, W] (all columns if ``None``).
 
         cos/sin: rotary tables of those columns [B or 1, 1, W, head_dim]. key_mask: [B, 1, 1, T] over the
-        canvas or ``None``. With a ``cache``, fresh keys/values are written at ``columns`` and attention
-        reads all T cached columns; without, the window attends to itself. ``logits_rows`` picks the rows
-        of the window that go through the LM head (a slice or an index tensor).
+        canvas or ``None``. With a ``cache``, fresh keys/values are written at ``columns`` ([W] shared, or
+        [B, W] per row) and attention reads all T cached columns; without, the window attends to itself.
+        ``logits_rows`` picks the rows of the window that go through the LM head (a slice, an index
+        tensor [R], or per-row indices [B, R]).
         """
         x, mlp_out = self.transformer.wte(input_ids), None
         kernels = self.kernels
@@ -318,6 +328,9 @@ class LLaDAModel(nn.Module):
             x, mlp_out = block(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels)
         if isinstance(logits_rows, slice):  # pick the rows first: the last residual add only for them
             x, mlp_out = x[:, logits_rows], mlp_out[:, logits_rows]
+        elif logits_rows is not None and logits_rows.dim() == 2:  # each row's own rows [B, R]
+            index = logits_rows[..., None].expand(-1, -1, x.shape[-1])
+            x, mlp_out = x.gather(1, index), mlp_out.gather(1, index)
         elif logits_rows is not None:
             x, mlp_out = x.index_select(1, logits_rows), mlp_out.index_select(1, logits_rows)
         x = self.transformer.ln_f(x + mlp_out)
