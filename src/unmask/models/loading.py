@@ -15,12 +15,18 @@ from safetensors.torch import load_file, save_file
 
 from unmask.models.config import ConfigError, LLaDAConfig
 from unmask.models.llada import LLaDAModel
+from unmask.models.llada_moe import LLaDAMoEModel
+from unmask.models.llada_moe_config import LLaDAMoEConfig
 
 # config.json's ``model_type`` -> (config class with ``from_dict``, model class). Every architecture
 # unmask builds natively is listed here; the model class takes the config and has the checkpoint's names.
 MODEL_TYPES: dict[str, tuple[type, type[torch.nn.Module]]] = {
     "llada": (LLaDAConfig, LLaDAModel),
+    "lladamoe": (LLaDAMoEConfig, LLaDAMoEModel),
 }
+# config.json ``architectures`` that pick the model type over ``model_type``: LLaDA-MoE's checkpoints say
+# ``model_type: llada`` like the dense LLaDA (dllm's copies say ``lladamoe``).
+ARCHITECTURES: dict[str, str] = {"LLaDAMoEModelLM": "lladamoe", "LLaDAMoEModel": "lladamoe"}
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -91,6 +97,9 @@ def read_config(folder: Path):
     if not isinstance(data, dict):
         raise CheckpointError(f"{str(file)!r} must hold a JSON object, got {type(data).__name__}")
     model_type = data.get("model_type")
+    architectures = data.get("architectures")
+    if isinstance(architectures, list):
+        model_type = next((ARCHITECTURES[a] for a in architectures if a in ARCHITECTURES), model_type)
     if model_type is None:
         raise CheckpointError(f"{str(file)!r} has no 'model_type' (supported: {', '.join(MODEL_TYPES)})")
     entry = MODEL_TYPES.get(str(model_type).lower())

@@ -1,0 +1,166 @@
+"""LLaDA-MoE configuration: the fields of inclusionAI/LLaDA-MoE-7B-A1B-{Base,Instruct}'s ``config.json``.
+
+The checkpoint's config says ``model_type: llada`` like the dense LLaDA (dllm renames it ``lladamoe``);
+``architectures: ["LLaDAMoEModelLM"]`` tells them apart (see ``loading.ARCHITECTURES``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from unmask.models.config import ConfigError
+
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "expert_intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "num_experts", "num_experts_per_tok", "max_position_embeddings")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class LLaDAMoEConfig:
+    """Architecture of LLaDA-MoE (OLMoE-style sparse MLP in LLaDA's bidirectional mask predictor).
+
+    Field names and defaults follow LLaDA-MoE-7B-A1B's ``config.json`` (16 layers, d 2048, 16 heads, 64
+    experts of 1024, top-8, RoPE base 50000, q/k RMSNorm); unknown fields are kept in ``extra`` so that
+    a config round-trips. Read but not applied, as in the reference ``modeling_lladamoe.py``:
+    ``norm_topk_prob`` (its MoE block hard-codes ``False``), ``moe_router_score_function`` (always
+    softmax) and ``routed_scaling_factor``. ``mask_token_id`` is not in the checkpoint's config (its
+    ``generate`` hard-codes 156895); a config may set it.
+    """
+
+    vocab_size: int = 157184
+    hidden_size: int = 2048
+    dense_intermediate_size: int | None = 8192
+    expert_intermediate_size: int = 1024
+    shared_expert_intermediate_size: int | None = None
+    num_hidden_layers: int = 16
+    num_attention_heads: int = 16
+    num_key_value_heads: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 8192
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 50000.0
+    partial_rotary_factor: float = 1.0
+    rope_scaling: dict | None = None
+    attention_bias: bool = False
+    clip_qkv: float | None = None
+    qk_layernorm: bool = True
+    num_experts: int = 64
+    num_experts_per_tok: int = 8
+    norm_topk_prob: bool | None = None
+    moe_layer_freq: list[int] | None = None  # per layer: 0 = dense MLP, else MoE; None = every layer MoE
+    moe_router_enable_expert_bias: bool | None = None
+    moe_router_score_function: str | None = None
+    routed_scaling_factor: float = 1.0
+    tie_word_embeddings: bool = False
+    mask_token_id: int = 156895
+    eos_token_id: int = 156892
+    pad_token_id: int = 156892
+    bos_token_id: int | None = None
+    model_type: str = "llada"
+    torch_dtype: str | None = "bfloat16"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        problems = [f"{name}={getattr(self, name)!r} must be a positive integer"
+                    for name in _POSITIVE_INTS if not _positive_int(getattr(self, name))]
+        if problems:  # the checks below compare these numbers
+            raise ConfigError("unsupported LLaDA-MoE config: " + "; ".join(problems))
+        if str(self.model_type).lower() not in ("llada", "lladamoe"):
+            problems.append(f"model_type={self.model_type!r} (allowed: 'llada', 'lladamoe')")
+        if self.hidden_size % self.num_attention_heads:
+            problems.append(f"hidden_size={self.hidden_size} must be a multiple of "
+                            f"num_attention_heads={self.num_attention_heads}")
+        elif self.num_attention_heads % self.num_key_value_heads:
+            problems.append(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
+                            f"num_key_value_heads={self.num_key_value_heads}")
+        if self.num_experts_per_tok > self.num_experts:
+            problems.append(f"num_experts_per_tok={self.num_experts_per_tok} exceeds num_experts={self.num_experts}")
+        if self.hidden_act != "silu":
+            problems.append(f"hidden_act={self.hidden_act!r} (allowed: 'silu')")
+        if self.partial_rotary_factor not in (1, 1.0):
+            problems.append(f"partial_rotary_factor={self.partial_rotary_factor!r} (unmask rotates whole heads: 1.0)")
+        if self.rope_scaling is not None:
+            problems.append(f"rope_scaling={self.rope_scaling!r} (only null is supported)")
+        if self.attention_bias or self.clip_qkv is not None:
+            problems.append("attention_bias must be false and clip_qkv null")
+        if not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 0:
+            problems.append(f"rope_theta={self.rope_theta!r} must be a positive number")
+        if not self._valid_layer_freq():
+            problems.append(f"moe_layer_freq={self.moe_layer_freq!r} must be null or a list of "
+                            f"num_hidden_layers={self.num_hidden_layers} integers (0 = dense layer)")
+        elif self.moe_layer_freq is not None and 0 in self.moe_layer_freq and \
+                not _positive_int(self.dense_intermediate_size):
+            problems.append(f"dense_intermediate_size={self.dense_intermediate_size!r} must be a positive integer "
+                            "(moe_layer_freq has dense layers)")
+        if self.shared_expert_intermediate_size is not None and not _positive_int(self.shared_expert_intermediate_size):
+            problems.append(f"shared_expert_intermediate_size={self.shared_expert_intermediate_size!r} must be null "
+                            "or a positive integer")
+        for name in ("mask_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                problems.append(f"{name}={value!r} must be a token id below vocab_size={self.vocab_size}")
+        if problems:
+            raise ConfigError("unsupported LLaDA-MoE config: " + "; ".join(problems))
+
+    def _valid_layer_freq(self) -> bool:
+        freq = self.moe_layer_freq
+        return freq is None or (isinstance(freq, list) and len(freq) == self.num_hidden_layers
+                                and all(isinstance(f, int) and not isinstance(f, bool) for f in freq))
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """The reference's rule: layer ``i`` is sparse unless ``moe_layer_freq[i] == 0``."""
+        return self.moe_layer_freq is None or self.moe_layer_freq[layer] != 0
+
+    # the names unmask's decode loop and KV cache read (shared with LLaDAConfig)
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def n_layers(self) -> int:
+        return self.num_hidden_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.num_attention_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.num_key_value_heads
+
+    @property
+    def embedding_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LLaDAMoEConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        try:
+            return cls(**known, extra=extra)
+        except TypeError as err:  # e.g. a comparison with a value of the wrong type
+            raise ConfigError(f"bad LLaDA-MoE config.json: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data.update(self.extra)
+        data.setdefault("architectures", ["LLaDAMoEModelLM"])
+        return data
+
+
+LLADA_MOE_7B_A1B = LLaDAMoEConfig(moe_layer_freq=[1] * 16)
+"""The shape of LLaDA-MoE-7B-A1B-Base/Instruct (for speed benchmarks with random weights)."""
