@@ -66,6 +66,21 @@ class CreditState:
         self.tokens.fill_(-1)
         self.credit.zero_()
 
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Reset the credit of ``rows`` only (a row starting a new block while others are mid-block)."""
+        self.tokens[rows] = -1
+        self.credit[rows] = 0.0
+
+    def select(self, rows: torch.Tensor) -> CreditState:
+        """A copy holding the state of ``rows``; ``store`` writes it back after ``update_and_fuse``."""
+        sub = object.__new__(CreditState)
+        sub.config, sub.tokens, sub.credit = self.config, self.tokens[rows], self.credit[rows]
+        return sub
+
+    def store(self, rows: torch.Tensor, sub: CreditState) -> None:
+        self.tokens[rows] = sub.tokens
+        self.credit[rows] = sub.credit
+
     def _coefficients(self, masked: torch.Tensor) -> tuple[torch.Tensor | float, ...]:
         cfg = self.config
         if not cfg.adaptive:
