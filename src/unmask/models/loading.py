@@ -14,6 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unmask.models.config import ConfigError, LLaDAConfig
+from unmask.models.dream import DreamModel
+from unmask.models.dream_config import DreamConfig
 from unmask.models.llada import LLaDAModel
 from unmask.models.llada_moe import LLaDAMoEModel
 from unmask.models.llada_moe_config import LLaDAMoEConfig
@@ -22,6 +24,7 @@ from unmask.models.llada_moe_config import LLaDAMoEConfig
 # unmask builds natively is listed here; the model class takes the config and has the checkpoint's names.
 MODEL_TYPES: dict[str, tuple[type, type[torch.nn.Module]]] = {
     "llada": (LLaDAConfig, LLaDAModel),
+    "dream": (DreamConfig, DreamModel),  # Dream-org/Dream-v0-*-7B say "Dream"; matched case-insensitively
     "lladamoe": (LLaDAMoEConfig, LLaDAMoEModel),
 }
 # config.json ``architectures`` that pick the model type over ``model_type``: LLaDA-MoE's checkpoints say
@@ -64,7 +67,7 @@ def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
         raise CheckpointError(f"model path {name!r} does not exist and is not a hub id of the form 'org/name'")
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.jinja"]
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "merges.txt"]  # merges: Dream's BPE
     try:
         return Path(snapshot_download(repo_id=name, allow_patterns=patterns))
     except Exception as err:  # offline, unknown repo, gated, ...

@@ -1,0 +1,243 @@
+"""Dream (Ye et al. 2025, "Dream 7B: Diffusion Large Language Models"): a bidirectional Qwen2 mask predictor.
+
+Plain PyTorch, weight names identical to Dream-org/Dream-v0-Instruct-7B's ``modeling_dream.py``
+(``model.embed_tokens``, ``model.layers.{i}.self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``,
+``input_layernorm``, ``post_attention_layernorm``, ``model.norm``, ``lm_head``), so its safetensors
+load as is. Per layer (``DreamDecoderLayer``):
+    h = x + o_proj(Attention(RoPE(q_proj(n)), RoPE(k_proj(n)), v_proj(n))),   n = input_layernorm(x)
+    y = h + down_proj(silu(gate_proj(m)) * up_proj(m)),                       m = post_attention_layernorm(h)
+with biases on q/k/v only, grouped-query attention, no causal mask (padded keys masked out), RMSNorm
+in float32 cast back before the weight. The block halves are LLaDA's kernels (``models/llada.py``),
+which take the q/k/v biases; ``fuse_projections`` fuses q/k/v (and their biases) and gate/up.
+
+Shifted prediction. Dream starts from an autoregressive model (Qwen2.5) and keeps its convention: the
+output at position i predicts the token at i + 1. Its generate takes ``cat([logits[:, :1],
+logits[:, :-1]], 1)``, so the logits *for* canvas column c come from the output of column c - 1 (and
+column 0 from its own). ``forward`` and ``forward_window`` return logits for the columns asked, the
+shift done here, so the decoder, its policies and caches need no special case.
+
+With a KV cache, a window's first column c0 needs the output of column c0 - 1, which a prefix or dual
+window does not recompute. Beside each cache the model keeps every column's last-layer output
+(pre-norm) as of the last forward that computed it and reads c0 - 1 there: inside a block the column
+before it is frozen like its keys and values, as of the block's refresh (docs/design.md §2b).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unmask.models.cache import StaticKVCache
+from unmask.models.dream_config import DreamConfig
+from unmask.models.llada import EAGER_KERNELS, BlockKernels, RMSNorm, compiled_kernels, fuse_parameters, rotary_tables
+
+
+class DreamAttention(nn.Module):
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        d, hd = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(d, config.n_heads * hd, bias=True)
+        self.k_proj = nn.Linear(d, config.n_kv_heads * hd, bias=True)
+        self.v_proj = nn.Linear(d, config.n_kv_heads * hd, bias=True)
+        self.o_proj = nn.Linear(config.n_heads * hd, d, bias=False)
+
+
+class DreamMLP(nn.Module):
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+
+class DreamLayer(nn.Module):
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.eps = config.n_heads, config.n_kv_heads, config.rms_norm_eps
+        self.self_attn = DreamAttention(config)
+        self.mlp = DreamMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.fused = False
+
+    def fuse_projections(self) -> None:
+        """One [q; k; v] matrix with its [b_q; b_k; b_v], one [gate; up] matrix; the named weights become views."""
+        if self.fused:
+            return
+        qkv = [self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj]
+        self.register_buffer("qkv_weight", fuse_parameters(qkv), persistent=False)
+        self.register_buffer("qkv_bias", fuse_parameters(qkv, "bias"), persistent=False)
+        gate_up = fuse_parameters([self.mlp.gate_proj, self.mlp.up_proj])
+        self.register_buffer("gate_up_weight", gate_up, persistent=False)
+        self.fused = True
+
+    def qkv(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        if self.fused:
+            return (self.qkv_weight,), (self.qkv_bias,)
+        a = self.self_attn
+        return (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight), (a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
+
+    def gate_up_weights(self) -> tuple[torch.Tensor, ...]:
+        return (self.gate_up_weight,) if self.fused else (self.mlp.gate_proj.weight, self.mlp.up_proj.weight)
+
+    def forward(
+        self, x: torch.Tensor, mlp_out: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+        key_mask: torch.Tensor | None, cache: StaticKVCache | None = None, layer: int = 0,
+        columns: torch.Tensor | None = None, kernels: BlockKernels = EAGER_KERNELS,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, mlp_out) of this layer for the input ``x + mlp_out``; the layer's output is their sum."""
+        weights, biases = self.qkv()
+        x, q, k, v = kernels.attention_inputs(
+            x, mlp_out, self.input_layernorm.weight, self.eps, weights, self.n_heads, self.n_kv_heads, cos, sin,
+            None if cache is None else cache.layer(layer), columns, biases)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads)
+        return kernels.attention_output_and_mlp(
+            x, att, self.self_attn.o_proj.weight, self.post_attention_layernorm.weight, self.eps,
+            self.gate_up_weights(), self.mlp.down_proj.weight)
+
+
+class DreamBaseModel(nn.Module):
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DreamLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+def _pick(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``t`` [B, L, d] along dim 1: the same ``index`` [R] for every row, or each row's own [B, R]."""
+    if index.dim() == 1:
+        return t.index_select(1, index)
+    return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
+
+
+class DreamModel(nn.Module):
+    """The Dream mask predictor; ``model.*`` and ``lm_head`` match the HF checkpoint's weight names."""
+
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DreamBaseModel(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.kernels = EAGER_KERNELS
+        self._outputs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> [B, T, d]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def fuse_projections(self) -> DreamModel:
+        """Inference layout: q/k/v (with biases) and gate/up each one matmul (weights on disk unchanged)."""
+        for layer in self.model.layers:
+            layer.fuse_projections()
+        return self
+
+    def compile_kernels(self, enabled: bool = True) -> DreamModel:
+        """Run the layer halves through ``torch.compile`` (``enabled=False``: back to eager)."""
+        self.kernels = compiled_kernels() if enabled else EAGER_KERNELS
+        return self
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables [B, 1, T, head_dim] for ``positions`` [B, T]: inv_freq_j = theta^(-2j/d), in float32
+        as the reference's ``DreamRotaryEmbedding`` (float64 for a float64 model)."""
+        table_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        return rotary_tables(self.config.head_dim, self.config.rope_theta, positions, table_dtype)
+
+    def cached_outputs(self, cache: StaticKVCache) -> torch.Tensor:
+        """The last-layer outputs [B, T, hidden_size] kept beside ``cache`` (allocated on first use, freed with it)."""
+        outputs = self._outputs.get(cache)
+        if outputs is None:
+            shape = (cache.batch, cache.length, self.config.hidden_size)
+            outputs = torch.zeros(shape, dtype=cache.kv.dtype, device=cache.kv.device)
+            self._outputs[cache] = outputs
+        return outputs
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        logits_range: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, L, vocab_size] *for* each column of ``input_ids`` [B, L] (a full forward, no cache):
+        row c is the head of column c - 1's output (row 0 of its own), Dream's shifted prediction.
+
+        attention_mask: [B, L] (1 = token, 0 = padding): padded keys are masked out. positions: rotary
+        positions [B, L]; default ``cumsum(attention_mask) - 1`` as the reference's ``tok_idx`` (a
+        left-padded row sees the positions it has alone), ``0..L-1`` without a mask.
+        logits_range: ``(a, b)``: only rows ``a..b-1`` go through the LM head.
+        """
+        B, L = input_ids.shape
+        if attention_mask is not None and attention_mask.shape != (B, L):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, L)}")
+        if positions is None:
+            if attention_mask is None:
+                positions = torch.arange(L, device=input_ids.device).expand(B, L)
+            else:
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.rotary(positions)
+        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        rows = None if logits_range is None else slice(*logits_range)
+        return self.forward_window(input_ids, cos, sin, key_mask, logits_rows=rows)
+
+    def forward_window(
+        self,
+        input_ids: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        cache: StaticKVCache | None = None,
+        columns: torch.Tensor | None = None,
+        logits_rows: slice | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for the canvas ``columns`` held in ``input_ids`` [B, W] (all columns if ``None``).
+
+        Same contract as ``LLaDAModel.forward_window`` (cos/sin of the window, key_mask over the canvas,
+        fresh keys/values written at ``columns`` [W] or [B, W], ``logits_rows`` a slice, [R] or [B, R]),
+        with the logits of a row being those *for* its column: the head of the output of the column
+        before it. Without a cache the window is read as the canvas from its first column; with one,
+        the outputs of the window are kept beside the cache and the column before each row is read
+        there (for the window's first row: as of the forward that last computed it, e.g. the refresh).
+        """
+        x, mlp_out = self.model.embed_tokens(input_ids), None
+        kernels = self.kernels
+        for i, layer in enumerate(self.model.layers):
+            x, mlp_out = layer(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels)
+        W = x.shape[1]
+        rows = logits_rows
+        if rows is None or isinstance(rows, slice):
+            rows = torch.arange(W, device=x.device)[rows if rows is not None else slice(None)]
+        if cache is None:  # pick the rows first: the last residual add only for them
+            before = (rows - 1).clamp(min=0)
+            hidden = _pick(x, before) + _pick(mlp_out, before)
+        else:
+            hidden = self._cached_predecessors(x + mlp_out, cache, columns, rows)
+        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return F.linear(self.model.norm(hidden), head)
+
+    def _cached_predecessors(
+        self, out: torch.Tensor, cache: StaticKVCache, columns: torch.Tensor | None, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Write the window's outputs ``out`` [B, W, d] beside ``cache`` at ``columns``, then read the outputs
+        of the canvas columns just before the window ``rows`` (column 0: its own)."""
+        outputs = self.cached_outputs(cache)
+        if columns is None:
+            outputs.copy_(out)
+            canvas = rows
+        elif columns.dim() == 1:
+            outputs[:, columns] = out
+            canvas = columns[rows]
+        else:  # per-row columns [B, W]
+            outputs.scatter_(1, columns[..., None].expand_as(out), out)
+            canvas = columns.gather(1, rows) if rows.dim() == 2 else columns[:, rows]
+        return _pick(outputs, (canvas - 1).clamp(min=0))
