@@ -1,4 +1,4 @@
-"""The ``unmask`` command line: generate, compare, eval, trace, bench, train."""
+"""The ``unmask`` command line: generate, compare, eval, trace, bench, train, serve."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from unmask.decoding.policies import POLICY_NAMES, REGISTRY
 from unmask.eval.cli import COMPILE_HELP, compare_command, compile_mode, eval_command, trace_command
 from unmask.eval.spec import SPEC_FORMS, parse_spec
 from unmask.models.cache import CACHE_MODES
+from unmask.serve.cli import serve_command
 from unmask.train.cli import train_command
 
 app = typer.Typer(
@@ -161,6 +162,7 @@ app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("compare")(compare_command)
 app.command("trace")(trace_command)
+app.command("serve")(serve_command)
 
 
 @app.command()

@@ -1,0 +1,52 @@
+"""``unmask serve``: the OpenAI-compatible server on uvicorn (mounted by ``unmask.cli``)."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from unmask.cli_errors import friendly_errors
+
+
+@friendly_errors
+def serve_command(
+    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: the embedded model."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    spec: str = typer.Option("threshold:0.9@dual", "--spec", "-s",
+                             help="Default decoding spec (a request's own fields override it)."),
+    block_length: int = typer.Option(32, "--block-length", help="Default block length."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="max_tokens of a request that gives none."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Rows decoding at once (continuous batching)."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests beyond which the server answers 429."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="UNMASK_API_KEY",
+                                       help="Require 'Authorization: Bearer KEY' on /v1 (env UNMASK_API_KEY)."),
+    model_name: str | None = typer.Option(None, "--model-name",
+                                          help="The id clients send as 'model' (default: --model or unmask-testbed)."),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds before a request is dropped."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve a model over HTTP with OpenAI's completions and chat API (streaming, continuous batching)."""
+    import uvicorn
+
+    import unmask
+    from unmask.eval.spec import parse_spec
+    from unmask.serve.app import ServerSettings, create_app
+
+    parse_spec(spec)  # a bad default fails now, not at the first request
+    for name, value in (("--max-batch", max_batch), ("--max-tokens", max_tokens), ("--block-length", block_length)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if max_queue < 0:
+        raise ValueError(f"--max-queue must be >= 0, got {max_queue}")
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {port}")
+    lm = unmask.load(model, device=device, dtype=dtype, compile=False)
+    name = model_name or (model.rstrip("/").split("/")[-1] if model and os.path.isdir(model) else model)
+    settings = ServerSettings(model_name=name or "unmask-testbed", spec=spec, block_length=block_length,
+                              default_max_tokens=max_tokens, api_key=api_key, request_timeout_s=request_timeout)
+    app = create_app(lm, settings, max_batch=max_batch, max_queue=max_queue)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
