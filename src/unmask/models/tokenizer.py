@@ -20,10 +20,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from unmask.models.qwen2_tokenizer import has_vocab_merges, qwen2_tokenizer
+
 # LLaDA's special tokens: the one place their spellings live
 MASK_TOKEN = "<|mdm_mask|>"
 EOS_TOKEN = "<|endoftext|>"  # also the padding token (LLaDA pads SFT answers with it)
 EOT_TOKEN = "<|eot_id|>"
+END_OF_TURN_TOKENS = (EOT_TOKEN, "<|im_end|>")  # LLaDA's, then Qwen2/Dream's: the first the vocabulary has
 BOS_TOKEN = "<|startoftext|>"
 START_HEADER_TOKEN = "<|start_header_id|>"
 END_HEADER_TOKEN = "<|end_header_id|>"
@@ -83,7 +86,7 @@ class Tokenizer:
         self.eos_id = self._require_id(self.eos_token)
         self.pad_id = self._require_id(self.pad_token)
         self.bos_id = tokenizer.token_to_id(self.bos_token)
-        self.eot_id = tokenizer.token_to_id(EOT_TOKEN)
+        self.eot_id = next((i for t in END_OF_TURN_TOKENS if (i := tokenizer.token_to_id(t)) is not None), None)
         self.mask_id = mask_token_id if mask_token_id is not None else self._require_id(MASK_TOKEN)
 
     def _require_id(self, token: str) -> int:
@@ -96,8 +99,8 @@ class Tokenizer:
     def from_pretrained(cls, folder: str | Path, mask_token_id: int | None = None) -> Tokenizer:
         folder = Path(folder)
         file = folder / TOKENIZER_FILE
-        if not file.is_file():
-            raise FileNotFoundError(f"no tokenizer.json in {str(folder)!r}")
+        if not file.is_file() and not has_vocab_merges(folder):
+            raise FileNotFoundError(f"no tokenizer.json (nor vocab.json + merges.txt) in {str(folder)!r}")
         config: dict = {}
         config_file = folder / TOKENIZER_CONFIG_FILE
         if config_file.is_file():
@@ -108,7 +111,8 @@ class Tokenizer:
         template_file = folder / "chat_template.jinja"
         if "chat_template" not in config and template_file.is_file():
             config["chat_template"] = template_file.read_text()
-        return cls(HFTokenizer.from_file(str(file)), config, mask_token_id)
+        tokenizer = HFTokenizer.from_file(str(file)) if file.is_file() else qwen2_tokenizer(folder, config)
+        return cls(tokenizer, config, mask_token_id)
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
