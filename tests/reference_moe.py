@@ -60,7 +60,8 @@ def ref_moe_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=
         k = (a @ w[p + "self_attn.k_proj.weight"].T).view(B, n, kvH, hd)
         v = (a @ w[p + "self_attn.v_proj.weight"].T).view(B, n, kvH, hd).transpose(1, 2)
         if cfg.get("qk_layernorm"):
-            q, k = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps), rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
+            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         if past is not None:
             pk, pv = past[layer]

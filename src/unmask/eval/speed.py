@@ -17,8 +17,12 @@ generation:
 
 Beside it, the floors: a step reads all weights once (weight bytes / measured copy bandwidth) and does
 2 * params * tokens FLOPs (over the measured matmul rate); its floor is the larger, and the amortised
-floor mixes the refresh's and the step's like the amortised step. Speed does not depend on weight
-values, so random weights at the real shape give honest timings.
+floor mixes the refresh's and the step's like the amortised step. For a mixture-of-experts model a
+step reads the weights outside the experts plus each expert that some token of the step routes to
+(counted on the step's own tokens: at batch 1 a block's tokens, at batch 32 all experts), and does
+2 * active params * tokens FLOPs (the parameters one token multiplies: its top-k experts). Speed does
+not depend on weight values, so random weights at the real shape give honest timings (a MoE's random
+router spreads tokens over the experts about as a trained one does).
 """
 
 from __future__ import annotations
@@ -39,12 +43,17 @@ from unmask.decoding.scorers import Scorer
 from unmask.models.cache import CACHE_MODES, recompute_columns
 from unmask.models.config import LLADA_8B, LLaDAConfig
 from unmask.models.llada import LLaDAModel
+from unmask.models.llada_moe_config import LLADA_MOE_7B_A1B, LLaDAMoEConfig
 from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device
 
-SHAPES: dict[str, LLaDAConfig] = {
+SHAPES: dict[str, LLaDAConfig | LLaDAMoEConfig] = {
     "llada-8b": LLADA_8B,
     "llada-tiny": LLaDAConfig(d_model=256, n_heads=4, n_layers=4, mlp_hidden_size=688, vocab_size=4096,
                               embedding_size=4096, mask_token_id=4095, eos_token_id=4094, pad_token_id=4094),
+    "llada-moe-7b-a1b": LLADA_MOE_7B_A1B,
+    "llada-moe-tiny": LLaDAMoEConfig(hidden_size=256, num_attention_heads=4, num_hidden_layers=4, num_experts=16,
+                                     num_experts_per_tok=4, expert_intermediate_size=128, vocab_size=4096,
+                                     mask_token_id=4095, eos_token_id=4094, pad_token_id=4094),
 }
 
 
@@ -120,6 +129,21 @@ def build_program(
     return program
 
 
+def weights_read(
+    model: LLaDAModel, prompts: torch.Tensor, cache: str, gen_length: int, block_length: int, block: int,
+) -> tuple[int, int]:
+    """Weight bytes read by the steady-state step and by the refresh of ``block``: every weight for a dense
+    model; for a MoE model (``weight_bytes_read``) those outside the experts plus the routed experts."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    measure = getattr(model, "weight_bytes_read", None)
+    if measure is None:
+        return total, total
+    program = build_program(model, prompts, cache, gen_length, block_length, graphs=False)
+    program.begin_block(block)
+    kinds = program.step_kind(block, first=False), program.step_kind(block, first=True)
+    return measure(lambda: program._forward(kinds[0])), measure(lambda: program._forward(kinds[1]))
+
+
 def end_to_end_step_ms(
     model: LLaDAModel, prompts: torch.Tensor, cache: str, gen_length: int, block_length: int,
     compile: bool | str, repeats: int = 1,
@@ -160,12 +184,14 @@ def bench_model(
         if mode != "eager" and not on_gpu:
             raise ValueError(f"mode {mode!r} captures CUDA graphs and needs a CUDA device")
     n_params = sum(p.numel() for p in model.parameters())
+    n_active = getattr(model, "active_parameters", n_params)  # per token: a MoE model multiplies k of E experts
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = memory_bandwidth(device, gib=2.0 if on_gpu else 0.25)
     flops = matmul_rate(device, model.dtype)
     env = {
         "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
-        "dtype": str(model.dtype).removeprefix("torch."), "params": n_params, "weight_bytes": weight_bytes,
+        "dtype": str(model.dtype).removeprefix("torch."), "params": n_params, "active_params": n_active,
+        "weight_bytes": weight_bytes,
         "measured_bandwidth_GBps": bandwidth / 1e9, "measured_matmul_TFLOPs": flops / 1e12,
         "torch": torch.__version__,
     }
@@ -176,16 +202,17 @@ def bench_model(
     steps_per_block = block_length  # LLaDA baseline: one token per step
     rows = []
     gen = torch.Generator(device=device).manual_seed(0)
-    weight_floor = weight_bytes / bandwidth * 1e3
     for batch in batches:
         prompts = torch.randint(0, model.config.vocab_size, (batch, prompt_length), device=device, generator=gen)
         for cache in caches:
             window = recompute_columns(cache, prompt_length + mid * block_length,
                                        prompt_length + (mid + 1) * block_length, T)
             tokens = window[1] - window[0]
-            flop_floor = 2 * n_params * batch * tokens / flops * 1e3
+            step_bytes, refresh_bytes = weights_read(model, prompts, cache, gen_length, block_length, mid)
+            weight_floor = step_bytes / bandwidth * 1e3
+            flop_floor = 2 * n_active * batch * tokens / flops * 1e3
             floor = max(weight_floor, flop_floor)
-            refresh_floor = max(weight_floor, 2 * n_params * batch * T / flops * 1e3)
+            refresh_floor = max(refresh_bytes / bandwidth * 1e3, 2 * n_active * batch * T / flops * 1e3)
             for mode in modes:
                 graphs = mode != "eager"
                 model.compile_kernels(mode == "fused")

@@ -428,11 +428,14 @@ class LLaDAMoEModel(nn.Module):
 
     @property
     def active_parameters(self) -> int:
-        """Parameters one token multiplies: all but the experts, plus its top-k experts in each sparse layer."""
+        """Parameters one token multiplies: all but the experts and the input embedding (a lookup), plus
+        its top-k experts in each sparse layer (LLaDA-MoE-7B-A1B: 1.40B of 7.36B)."""
         c = self.config
         per_expert = 3 * c.hidden_size * c.expert_intermediate_size
         total = sum(p.numel() for p in self.parameters())
-        return total - self.expert_parameters() + len(self.sparse_blocks()) * c.num_experts_per_tok * per_expert
+        lookup = 0 if c.tie_word_embeddings else self.model.embed_tokens.weight.numel()
+        routed = len(self.sparse_blocks()) * c.num_experts_per_tok * per_expert
+        return total - self.expert_parameters() - lookup + routed
 
     def weight_bytes_read(self, run: Callable[[], object]) -> int:
         """Bytes of weights read by ``run()`` (one forward of this model, run eagerly here): every weight
