@@ -278,6 +278,24 @@ def test_load_a_dream_folder_as_the_hub_ships_it(ckpt, cfg):
     assert out.prompt_ids.shape[0] == 2 and (out.prompt_ids[0] == tok.pad_id).any()  # a ragged batch
 
 
+@pytest.mark.parametrize("text", ["hello world", " hello  world\n\nthe answer is 42!", "Ünïcödé e\u0301 café 123456",
+                                  "<|im_start|>user\nhi<|im_end|>\n<|mask|>", "it's    tabs\there  "])
+def test_tokenizer_equals_transformers_qwen2_tokenizer(tmp_path, text):
+    """The vocab.json + merges.txt tokenizer encodes and decodes as transformers' Qwen2Tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    from dream_fixtures import write_tokenizer
+
+    from unmask.models.tokenizer import Tokenizer
+
+    write_tokenizer(tmp_path)
+    ref = transformers.Qwen2Tokenizer.from_pretrained(str(tmp_path))
+    ours = Tokenizer.from_pretrained(tmp_path)
+    ids = ours.encode(text)
+    assert ids == ref.encode(text, add_special_tokens=False)
+    assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True)
+    assert ours.mask_id == SPECIAL_IDS["<|mask|>"]  # tokenizer_config's mask_token
+
+
 def test_bench_runs_dream_shapes_on_cpu(tmp_path):
     from unmask.eval.speed import SHAPES, run_bench
 

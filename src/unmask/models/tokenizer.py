@@ -87,7 +87,8 @@ class Tokenizer:
         self.pad_id = self._require_id(self.pad_token)
         self.bos_id = tokenizer.token_to_id(self.bos_token)
         self.eot_id = next((i for t in END_OF_TURN_TOKENS if (i := tokenizer.token_to_id(t)) is not None), None)
-        self.mask_id = mask_token_id if mask_token_id is not None else self._require_id(MASK_TOKEN)
+        mask_token = _token_text(config.get("mask_token")) or MASK_TOKEN
+        self.mask_id = mask_token_id if mask_token_id is not None else self._require_id(mask_token)
 
     def _require_id(self, token: str) -> int:
         idx = self.tokenizer.token_to_id(token)
