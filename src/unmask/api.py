@@ -144,7 +144,8 @@ def load(
     dtype: str | torch.dtype | None = None,
     compile: bool | str | None = None,
 ) -> DiffusionLM:
-    """Load a LLaDA checkpoint (local folder or hub id); ``None`` loads the embedded testbed model.
+    """Load a checkpoint (local folder or hub id; its ``model_type`` picks the architecture: LLaDA, Dream, ...);
+    ``None`` loads the embedded testbed model.
 
     The projections are fused for inference (q/k/v and gate/up one matmul each; the checkpoint layout
     is unchanged). ``compile``: default of ``generate(compile=...)``: ``None`` = CUDA graphs and

@@ -19,7 +19,7 @@ shift done here, so the decoder, its policies and caches need no special case.
 With a KV cache, a window's first column c0 needs the output of column c0 - 1, which a prefix or dual
 window does not recompute. Beside each cache the model keeps every column's last-layer output
 (pre-norm) as of the last forward that computed it and reads c0 - 1 there: inside a block the column
-before it is frozen like its keys and values, as of the block's refresh (docs/design.md §2b).
+before it is frozen like its keys and values, as of the block's refresh (docs/design.md §2, Dream).
 """
 
 from __future__ import annotations
