@@ -7,6 +7,10 @@ Grammar: ``POLICY[:VALUE][+credit|+credit-adaptive][@CACHE]``, for example
 - ``factor:1.0``                Fast-dLLM factor f (default 1.0)
 - ``frechet:0.25``              Fast-dLLM++ Fréchet margin delta (default 0.25)
 - ``threshold:0.9+credit@dual`` CreditDecoding fused with the threshold rule, dual KV cache
+- ``threshold:0.9+credit(alpha=0.5,beta=0.9)``  credit with other coefficients (``alpha``, ``beta``,
+  ``gamma`` of ``CreditConfig``; the label keeps only those that differ from the defaults)
+
+Commas inside the parentheses do not separate specs in ``parse_specs``.
 """
 
 from __future__ import annotations
@@ -19,13 +23,21 @@ from unmask.decoding.policies import REGISTRY, get_policy_class
 from unmask.models.cache import CACHE_MODES
 
 CREDIT_OPTIONS = ("credit", "credit-adaptive")
+CREDIT_PARAMS = ("alpha", "beta", "gamma")  # the CreditConfig coefficients a spec may set
+_CREDIT_DEFAULTS = {name: getattr(CreditConfig(), name) for name in CREDIT_PARAMS}
 SPEC_FORMS = (
-    "POLICY[:VALUE][+credit|+credit-adaptive][@CACHE] with POLICY in {" + ", ".join(REGISTRY) + "}, "
-    "CACHE in {" + ", ".join(CACHE_MODES) + "}; VALUE: "
+    "POLICY[:VALUE][+credit[(alpha=A,beta=B,gamma=G)]|+credit-adaptive][@CACHE] with POLICY in {"
+    + ", ".join(REGISTRY) + "}, CACHE in {" + ", ".join(CACHE_MODES) + "}; VALUE: "
     + ", ".join(f"{name} {cls.knob.name} {cls.knob.allowed}" for name, cls in REGISTRY.items())
-    + "; e.g. topk, threshold:0.9, factor:1.0, frechet:0.25, threshold:0.9+credit@dual"
+    + "; e.g. topk, threshold:0.9, factor:1.0, frechet:0.25, threshold:0.9+credit@dual, "
+    "frechet:0.1+credit(alpha=0.5,beta=0.9)"
 )
-_SPEC_RE = re.compile(r"^(?P<policy>[a-z_]+)(?::(?P<value>[^+@]*))?(?P<options>(?:\+[a-z-]+)*)(?:@(?P<cache>[a-z]*))?$")
+_OPTION = r"\+[a-z-]+(?:\([^()]*\))?"
+_SPEC_RE = re.compile(
+    rf"^(?P<policy>[a-z_]+)(?::(?P<value>[^+@]*))?(?P<options>(?:{_OPTION})*)(?:@(?P<cache>[a-z]*))?$"
+)
+_OPTION_RE = re.compile(r"\+(?P<name>[a-z-]+)(?:\((?P<params>[^()]*)\))?")
+_SEPARATOR_RE = re.compile(r"(?:\s*,\s*|\s+)(?![^()]*\))")  # a comma or blank outside parentheses
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,16 @@ class DecodeSpec:
     value: float | int | None = None
     credit: str | None = None  # None, "credit" or "credit-adaptive"
     cache: str = "none"
+    # credit coefficients that differ from CreditConfig's defaults, as sorted (name, value) pairs
+    credit_params: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        params = dict(self.credit_params)
+        if params and self.credit != "credit":
+            raise ValueError(f"credit coefficients {params} need credit='credit', got {self.credit!r}")
+        canonical = tuple((k, float(params[k])) for k in CREDIT_PARAMS if k in params
+                          and float(params[k]) != _CREDIT_DEFAULTS[k])
+        object.__setattr__(self, "credit_params", canonical)
 
     @property
     def label(self) -> str:
@@ -45,6 +67,8 @@ class DecodeSpec:
             text += f":{self.value:g}" if isinstance(self.value, float) else f":{self.value}"
         if self.credit:
             text += f"+{self.credit}"
+        if self.credit_params:
+            text += "(" + ",".join(f"{k}={v:g}" for k, v in self.credit_params) + ")"
         if self.cache != "none":
             text += f"@{self.cache}"
         return text
@@ -60,7 +84,7 @@ class DecodeSpec:
         if self.value is not None:
             kwargs[get_policy_class(self.policy).knob.name] = self.value
         if self.credit == "credit":
-            kwargs["credit"] = True
+            kwargs["credit"] = CreditConfig(**dict(self.credit_params)) if self.credit_params else True
         elif self.credit == "credit-adaptive":
             kwargs["credit"] = CreditConfig(adaptive=True)
         return kwargs
@@ -83,18 +107,46 @@ def parse_spec(text: str) -> DecodeSpec:
     value: float | int | None = None
     if match["value"] is not None:
         value = _parse_value(text, policy, match["value"])
-    options = [o for o in match["options"].split("+") if o]
     credit = None
-    for option in options:
-        if option not in CREDIT_OPTIONS:
-            raise ValueError(f"bad decoding spec {text!r}: unknown option '+{option}'; allowed: {SPEC_FORMS}")
+    params: tuple[tuple[str, float], ...] = ()
+    for option in _OPTION_RE.finditer(match["options"]):
+        name = option["name"]
+        if name not in CREDIT_OPTIONS:
+            raise ValueError(f"bad decoding spec {text!r}: unknown option '+{name}'; allowed: {SPEC_FORMS}")
         if credit is not None:
             raise ValueError(f"bad decoding spec {text!r}: credit given twice; allowed: {SPEC_FORMS}")
-        credit = option
+        credit = name
+        if option["params"] is not None:
+            if name != "credit":
+                raise ValueError(f"bad decoding spec {text!r}: '+{name}' takes no coefficients "
+                                 f"(it sets them itself); allowed: {SPEC_FORMS}")
+            params = _parse_credit_params(text, option["params"])
     cache = "none" if match["cache"] is None else match["cache"]
     if cache not in CACHE_MODES:
         raise ValueError(f"bad decoding spec {text!r}: unknown cache mode {cache!r}; allowed: {SPEC_FORMS}")
-    return DecodeSpec(policy=policy, value=value, credit=credit, cache=cache)
+    return DecodeSpec(policy=policy, value=value, credit=credit, cache=cache, credit_params=params)
+
+
+def _parse_credit_params(text: str, params_text: str) -> tuple[tuple[str, float], ...]:
+    """``alpha=0.5,beta=0.9`` -> (("alpha", 0.5), ("beta", 0.9)), checked by ``CreditConfig``."""
+    params: dict[str, float] = {}
+    for item in params_text.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or name not in CREDIT_PARAMS:
+            raise ValueError(f"bad decoding spec {text!r}: credit coefficient {item.strip()!r} must be NAME=VALUE "
+                             f"with NAME in {{{', '.join(CREDIT_PARAMS)}}}; allowed: {SPEC_FORMS}")
+        if name in params:
+            raise ValueError(f"bad decoding spec {text!r}: credit {name} given twice; allowed: {SPEC_FORMS}")
+        try:
+            params[name] = float(value)
+        except ValueError:
+            raise ValueError(f"bad decoding spec {text!r}: credit {name} must be a number, got {value!r}; "
+                             f"allowed: {SPEC_FORMS}") from None
+    try:
+        CreditConfig(**params)
+    except ValueError as err:
+        raise ValueError(f"bad decoding spec {text!r}: {err}; allowed: {SPEC_FORMS}") from None
+    return tuple(params.items())
 
 
 def _parse_value(text: str, policy: str, value_text: str) -> float | int:
@@ -105,11 +157,10 @@ def _parse_value(text: str, policy: str, value_text: str) -> float | int:
 
 
 def parse_specs(texts: str | list[str]) -> list[DecodeSpec]:
-    """Parse specs given as a list or one comma/space-separated string; duplicates are an error."""
-    if isinstance(texts, str):
-        texts = [t for t in re.split(r"[,\s]+", texts) if t]
-    else:
-        texts = [t for item in texts for t in re.split(r"[,\s]+", item) if t]
+    """Parse specs given as a list or one comma/space-separated string (separators inside a credit
+    option's parentheses do not count); duplicates are an error."""
+    items = [texts] if isinstance(texts, str) else texts
+    texts = [t for item in items for t in _SEPARATOR_RE.split(item.strip()) if t]
     if not texts:
         raise ValueError(f"no decoding spec given; allowed: {SPEC_FORMS}")
     specs = [parse_spec(t) for t in texts]
