@@ -42,11 +42,12 @@ from unmask.decoding.policies import Policy, TopK
 from unmask.decoding.scorers import Scorer
 from unmask.models.cache import CACHE_MODES, recompute_columns
 from unmask.models.config import LLADA_8B, LLaDAConfig
+from unmask.models.dream_config import DREAM_7B, DreamConfig
 from unmask.models.llada import LLaDAModel
 from unmask.models.llada_moe_config import LLADA_MOE_7B_A1B, LLaDAMoEConfig
 from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device
 
-SHAPES: dict[str, LLaDAConfig | LLaDAMoEConfig] = {
+SHAPES: dict[str, LLaDAConfig | LLaDAMoEConfig | DreamConfig] = {
     "llada-8b": LLADA_8B,
     "llada-tiny": LLaDAConfig(d_model=256, n_heads=4, n_layers=4, mlp_hidden_size=688, vocab_size=4096,
                               embedding_size=4096, mask_token_id=4095, eos_token_id=4094, pad_token_id=4094),
@@ -54,6 +55,9 @@ SHAPES: dict[str, LLaDAConfig | LLaDAMoEConfig] = {
     "llada-moe-tiny": LLaDAMoEConfig(hidden_size=256, num_attention_heads=4, num_hidden_layers=4, num_experts=16,
                                      num_experts_per_tok=4, expert_intermediate_size=128, vocab_size=4096,
                                      mask_token_id=4095, eos_token_id=4094, pad_token_id=4094),
+    "dream-7b": DREAM_7B,
+    "dream-tiny": DreamConfig(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, mask_token_id=4095, pad_token_id=4094),
 }
 
 
