@@ -332,14 +332,25 @@ def cuda_bf16(model: LLaDAMoEModel) -> LLaDAMoEModel:
 
 @cuda
 def test_grouped_path_equals_loop_path_on_cuda(model):
-    gpu = cuda_bf16(model)
-    x = prompts(4, 40, seed=6).cuda()
-    assert gpu.model.layers[0].mlp.path == "auto"
-    grouped = gpu(x) if torch.cuda.get_device_capability() >= (9, 0) else gpu.set_expert_path("grouped")(x)
-    loop = gpu.set_expert_path("loop")(x)
-    gpu.set_expert_path("auto")
+    """bf16 on the GPU: the grouped path (auto on sm90+) against the loop path and a float32 loop, on the
+    same routing; the whole model's greedy tokens agree."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    N, d, f, E, k = 300, 64, 32, 8, 3
+    x = torch.randn(N, d, generator=g, device="cuda")
+    gate_up, down = torch.randn(E, 2 * f, d, generator=g, device="cuda") / 8, torch.randn(E, d, f, generator=g,
+                                                                                       device="cuda") / 6
+    weights, experts = route(torch.randn(N, E, generator=g, device="cuda"), k)
+    exact = run_experts(x, weights, experts, gate_up, down, path="loop")
+    bf16 = [t.to(torch.bfloat16) for t in (x, gate_up, down)]
+    grouped = run_experts(bf16[0], weights, experts, *bf16[1:], path="grouped")
+    loop = run_experts(bf16[0], weights, experts, *bf16[1:], path="loop")
     torch.testing.assert_close(grouped.float(), loop.float(), rtol=2e-2, atol=2e-2)
-    assert (grouped.argmax(-1) == loop.argmax(-1)).float().mean() > 0.98
+    torch.testing.assert_close(grouped.float(), exact, rtol=3e-2, atol=3e-2)
+    gpu = cuda_bf16(model)
+    ids = prompts(4, 40, seed=6).cuda()
+    first = gpu.set_expert_path("grouped")(ids).argmax(-1)
+    second = gpu.set_expert_path("loop")(ids).argmax(-1)
+    assert (first == second).float().mean() > 0.95
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
