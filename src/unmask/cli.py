@@ -170,7 +170,8 @@ app.command("serve")(serve_command)
 def bench(
     model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id (default: embedded model)."),
     random_weights: str | None = typer.Option(
-        None, "--random-weights", help="Benchmark a shape with random weights: llada-8b, llada-tiny."
+        None, "--random-weights",
+        help="Benchmark a shape with random weights: llada-8b, llada-moe-7b-a1b, dream-7b (*-tiny: small ones).",
     ),
     batch: list[int] = typer.Option([1, 32], "--batch", help="Batch sizes (repeat the option)."),
     cache: list[str] = typer.Option(["none", "prefix", "dual"], "--cache", help="Cache modes (repeatable)."),
