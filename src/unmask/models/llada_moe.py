@@ -8,8 +8,9 @@ Plain PyTorch, weight names identical to inclusionAI/LLaDA-MoE-7B-A1B-*'s ``mode
 Per layer (``LLaDAMoEDecoderLayer``):
     h = x + o_proj(Attention(RoPE(q_norm(q)), RoPE(k_norm(k)), v)),   q, k, v = proj(input_layernorm(x))
     y = h + MoE(m) [+ shared_expert(m)],                                m = post_attention_layernorm(h)
-q_norm/k_norm are RMSNorms over each head (``qk_layernorm``); attention is bidirectional, padded keys
-masked. The MoE (``LLaDAMoESparseMoeBlock``, OLMoE's):
+q_norm/k_norm are RMSNorms over each head (``qk_layernorm``), RoPE is applied in the model dtype (the
+float32 tables cast to it, as the reference); attention is bidirectional, padded keys masked (the hub
+modeling ignores ``attention_mask``: the two agree on unpadded rows). The MoE (``LLaDAMoESparseMoeBlock``):
     p = softmax(gate(m)) in float32 [+ expert_bias];   (w, e) = top-k(p);   w cast to the model dtype
     MoE(m) = sum_j w_j * down_{e_j}(silu(gate_{e_j}(m)) * up_{e_j}(m))
 with no renormalisation of the top-k weights (the reference hard-codes ``norm_topk_prob = False``).
@@ -20,8 +21,9 @@ expert multiplies its contiguous segment (``run_experts``), by one of two paths 
 
 - ``grouped`` (CUDA, bfloat16, sm90+): two ``F.grouped_mm`` calls over all experts with on-device
   offsets; no host sync, so the step can be captured in a CUDA graph.
-- ``loop`` (everywhere else; exact): one matmul per expert on its segment, the segment bounds read on
-  the host (not capturable: on such a GPU decode falls back to eager steps).
+- ``loop`` (everywhere else: the CPU, float32/float64, older GPUs): one matmul per expert on its
+  segment, the segment sizes read on the host (not capturable: there decode falls back to eager steps).
+Both compute the same sums; they differ only in float rounding inside the matmuls.
 
 ``fuse_projections()`` stacks the experts' weights into [E, 2F, d] (gate; up) and [E, d, F] (down) and
 fuses q/k/v (the checkpoint's per-expert tensors stay as views, so saving is unchanged).
@@ -98,7 +100,9 @@ def swiglu(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.
 
 # ---- routing and experts ----------------------------------------------------------------------------
 
-def route(logits: torch.Tensor, top_k: int, expert_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+def route(
+    logits: torch.Tensor, top_k: int, expert_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights, experts) [N, k] of router logits [N, E], as the reference's sparse block:
 
     p = softmax(logits) in float32, plus ``expert_bias`` if the checkpoint has one (the biased value is
