@@ -1,0 +1,182 @@
+"""``unmask serve`` through the official ``openai`` client against the real server on a free port."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from unmask.decoding.config import DecodeConfig
+from unmask.serve.app import ServerSettings
+
+from .conftest import API_KEY, start_server
+from .test_engine import alone, prompts
+
+MODEL = "unmask-testbed"
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=300)
+
+
+def post(server, body, key: str | None = API_KEY, path: str = "/v1/completions") -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(server.url + path, content=content, headers=headers, timeout=120)
+
+
+def test_models_health_metrics(server, client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    client.completions.create(model=MODEL, prompt=prompts(1)[0], max_tokens=16)
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("unmask_requests_total", "unmask_queue_depth", "unmask_batch_occupancy", "unmask_tokens_per_second",
+                 "unmask_forwards_per_token"):
+        assert f"# TYPE {name} " in text
+    assert 'unmask_requests_total{endpoint="/v1/completions",status="200"}' in text
+
+
+def test_chat_completion_equals_generate(server, client, lm):
+    prompt = prompts(2)[1]
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=40)
+    config = DecodeConfig.create(policy="threshold", threshold=0.9, cache="dual", gen_length=64)
+    assert reply.choices[0].message.content == alone(lm, prompt, config, 40)
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].finish_reason in ("stop", "length")
+    usage = reply.usage
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens and usage.model_extra["forwards"] >= 1
+
+
+def test_completion_raw_prompt_with_decoding_fields(server, client, lm):
+    prompt = prompts(1)[0]
+    reply = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24,
+                                      extra_body={"policy": "factor", "factor": 1.0, "cache": "prefix", "credit": True})
+    config = DecodeConfig.create(policy="factor", factor=1.0, cache="prefix", credit=True, gen_length=32)
+    out = lm.generate([prompt], config, chat=False)
+    n = min(int(out.lengths[0]), 24)
+    assert reply.choices[0].text == lm.tokenizer.decode(out.tokens[0, :n].tolist()).strip()
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_streaming_grows_to_the_whole_answer(server, client, chat):
+    prompt = prompts(2)[1]
+    kwargs = {"model": MODEL, "max_tokens": 48, "extra_body": {"spec": "topk@dual"}}  # one token per step
+    if chat:
+        whole = client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **kwargs)
+        chunks = list(client.chat.completions.create(messages=[{"role": "user", "content": prompt}], stream=True,
+                                                     stream_options={"include_usage": True}, **kwargs))
+        pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+        assert chunks[0].choices[0].delta.role == "assistant"
+        expected = whole.choices[0].message.content
+    else:  # the completions endpoint takes the prompt as is: here the chat-formatted text
+        prompt = server.lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        whole = client.completions.create(prompt=prompt, **kwargs)
+        chunks = list(client.completions.create(prompt=prompt, stream=True, stream_options={"include_usage": True},
+                                                **kwargs))
+        pieces = [c.choices[0].text for c in chunks if c.choices]
+        expected = whole.choices[0].text
+    assert "".join(pieces) == expected
+    assert sum(bool(p) for p in pieces) >= 2  # the answer arrived in pieces, not at the end
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_32_concurrent_clients_mixed(server, lm):
+    """32 clients at once, mixed lengths and policies: each answer equals its request decoded alone."""
+    texts = prompts(8)
+    specs = ["threshold:0.9@dual", "factor:1@prefix", "frechet:0.25+credit@dual", "threshold:0.7+credit@none"]
+    jobs = [(texts[i % 8], specs[i % 4], 8 + 5 * (i % 7), i % 2 == 0) for i in range(32)]
+
+    def call(job):
+        prompt, spec, max_tokens, chat = job
+        client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=300)
+        if chat:
+            r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                               max_tokens=max_tokens, extra_body={"spec": spec})
+            return r.id, r.choices[0].message.content
+        text = server.lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])  # sent as is
+        r = client.completions.create(model=MODEL, prompt=text, max_tokens=max_tokens, extra_body={"spec": spec})
+        return r.id, r.choices[0].text
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(call, jobs))
+    assert len({ident for ident, _ in answers}) == 32  # none lost or duplicated
+    from unmask.eval.spec import parse_spec
+
+    for (prompt, spec, max_tokens, chat), (_, text) in zip(jobs, answers, strict=True):
+        config = DecodeConfig.create(gen_length=-(-max_tokens // 32) * 32, **parse_spec(spec).generate_kwargs())
+        if not chat:
+            prompt = lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        out = lm.generate([prompt], config, chat=chat)
+        n = min(int(out.lengths[0]), max_tokens)
+        assert text == lm.tokenizer.decode(out.tokens[0, :n].tolist()).strip(), (prompt, spec, max_tokens, chat)
+
+
+BAD = [
+    (b'{"model": "unmask-testbed", "prompt": ', 400, "not valid JSON"),
+    ({"model": "nosuch", "prompt": "hi"}, 404, "not served here"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens must be"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": 10**6}, 400, "exceeds the model's context"),
+    ({"model": MODEL, "prompt": "hi " * 3000}, 400, "exceeds the model's context"),
+    ({"model": MODEL, "prompt": "hi", "spec": "fastest"}, 400, "unknown policy 'fastest'"),
+    ({"model": MODEL, "prompt": "hi", "threshold": 1.5}, 400, "threshold must be in (0, 1]"),
+    ({"model": MODEL, "prompt": "hi", "margin": 0.2}, 400, "do not apply to policy 'threshold'"),
+    ({"model": MODEL, "prompt": "hi", "treshold": 0.5}, 400, "unknown field(s) treshold"),
+    ({"model": MODEL, "prompt": "hi", "cache": "triple"}, 400, "unknown cache mode 'triple'"),
+    ({"model": MODEL, "prompt": "hi", "temperature": -1}, 400, "temperature"),
+    ({"model": MODEL, "prompt": "hi", "n": 2}, 400, "n=2 is not supported"),
+    ({"model": MODEL, "prompt": "   "}, 400, "prompt 0 is empty"),
+    ({"model": MODEL}, 400, "prompt"),
+    ({"model": MODEL, "prompt": "hi", "block_length": 0}, 400, "block_length must be"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client, body, status, message):
+    response = post(server, body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error["message"] and error["type"]
+    assert client.completions.create(model=MODEL, prompt=prompts(1)[0], max_tokens=8).choices[0].text is not None
+
+
+def test_wrong_key_and_bad_chat(server):
+    response = post(server, {"model": MODEL, "prompt": "hi"}, key="wrong")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    response = post(server, {"model": MODEL, "messages": []}, path="/v1/chat/completions")
+    assert response.status_code == 400
+    response = post(server, {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]},
+                    path="/v1/chat/completions")
+    assert response.status_code == 400 and "role" in response.json()["error"]["message"]
+
+
+def test_full_queue_answers_429_with_retry_after(lm):
+    uv, thread, url = start_server(lm, ServerSettings(), max_batch=1, max_queue=0)
+    try:
+        response = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 8})
+        assert response.status_code == 429 and response.headers["Retry-After"] == "1"
+        assert response.json()["error"]["type"] == "rate_limit_error"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_client_disconnect_frees_its_row(server):
+    engine = server.app.state.engine
+    body = {"model": MODEL, "prompt": prompts(1)[0], "max_tokens": 256, "stream": True, "spec": "topk"}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body,
+                      headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())  # the decode is running
+    import time
+
+    deadline = time.monotonic() + 30
+    while engine.active_rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.active_rows == 0
