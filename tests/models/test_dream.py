@@ -112,6 +112,21 @@ def test_cache_windows_read_the_column_before_from_the_refresh(model, cfg, weigh
     torch.testing.assert_close(got[:, 0], refresh[:, 0], rtol=1e-12, atol=1e-12)
 
 
+def test_per_row_columns_and_rows_equal_shared_ones(model):
+    """The serving path's per-row cache columns [B, W] and logit rows [B, R] read the same predecessors."""
+    T, s, e = 20, 8, 12
+    x = prompts(2, T, seed=7)
+    cos, sin = model.rotary(torch.arange(T)[None])
+    columns, rows = torch.arange(s, T), torch.arange(e - s)
+    out = []
+    for per_row in (False, True):
+        cache = StaticKVCache.for_model(model.config, 2, T, model.dtype, model.device)
+        model.forward_window(x, cos, sin, None, cache)
+        cols, picked = (columns.expand(2, -1), rows.expand(2, -1)) if per_row else (columns, rows)
+        out.append(model.forward_window(x[:, s:], cos[:, :, s:], sin[:, :, s:], None, cache, cols, picked))
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
 def test_fused_projections_keep_the_checkpoint_layout(tmp_path, model, ckpt, weights):
     assert model.model.layers[0].qkv_bias.shape == (64 + 2 * 2 * 16,)
     assert set(model.state_dict()) == set(weights)  # the checkpoint's names, no fused extras
@@ -247,13 +262,24 @@ def test_every_policy_cache_and_credit_decodes_a_ragged_batch(model, cfg, policy
     assert torch.equal(out.commit_step[1], alone.commit_step[0])
 
 
-def test_early_stop_fills_after_the_end_of_turn(model, cfg):
-    im_end = SPECIAL_IDS["<|im_end|>"]
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_cfg_runs_the_unconditional_rows_beside_the_cache(model, cfg, cache):
+    """Classifier-free guidance doubles the rows through the model (and its output store)."""
+    x = prompts(2, 7, seed=8)
+    kw = dict(mask_id=cfg["mask_token_id"], gen_length=16, block_length=8, cache=cache, early_stop=False)
+    guided = decode(model, x, make_policy("threshold", threshold=0.5), cfg_scale=1.5, **kw)
+    plain = decode(model, x, make_policy("threshold", threshold=0.5), **kw)
+    assert not (guided.tokens == cfg["mask_token_id"]).any()
+    assert not torch.equal(guided.tokens, plain.tokens)
+
+
+def test_early_stop_ends_rows_in_their_first_block(model, cfg):
+    stop = tuple(range(250))  # every ordinary token ends a row
     out = decode(model, prompts(3, 9, seed=6), make_policy("threshold_lead", threshold=0.5),
-                 mask_id=cfg["mask_token_id"], gen_length=32, block_length=8, cache="dual",
-                 stop_ids=tuple(range(0, 250)))  # every ordinary token stops: the first block ends every row
+                 mask_id=cfg["mask_token_id"], gen_length=32, block_length=8, cache="dual", stop_ids=stop)
     assert out.nfe <= 8 and (out.lengths <= 8).all()
-    assert im_end not in out.tokens.tolist()
+    filled = out.commit_step == -2
+    assert filled[:, 8:].all() and (out.tokens[filled] == stop[0]).all()
 
 
 # ---- unmask.load end to end -------------------------------------------------------------------------------
