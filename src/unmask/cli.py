@@ -1,4 +1,4 @@
-"""The ``unmask`` command line: generate, compare, eval, trace, bench, train, serve."""
+"""The ``unmask`` command line: generate, compare, eval, sweep, tune, trace, bench, train, serve."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from unmask.cli_errors import friendly_errors
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.policies import POLICY_NAMES, REGISTRY
-from unmask.eval.cli import COMPILE_HELP, compare_command, compile_mode, eval_command, trace_command
+from unmask.eval.cli import (
+    COMPILE_HELP,
+    compare_command,
+    compile_mode,
+    eval_command,
+    sweep_command,
+    trace_command,
+    tune_command,
+)
 from unmask.eval.spec import SPEC_FORMS, parse_spec
 from unmask.models.cache import CACHE_MODES
 from unmask.serve.cli import serve_command
@@ -162,6 +170,8 @@ app.command("train")(train_command)
 app.command("eval")(eval_command)
 app.command("compare")(compare_command)
 app.command("trace")(trace_command)
+app.command("sweep")(sweep_command)
+app.command("tune")(tune_command)
 app.command("serve")(serve_command)
 
 

@@ -3,12 +3,15 @@
     app.command("eval")(eval_command)
     app.command("compare")(compare_command)
     app.command("trace")(trace_command)
+    app.command("sweep")(sweep_command)
+    app.command("tune")(tune_command)
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -137,3 +140,145 @@ def trace_command(
                   f"{trace.tokens_per_nfe:.2f} tokens/NFE | early-stop fill {trace.early_stop_filled}[/]")
     console.print("tokens committed per step: " + " ".join(str(c) for c in trace.step_counts), highlight=False)
     console.print(f"[dim]wrote {trace.path}[/]")
+
+
+SWEEP_POLICY_HELP = "Policy to sweep (repeat or comma-separate; default: topk, threshold, factor, frechet)."
+SWEEP_GRID_HELP = ("Knob values of one policy, NAME=V1,V2,... with NAME a policy or its knob (repeat): "
+                   "threshold=0.5,0.7,0.9, factor=0.5,1,2, frechet=0,0.25 (or margin=...), topk=64,128 (steps). "
+                   "Default: tau 0.5-0.99, f 0.25-2, delta 0-0.5, topk steps gen_length/2 and /4.")
+SWEEP_CREDIT_HELP = ("Credit coefficients crossed at each policy's default knob, NAME=V1,V2,... with NAME in "
+                     "alpha, beta, gamma (repeat); 'none': no coefficient grid. Default: alpha=0.3,0.65,1 "
+                     "beta=0.5,0.7,0.9.")
+SWEEP_VARIANTS_HELP = "Credit variants of each parallel rule: plain, credit, credit-adaptive (default: all three)."
+SWEEP_TASK_HELP = "Task (repeat), as in eval: math, code, long, or a benchmark with its local data (gsm8k=PATH)."
+
+
+def _sweep_grid(policies: list[str] | None, grid: list[str] | None, credit_grid: list[str] | None,
+                variants: list[str] | None, cache: str) -> Any:
+    from unmask.eval.sweep import build_grid
+
+    return build_grid(policies or (), grid or (), credit_grid or (), variants or (), cache)
+
+
+def _print_specs(specs: list[Any], n: int, tasks: list[str]) -> None:
+    typer.echo(f"{len(specs)} settings x {len(tasks)} task(s) x {n} examples:")
+    typer.echo(" ".join(s.label for s in specs))
+
+
+@friendly_errors
+def sweep_command(
+    policies: list[str] | None = typer.Option(None, "--policy", "-p", help=SWEEP_POLICY_HELP),
+    grid: list[str] | None = typer.Option(None, "--grid", "-g", help=SWEEP_GRID_HELP),
+    credit_grid: list[str] | None = typer.Option(None, "--credit-grid", help=SWEEP_CREDIT_HELP),
+    variants: list[str] | None = typer.Option(None, "--variants", help=SWEEP_VARIANTS_HELP),
+    cache: str = typer.Option("none", help="KV cache of every swept setting (the topk baseline runs without)."),
+    tasks: list[str] = typer.Option(["math"], "--task", "-t", help=SWEEP_TASK_HELP),
+    out: Path = typer.Option(Path("sweep-out"), "--out", "-o", help="Output folder (records.jsonl, results.*, "
+                             "sweep.json, sweep.md, frontier.png); an interrupted or widened sweep resumes there."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    n: int = typer.Option(512, "--n", "-n", help="Examples per task (0: a benchmark's whole file)."),
+    split: str = typer.Option("dev", help="Split to sweep on: dev (= validation), train, test."),
+    seed: int = typer.Option(0, help="Example-sampling seed."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Prompts decoded together."),
+    gen_length: int = typer.Option(256, "--gen-length", help="Tokens to generate (multiple of block length)."),
+    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
+    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop rows at end-of-text."),
+    drop: float = typer.Option(0.01, "--drop", help="Matched accuracy = baseline accuracy - DROP."),
+    samples: int = typer.Option(1000, "--samples", help="Bootstrap resamples."),
+    boot_seed: int = typer.Option(0, "--boot-seed", help="Bootstrap seed."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Interval level."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the settings and stop."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in --out."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
+) -> None:
+    """Sweep each policy's knob (with and without credit) on a dev split: Pareto fronts, NFE and tokens/s at
+    the baseline's accuracy - 1 point, with bootstrap intervals."""
+    import unmask
+    from unmask.eval.runner import resolve_tasks
+    from unmask.eval.sweep import resolve_split, run_sweep
+    from unmask.eval.sweep_report import print_sweep
+
+    sweep_grid = _sweep_grid(policies, grid, credit_grid, variants, cache)
+    specs = sweep_grid.specs(gen_length, block_length)  # fail on a bad grid before loading anything
+    task_map = resolve_tasks(tasks)
+    resolve_split(split)
+    if dry_run:
+        _print_specs(specs, n, list(task_map))
+        return
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
+    report = run_sweep(lm, sweep_grid, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
+                       gen_length=gen_length, block_length=block_length, early_stop=early_stop, drop=drop,
+                       samples=samples, boot_seed=boot_seed, confidence=confidence, model_name=model,
+                       overwrite=overwrite, progress=progress)
+    print_sweep(report, console=console)
+    console.print(f"[dim]{report.eval.generated} example(s) decoded now; results in {out}/ "
+                  f"({', '.join(p.name for p in report.files.values())})[/]")
+
+
+@friendly_errors
+def tune_command(
+    eps: float = typer.Option(0.01, "--eps", help="Admissible: dev accuracy >= baseline accuracy - EPS on every "
+                              "task; the cheapest (mean NFE / baseline NFE) wins."),
+    policies: list[str] | None = typer.Option(None, "--policy", "-p", help=SWEEP_POLICY_HELP),
+    grid: list[str] | None = typer.Option(None, "--grid", "-g", help=SWEEP_GRID_HELP),
+    credit_grid: list[str] | None = typer.Option(None, "--credit-grid", help=SWEEP_CREDIT_HELP),
+    variants: list[str] | None = typer.Option(None, "--variants", help=SWEEP_VARIANTS_HELP),
+    cache: str = typer.Option("none", help="KV cache of every swept setting (the topk baseline runs without)."),
+    tasks: list[str] = typer.Option(["math"], "--task", "-t", help=SWEEP_TASK_HELP),
+    out: Path = typer.Option(Path("tune-out"), "--out", "-o", help="Output folder: dev/ (the sweep), test/, "
+                             "tune.json, tune.md; resumable."),
+    sweep_dir: Path | None = typer.Option(None, "--sweep-dir", help="Reuse (and complete) this sweep folder "
+                                          "instead of OUT/dev; same grid options and settings."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    n: int = typer.Option(512, "--n", "-n", help="Dev examples per task."),
+    test_n: int | None = typer.Option(None, "--test-n", help="Test examples per task (default: --n)."),
+    dev_split: str = typer.Option("dev", "--dev-split", help="Split to select on: dev (= validation), train."),
+    test_split: str = typer.Option("test", "--test-split", help="Split to report on."),
+    seed: int = typer.Option(0, help="Example-sampling seed."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Prompts decoded together."),
+    gen_length: int = typer.Option(256, "--gen-length", help="Tokens to generate (multiple of block length)."),
+    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
+    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop rows at end-of-text."),
+    samples: int = typer.Option(1000, "--samples", help="Bootstrap resamples."),
+    boot_seed: int = typer.Option(0, "--boot-seed", help="Bootstrap seed."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Interval level."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in the dev and test folders."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
+) -> None:
+    """Pick the spec with the lowest NFE whose dev accuracy is >= baseline - eps, and report it on the test split."""
+    from rich.table import Table
+
+    import unmask
+    from unmask.eval.runner import resolve_tasks
+    from unmask.eval.sweep import resolve_split
+    from unmask.eval.tune import TUNE_COLUMNS, run_tune, summary_rows
+
+    sweep_grid = _sweep_grid(policies, grid, credit_grid, variants, cache)
+    sweep_grid.specs(gen_length, block_length)  # fail on a bad grid before loading anything
+    task_map = resolve_tasks(tasks)
+    resolve_split(dev_split)
+    resolve_split(test_split)
+    if not 0 <= eps < 1:
+        raise ValueError(f"--eps must be in [0, 1) (accuracy, 0.01 = one point), got {eps}")
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
+    report = run_tune(lm, sweep_grid, task_map, out, eps=eps, n=n, test_n=test_n, dev_split=dev_split,
+                      test_split=test_split, sweep_dir=sweep_dir, seed=seed, batch_size=batch_size,
+                      gen_length=gen_length, block_length=block_length, early_stop=early_stop, samples=samples,
+                      boot_seed=boot_seed, confidence=confidence, model_name=model, overwrite=overwrite,
+                      progress=progress)
+    table = Table(title=f"unmask tune: chose {report.selection.spec} (eps {eps:g})")
+    for name in TUNE_COLUMNS:
+        table.add_column(name, justify="left" if name in ("task", "split (n)", "spec") else "right", no_wrap=True)
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"[dim]{report.sweep.eval.generated} dev example(s) decoded now; {out}/tune.md, {out}/tune.json; "
+                  f"sweep in {report.sweep.out_dir}/[/]")

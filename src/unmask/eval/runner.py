@@ -61,6 +61,7 @@ class EvalReport:
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
     generated: int = 0  # examples decoded by this call (the rest came from records.jsonl)
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)  # this grid's records
 
     def row(self, spec: str, task: str) -> dict[str, Any]:
         for r in self.rows:
@@ -198,7 +199,7 @@ def run_eval(
     wanted = {(s.label, name, e.id) for s in spec_list for name, exs in examples.items() for e in exs}
     records = [r for r in read_records(records_path) if record_key(r) in wanted]
     rows = aggregate(records, [s.label for s in spec_list], list(task_map))
-    report = EvalReport(rows=rows, config=config, out_dir=out, generated=generated)
+    report = EvalReport(rows=rows, config=config, out_dir=out, generated=generated, records=records)
     report.files = write_outputs(report, plot=plot)
     return report
 
