@@ -37,8 +37,10 @@ def alone(lm, prompt: str, config: DecodeConfig, max_tokens: int, stop: tuple[st
     return text[: min(cuts)].rstrip() if cuts else text
 
 
-def run_engine(lm, requests, max_batch=4) -> dict[int, list[Update]]:
-    engine = Engine(lm, max_batch=max_batch, max_queue=len(requests)).start()
+def run_engine(lm, requests, max_batch=4, static_window=None) -> dict[int, list[Update]]:
+    engine = Engine(lm, max_batch=max_batch, max_queue=len(requests))
+    engine.static_window = static_window
+    engine.start()
     results: dict[int, list[Update]] = {}
     done = threading.Event()
     lock = threading.Lock()
@@ -87,6 +89,19 @@ def test_mixed_requests_equal_alone(lm):
         usage = updates[-1].usage
         assert usage.prompt_tokens == len(lm.encode_prompts([prompt])[0][0])
         assert 1 <= usage.forwards <= config.gen_length and usage.completion_tokens <= max_tokens
+
+
+def test_static_window_of_every_slot_equals_alone(lm):
+    """The dual-cache window over all slots with static inputs (the body of the CUDA graph on a GPU),
+    forced on the CPU: free slots and refreshing rows ride along without changing anyone's answer."""
+    texts = prompts(4)
+    requests = []
+    for i, (settings, max_tokens) in enumerate(zip(SETTINGS[:4], (40, 24, 33, 64), strict=True)):
+        config = DecodeConfig.create(**{**settings, "cache": "dual"}, gen_length=-(-max_tokens // 32) * 32)
+        requests.append((texts[i], config, max_tokens, ()))
+    results = run_engine(lm, requests, max_batch=3, static_window=True)
+    for key, (prompt, config, max_tokens, _) in enumerate(requests):
+        assert "".join(u.text for u in results[key]) == alone(lm, prompt, config, max_tokens), key
 
 
 def test_stop_strings_and_length(lm):

@@ -152,7 +152,8 @@ class Row:
 class RowBatch:
     """The slots of one decode signature (see the module docstring)."""
 
-    def __init__(self, lm: DiffusionLM, config: DecodeConfig, slots: int, length: int) -> None:
+    def __init__(self, lm: DiffusionLM, config: DecodeConfig, slots: int, length: int,
+                 static_window: bool | None = None) -> None:
         self.lm, self.model = lm, lm.model
         self.signature = batch_signature(config)
         self.policy = config.build_policy()
@@ -172,6 +173,16 @@ class RowBatch:
         self.x: torch.Tensor | None = None
         self.kv: StaticKVCache | None = None
         self.capacity = 0
+        # dual cache: the window step of every slot has the same shapes at every step, so on CUDA it is
+        # captured once in a CUDA graph (per buffer capacity) and replayed; rows feed it through
+        # `window_starts` / `window_lengths`
+        if static_window is None:
+            static_window = device.type == "cuda"
+        self.static_window = static_window and self.cache == "dual"
+        self.window_starts = torch.zeros(slots, dtype=torch.long, device=device)
+        self.window_lengths = torch.ones(slots, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_logits: torch.Tensor | None = None
         self.grow(length)
 
     # ---- slots ---------------------------------------------------------------------------------------
@@ -198,6 +209,7 @@ class RowBatch:
             if kv is not None:
                 kv.kv[..., : self.capacity, :].copy_(self.kv.kv)
         self.x, self.kv, self.capacity = x, kv, capacity
+        self.graph = self.graph_logits = None  # captured over the old buffers
         self.cos, self.sin = model.rotary(torch.arange(capacity, device=device)[None])  # [1, 1, T, hd]
 
     def admit(self, ticket: Ticket) -> None:
@@ -222,16 +234,54 @@ class RowBatch:
         self.rows[slot] = None
 
     # ---- one step of every row -----------------------------------------------------------------------
-    def _window_logits(self, slots: list[int]) -> torch.Tensor:
-        """Logits [hi, BL, V] of each slot's block from a window forward over slots [0, hi) (cached modes)."""
-        hi = max(slots) + 1
-        BL, device, T = self.block_length, self.x.device, self.capacity
-        starts = [0] * hi
-        lengths = [0] * hi
+    def _window_layout(self, hi: int) -> tuple[list[int], list[int]]:
+        """(block start, canvas length) of slots [0, hi); a free slot attends to every column (an all-masked
+        row would write NaN keys/values, which a later row's masked columns would carry into its sums)."""
+        BL = self.block_length
+        starts, lengths = [0] * hi, [self.capacity] * hi
         for i in range(hi):
             row = self.rows[i]
             if row is not None:
                 starts[i], lengths[i] = row.prompt_length + row.block * BL, row.length
+        return starts, lengths
+
+    def _static_window(self) -> torch.Tensor:
+        """Logits [S, BL, V] of every slot's block (dual cache) from the static inputs ``window_starts`` /
+        ``window_lengths``: fixed shapes, no host sync (the body of the captured graph)."""
+        T, BL, device = self.capacity, self.block_length, self.x.device
+        columns = (self.window_starts[:, None] + torch.arange(BL, device=device)).clamp(max=T - 1)
+        key_mask = (torch.arange(T, device=device) < self.window_lengths[:, None])[:, None, None]
+        cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
+        return self.model.forward_window(self.x.gather(1, columns), cos, sin, key_mask, self.kv, columns,
+                                         torch.arange(BL, device=device))
+
+    def _captured_window(self) -> torch.Tensor:
+        """``_static_window`` replayed from a CUDA graph (captured on first use after each buffer growth)."""
+        if self.graph is None:
+            device = self.x.device
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up (the window step is idempotent: same inputs, same writes)
+                for _ in range(2):
+                    self._static_window()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.graph_logits = self._static_window()
+            self.graph = graph
+        self.graph.replay()
+        return self.graph_logits
+
+    def _window_logits(self, slots: list[int]) -> torch.Tensor:
+        """Logits [hi, BL, V] of each slot's block from a window forward over slots [0, hi) (cached modes)."""
+        BL, device, T = self.block_length, self.x.device, self.capacity
+        if self.static_window:
+            starts, lengths = self._window_layout(len(self.rows))
+            self.window_starts.copy_(torch.tensor(starts), non_blocking=True)
+            self.window_lengths.copy_(torch.tensor(lengths), non_blocking=True)
+            return self._captured_window() if device.type == "cuda" else self._static_window()
+        hi = max(slots) + 1
+        starts, lengths = self._window_layout(hi)
         starts_t = torch.tensor(starts, device=device)
         width = BL if self.cache == "dual" else max(lengths[i] - starts[i] for i in slots)
         columns = (starts_t[:, None] + torch.arange(width, device=device)).clamp(max=T - 1)  # T-1: scratch
@@ -266,6 +316,7 @@ class RowBatch:
         rows = [(i, row) for i, row in enumerate(self.rows) if row is not None]
         if not rows:
             return []
+        self.model.compile_kernels(False)  # eager kernels: the shapes of a server step vary
         BL, device = self.block_length, self.x.device
         starts = torch.tensor([0 if r is None else r.prompt_length + r.block * BL for r in self.rows], device=device)
         block_columns = starts[:, None] + torch.arange(BL, device=device)  # [S, BL]
@@ -361,6 +412,7 @@ class Engine:
         self.thread: threading.Thread | None = None
         self.stats = EngineStats()
         self.stop_ids = set(lm.tokenizer.stop_ids)
+        self.static_window: bool | None = None  # None: on CUDA (see RowBatch); True also steps all slots on a CPU
 
     # ---- client side ---------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -446,7 +498,7 @@ class Engine:
         if len(self.batches) >= self.max_batches:
             return None
         length = len(ticket.prompt_ids) + ticket.config.gen_length
-        batch = RowBatch(self.lm, ticket.config, self.max_batch, length)
+        batch = RowBatch(self.lm, ticket.config, self.max_batch, length, self.static_window)
         self.batches[key] = batch
         return batch
 
