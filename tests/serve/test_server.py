@@ -180,3 +180,18 @@ def test_client_disconnect_frees_its_row(server):
     while engine.active_rows and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.active_rows == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--spec", "fastest"], "unknown policy 'fastest'"),
+    (["--port", "0"], "--port must be in 1..65535"),
+    (["--max-batch", "0"], "--max-batch must be >= 1"),
+    (["--model", "/no/such/model"], "does not exist"),
+])
+def test_serve_command_bad_options_are_one_line(args, message):
+    from typer.testing import CliRunner
+
+    from unmask.cli import app
+
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
