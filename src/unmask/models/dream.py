@@ -228,8 +228,8 @@ class DreamModel(nn.Module):
     def _cached_predecessors(
         self, out: torch.Tensor, cache: StaticKVCache, columns: torch.Tensor | None, rows: torch.Tensor
     ) -> torch.Tensor:
-        """Write the window's outputs ``out`` [B, W, d] beside ``cache`` at ``columns``, then read the outputs
-        of the canvas columns just before the window ``rows`` (column 0: its own)."""
+        """Write the window's outputs ``out`` [B, W, d] beside ``cache`` at ``columns``, then read, for each
+        requested window row, the output of the canvas column just before its column (column 0: its own)."""
         outputs = self.cached_outputs(cache)
         if columns is None:
             outputs.copy_(out)
