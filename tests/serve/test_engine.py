@@ -37,7 +37,9 @@ def alone(lm, prompt: str, config: DecodeConfig, max_tokens: int, stop: tuple[st
     return text[: min(cuts)].rstrip() if cuts else text
 
 
-def run_engine(lm, requests, max_batch=4, static_window=None) -> dict[int, list[Update]]:
+def run_engine(lm, requests, max_batch=4, static_window=None, token_prompts=False) -> dict[int, list[Update]]:
+    """Submit ``(prompt, config, max_tokens, stop)`` requests (prompt: text, or token ids with
+    ``token_prompts``) to a fresh engine; every update of each, keyed by request index."""
     engine = Engine(lm, max_batch=max_batch, max_queue=len(requests))
     engine.static_window = static_window
     engine.start()
@@ -59,7 +61,7 @@ def run_engine(lm, requests, max_batch=4, static_window=None) -> dict[int, list[
 
     try:
         for key, (prompt, config, max_tokens, stop) in enumerate(requests):
-            ids = lm.encode_prompts([prompt])[0][0].tolist()
+            ids = prompt if token_prompts else lm.encode_prompts([prompt])[0][0].tolist()
             engine.submit(Ticket(ids, config, max_tokens, sink_for(key), stop))
         assert done.wait(300), f"only {len(results)} of {len(requests)} answers finished"
     finally:

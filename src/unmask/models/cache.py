@@ -49,6 +49,9 @@ class StaticKVCache:
         dtype: torch.dtype, device: torch.device | str,
     ) -> None:
         self.kv = torch.zeros((n_layers, 2, batch, n_kv_heads, length, head_dim), dtype=dtype, device=device)
+        # a model that reads another column's output (Dream's shifted prediction) keeps the last-layer
+        # outputs [batch, length, hidden] here, allocated by the model on first use
+        self.outputs: torch.Tensor | None = None
 
     @classmethod
     def for_model(cls, config, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> StaticKVCache:

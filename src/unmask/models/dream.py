@@ -24,8 +24,6 @@ before it is frozen like its keys and values, as of the block's refresh (docs/de
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -126,7 +124,6 @@ class DreamModel(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.kernels = EAGER_KERNELS
-        self._outputs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> [B, T, d]
 
     @property
     def device(self) -> torch.device:
@@ -154,13 +151,11 @@ class DreamModel(nn.Module):
         return rotary_tables(self.config.head_dim, self.config.rope_theta, positions, table_dtype)
 
     def cached_outputs(self, cache: StaticKVCache) -> torch.Tensor:
-        """The last-layer outputs [B, T, hidden_size] kept beside ``cache`` (allocated on first use, freed with it)."""
-        outputs = self._outputs.get(cache)
-        if outputs is None:
+        """The last-layer outputs [B, T, hidden_size] kept in ``cache.outputs`` (allocated on first use)."""
+        if cache.outputs is None:
             shape = (cache.batch, cache.length, self.config.hidden_size)
-            outputs = torch.zeros(shape, dtype=cache.kv.dtype, device=cache.kv.device)
-            self._outputs[cache] = outputs
-        return outputs
+            cache.outputs = torch.zeros(shape, dtype=cache.kv.dtype, device=cache.kv.device)
+        return cache.outputs
 
     def forward(
         self,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,6 +183,7 @@ class RowBatch:
         self.window_starts = torch.zeros(slots, dtype=torch.long, device=device)
         self.window_lengths = torch.ones(slots, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.capturable = True
         self.graph_logits: torch.Tensor | None = None
         self.grow(length)
 
@@ -208,6 +210,9 @@ class RowBatch:
             x[:, : self.capacity].copy_(self.x)
             if kv is not None:
                 kv.kv[..., : self.capacity, :].copy_(self.kv.kv)
+                if self.kv.outputs is not None:
+                    kv.outputs = self.kv.outputs.new_zeros((S, capacity, self.kv.outputs.shape[-1]))
+                    kv.outputs[:, : self.capacity].copy_(self.kv.outputs)
         self.x, self.kv, self.capacity = x, kv, capacity
         self.graph = self.graph_logits = None  # captured over the old buffers
         self.cos, self.sin = model.rotary(torch.arange(capacity, device=device)[None])  # [1, 1, T, hd]
@@ -256,21 +261,35 @@ class RowBatch:
                                          torch.arange(BL, device=device))
 
     def _captured_window(self) -> torch.Tensor:
-        """``_static_window`` replayed from a CUDA graph (captured on first use after each buffer growth)."""
+        """``_static_window`` replayed from a CUDA graph (captured on first use after each buffer growth);
+        a model whose step cannot be captured (e.g. MoE experts run with host-side sizes) runs it eagerly."""
+        if not self.capturable:
+            return self._static_window()
         if self.graph is None:
-            device = self.x.device
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):  # warm-up (the window step is idempotent: same inputs, same writes)
-                for _ in range(2):
-                    self._static_window()
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.graph_logits = self._static_window()
-            self.graph = graph
+            try:
+                self._capture_window()
+            except Exception as err:  # capture is an optimisation, never a failure
+                warnings.warn(f"serve: CUDA graph capture failed, stepping eagerly ({type(err).__name__}: {err})",
+                              stacklevel=2)
+                self.capturable = False
+                self.graph = self.graph_logits = None
+                return self._static_window()
         self.graph.replay()
         return self.graph_logits
+
+    def _capture_window(self) -> None:
+        """Warm up on a side stream (the window step is idempotent: same inputs, same writes), then capture."""
+        device = self.x.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._static_window()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.graph_logits = self._static_window()
+        self.graph = graph
 
     def _window_logits(self, slots: list[int]) -> torch.Tensor:
         """Logits [hi, BL, V] of each slot's block from a window forward over slots [0, hi) (cached modes)."""
@@ -288,6 +307,7 @@ class RowBatch:
         key_mask = (torch.arange(T, device=device) < torch.tensor(lengths, device=device)[:, None])[:, None, None]
         view = object.__new__(StaticKVCache)
         view.kv = self.kv.kv[:, :, :hi]  # writes go to the slots' own cache
+        view.outputs = None if self.kv.outputs is None else self.kv.outputs[:hi]
         cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
         return self.model.forward_window(self.x[:hi].gather(1, columns), cos, sin, key_mask, view, columns,
                                          torch.arange(BL, device=device))
@@ -309,6 +329,11 @@ class RowBatch:
                                            key_mask, cache, None, block_columns[index])
         if cache is not None:
             self.kv.kv[:, :, index, :, :width] = cache.kv
+            if cache.outputs is not None:  # a model's kept outputs (Dream) travel with the keys/values
+                if self.kv.outputs is None:
+                    self.kv.outputs = cache.outputs.new_zeros((len(self.rows), self.capacity, cache.outputs.shape[-1]))
+                    self.graph = self.graph_logits = None  # the captured window read no outputs buffer
+                self.kv.outputs[index, :width] = cache.outputs
         return logits
 
     def step(self) -> list[tuple[int, Row]]:
