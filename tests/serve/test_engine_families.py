@@ -34,9 +34,14 @@ def checkpoint(family: str, folder):
     return dream_fixtures.write_checkpoint(folder, cfg, dream_fixtures.random_weights(cfg, dtype=torch.float32))
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", ["llada", "llada-moe", "dream"])
-def test_engine_equals_alone_on_each_family(family, tmp_path):
-    lm = unmask.load(checkpoint(family, tmp_path / family), device="cpu", dtype="float32")
+def test_engine_equals_alone_on_each_family(family, device, tmp_path):
+    """On CUDA the dual window of every slot is replayed from a CUDA graph (eager kernels, float32)."""
+    lm = unmask.load(checkpoint(family, tmp_path / family), device=device, dtype="float32", compile=False)
     generator = torch.Generator().manual_seed(0)
     vocab = min(lm.model.config.vocab_size, 90)  # plain word tokens of the fixtures' tokenizers
     requests = []
@@ -49,7 +54,7 @@ def test_engine_equals_alone_on_each_family(family, tmp_path):
     results = run_engine(lm, [(ids, c, m, ()) for ids, c, m in requests], max_batch=3, static_window=True,
                          token_prompts=True)
     for key, (ids, config, max_tokens) in enumerate(requests):
-        out = lm.generate(torch.tensor([ids]), config)
+        out = lm.generate(torch.tensor([ids]), config)  # eager: the load's compile=False
         n = min(int(out.lengths[0]), max_tokens)
         expected = lm.tokenizer.decode(out.tokens[0, :n].tolist(), skip_special_tokens=True).strip()
         assert "".join(u.text for u in results[key]) == expected, (family, key, config)
