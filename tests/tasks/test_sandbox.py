@@ -1,6 +1,45 @@
+import os
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
-from unmask.tasks.sandbox import run_python
+import pytest
+
+from unmask.tasks import sandbox
+from unmask.tasks.sandbox import SandboxRefused, kill_uid, landlock_abi, pids_of_uid, run_python
+
+ROOT = os.geteuid() == 0
+LANDLOCK = landlock_abi()
+root_only = pytest.mark.skipif(not ROOT, reason="per-run uid (and its sweep) needs a root evaluator")
+
+
+def run_uid(r) -> int:
+    return next(int(x.split(":")[1]) for x in r.layers if x.startswith("uid:"))
+
+
+@pytest.fixture
+def world_dir():
+    """A world-writable dir under the system temp dir (traversable by any uid: unlike tmp_path)."""
+    d = Path(tempfile.mkdtemp(prefix="unmask-probe-"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def wait_for(pred, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+# ---------------------------------------------------------------- verdicts and limits
 
 
 def test_passes_and_captures_output():
@@ -35,10 +74,12 @@ def test_timeout_infinite_loop():
 
 
 def test_timeout_sleep_and_children_killed():
-    code = "import subprocess, time\nsubprocess.Popen(['sleep', '30'])\ntime.sleep(30)"
+    code = "import posix, time\nif posix.fork() == 0:\n    time.sleep(30)\ntime.sleep(30)"
     t = time.monotonic()
     r = run_python(code, timeout_s=1.0)
     assert r.status == "timeout" and time.monotonic() - t < 5
+    if ROOT:
+        assert pids_of_uid(run_uid(r)) == []
 
 
 def test_memory_blowup():
@@ -67,7 +108,9 @@ def test_output_flood_is_bounded():
 
 def test_isolated_cwd_and_stdin():
     r = run_python("import os, sys\nassert os.listdir('.') == ['main.py'] or 'main.py' in os.listdir('.')\n"
-                   "assert sys.stdin.read() == ''")
+                   "assert sys.stdin.read() == ''\nopen('scratch.txt', 'w').write('mine')\n"
+                   "assert open('scratch.txt').read() == 'mine'\nos.mkdir('d')\nopen('d/x', 'w').write('y')\n"
+                   "from typing import List\nimport math, re, collections, heapq, hashlib, itertools, functools")
     assert r.passed, r.stderr
 
 
@@ -78,3 +121,296 @@ def test_parallel_calls_from_threads():
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run_python, programs))
     assert [r.passed for r in results] == [bool(i % 2) for i in range(8)]
+    if ROOT:
+        assert len({run_uid(r) for r in results}) == 8  # a fresh uid per run
+
+
+def test_layers_on_this_machine():
+    r = run_python("assert 1")
+    assert r.passed
+    for layer in ("rlimits", "no-new-privs", "reliability-guard", "pgroup-kill"):
+        assert layer in r.layers, r.layers
+    if ROOT:
+        assert {"netns", "ipcns", "tmpfs", "uid-sweep"} <= set(r.layers), r.layers
+        assert run_uid(r) >= 1 << 15 and "socket-blocked" not in r.layers
+    if LANDLOCK:
+        assert "landlock" in r.layers
+    if LANDLOCK >= 4:
+        assert "landlock-net" in r.layers
+    if LANDLOCK >= 6:
+        assert "landlock-scope" in r.layers
+
+
+def test_reliability_guard_inner_layer():
+    r = run_python("import os, shutil, subprocess, builtins\n"
+                   "assert os.kill is None and os.remove is None and os.fork is None and os.system is None\n"
+                   "assert shutil.rmtree is None and subprocess.Popen is None and builtins.help is None\n"
+                   "try:\n    import resource\nexcept ImportError:\n    pass\nelse:\n    raise AssertionError\n")
+    assert r.passed, r.stderr
+
+
+# ---------------------------------------------------------------- hostile probes (files the tests create)
+
+WRITE_PROBE = """
+import posix
+victim, fresh, moved, newdir = {victim!r}, {fresh!r}, {moved!r}, {newdir!r}
+def write(): open(victim, 'w').write('pwned')
+def append(): open(victim, 'a').write('pwned')
+def create(): open(fresh, 'w').write('x')
+probes = [write, append, create, lambda: posix.truncate(victim, 0), lambda: posix.rename(victim, moved),
+          lambda: posix.link(victim, moved), lambda: posix.symlink(victim, moved), lambda: posix.mkdir(newdir),
+          lambda: posix.unlink(victim)]
+for i, probe in enumerate(probes):
+    try:
+        probe()
+        print(i, 'DONE')
+    except OSError as e:
+        print(i, 'denied', e.errno)
+"""
+
+
+def test_probe_write_and_delete_outside(world_dir, monkeypatch):
+    victim = world_dir / "victim.txt"
+    kw = dict(victim=str(victim), fresh=str(world_dir / "fresh"), moved=str(world_dir / "moved"),
+              newdir=str(world_dir / "newdir"))
+    victim.write_text("original")
+    victim.chmod(0o666)  # the dir and the file are world-writable: only Landlock stands in the way
+    if not LANDLOCK:
+        pytest.skip("no Landlock on this kernel: writes to world-writable places are not contained")
+    r = run_python(WRITE_PROBE.format(**kw))
+    assert r.passed, r.stderr
+    assert "landlock" in r.layers
+    assert "DONE" not in r.stdout and r.stdout.count("denied") == 9
+    assert victim.read_text() == "original" and sorted(p.name for p in world_dir.iterdir()) == ["victim.txt"]
+    # control: the same probe without Landlock does get through, so the probe is real
+    monkeypatch.setattr(sandbox, "_SKIP", frozenset({"landlock"}))
+    r = run_python(WRITE_PROBE.format(**kw))
+    assert "landlock" not in r.layers and "DONE" in r.stdout
+
+
+@root_only
+def test_probe_read_secret(world_dir):
+    secret = world_dir / "key.pem"
+    token = "SECRET-" + os.urandom(8).hex()
+    secret.write_text(token)
+    secret.chmod(0o600)
+    code = (f"import posix\nfor read in (lambda: open({str(secret)!r}).read(), "
+            f"lambda: posix.read(posix.open({str(secret)!r}, posix.O_RDONLY), 100).decode()):\n"
+            "    try:\n        print(read())\n    except OSError as e:\n        print('denied', e.errno)\n")
+    r = run_python(code)
+    assert token not in r.stdout and token not in r.stderr
+    assert r.stdout.count("denied 13") == 2
+
+
+def test_probe_network():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.setblocking(False)
+    port, uport = srv.getsockname()[1], udp.getsockname()[1]
+    code = f"""
+import _socket, socket
+def udp(): _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM).sendto(b'hi', ('127.0.0.1', {uport}))
+for label, fn in (('tcp', lambda: _socket.socket().connect(('127.0.0.1', {port}))),
+                  ('tcp2', lambda: socket.create_connection(('127.0.0.1', {port}), timeout=2)), ('udp', udp)):
+    try:
+        fn()
+        print(label, 'CONNECTED')
+    except OSError as e:
+        print(label, 'blocked', e)
+"""
+    try:
+        r = run_python(code)
+        assert "CONNECTED" not in r.stdout and r.stdout.count("blocked") == 3, r.stdout + r.stderr
+        assert select.select([srv], [], [], 0.2)[0] == []  # no connection was ever accepted
+        with pytest.raises(BlockingIOError):
+            udp.recv(10)
+    finally:
+        srv.close()
+        udp.close()
+
+
+def test_probe_network_without_netns(monkeypatch):
+    """Where no network namespace can be made: the socket module is blocked, and Landlock refuses TCP."""
+    monkeypatch.setattr(sandbox, "_SKIP", frozenset({"netns"}))
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    code = ("import socket, _socket\ntry:\n    socket.socket()\nexcept PermissionError:\n    print('module blocked')\n"
+            f"try:\n    _socket.socket().connect(('127.0.0.1', {port}))\n    print('CONNECTED')\n"
+            "except OSError as e:\n    print('tcp blocked', e.errno)\n")
+    try:
+        r = run_python(code)
+        assert "socket-blocked" in r.layers and "netns" not in r.layers and "module blocked" in r.stdout
+        if LANDLOCK >= 4:
+            assert "CONNECTED" not in r.stdout and select.select([srv], [], [], 0.2)[0] == []
+    finally:
+        srv.close()
+
+
+def test_probe_signal_the_evaluator():
+    victim = subprocess.Popen(["sleep", "30"])  # a process of the evaluator's uid that the test owns
+    code = f"""
+import ctypes, os, posix, signal
+libc = ctypes.CDLL(None, use_errno=True)
+for pid in (os.getppid(), {victim.pid}):
+    try:
+        posix.kill(pid, 0)
+        print('SIGNALLED', pid)
+    except OSError as e:
+        print('posix denied', e.errno)
+    print('ctypes', libc.kill(pid, signal.SIGKILL), ctypes.get_errno())
+try:
+    os.kill(os.getppid(), 0)
+except TypeError:
+    print('guarded')
+"""
+    try:
+        r = run_python(code)
+        assert "SIGNALLED" not in r.stdout and r.stdout.count("ctypes -1 1") == 2, r.stdout + r.stderr
+        assert "guarded" in r.stdout
+        assert victim.poll() is None  # still alive
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+ESCAPE = """
+import posix, time
+if posix.fork() == 0:
+    posix.setsid()
+    if posix.fork() == 0:
+        time.sleep(1.5)
+        open({target!r}, 'w').write('escaped')
+        time.sleep(60)
+    posix._exit(0)
+"""
+
+
+@root_only
+def test_probe_setsid_double_fork(world_dir, monkeypatch):
+    """The grandchild leaves the process group; the uid sweep still gets it (Landlock off, or it could not write)."""
+    control, probe = world_dir / "control", world_dir / "probe"
+    monkeypatch.setattr(sandbox, "_SKIP", frozenset({"landlock", "uid-sweep"}))
+    rc = run_python(ESCAPE.format(target=str(control)))
+    monkeypatch.setattr(sandbox, "_SKIP", frozenset({"landlock"}))
+    r = run_python(ESCAPE.format(target=str(probe)))
+    try:
+        assert r.passed and rc.passed and "uid-sweep" in r.layers and "uid-sweep" not in rc.layers
+        assert pids_of_uid(run_uid(r)) == []
+        assert wait_for(control.exists, 4.0)  # without the sweep the escape works
+        assert not wait_for(probe.exists, 4.0 - 1.5)  # (4 s after the probe returned, all told)
+    finally:
+        assert kill_uid(run_uid(rc))
+
+
+FORK_BOMB = """
+import posix, time
+n = 0
+while True:
+    try:
+        pid = posix.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(0.3)
+        while True:
+            try:
+                posix.fork()
+            except OSError:
+                pass
+    n += 1
+print('forked', n, flush=True)
+while True:
+    pass
+"""
+
+
+def test_probe_fork_bomb():
+    t = time.monotonic()
+    r = run_python(FORK_BOMB, timeout_s=1.5)
+    assert r.status == "timeout" and time.monotonic() - t < 8
+    if ROOT:
+        assert int(r.stdout.split("forked")[1].split()[0]) < sandbox._NPROC
+        assert pids_of_uid(run_uid(r)) == []
+    assert run_python("assert 1").passed  # the evaluator is fine
+
+
+FORGE = """
+import os, sys
+loot = []
+for name in os.listdir('.'):
+    try:
+        loot.append(open(name, errors='replace').read())
+    except OSError:
+        pass
+for name in ('/proc/self/cmdline', '/proc/self/environ'):
+    loot.append(open(name, errors='replace').read())
+text = '\\n'.join(loot)
+markers = [w for w in text.replace('\\x00', ' ').replace("'", ' ').split() if 'unmask' in w or 'done' in w]
+payload = ('\\n'.join(markers + ['__unmask_sandbox_done_0__', text[-2000:]]) + '\\n').encode()
+print(text)
+fds = [int(fd) for fd in os.listdir('/proc/self/fd')]
+for fd in sorted(set(range(21)) | set(fds)):
+    try:
+        os.write(fd, payload)
+    except OSError:
+        pass
+sys.stdout.flush()
+os._exit(0)
+assert False
+"""
+
+
+def test_probe_forged_verdict():
+    r = run_python(FORGE)
+    assert not r.passed and r.status == "failed"
+    assert "__unmask_sandbox_done_0__" in r.stdout  # it did print its forgery
+    # also a program that writes junk to every fd and then ends normally does not pass with it
+    r = run_python("import os\nfor fd in range(3, 21):\n    try:\n        os.write(fd, b'x' * 64)\n"
+                   "    except OSError:\n        pass\n")
+    assert not r.passed
+
+
+def test_environment_is_scrubbed(monkeypatch):
+    token = "evaluator-secret-" + os.urandom(6).hex()
+    monkeypatch.setenv("UNMASK_PROBE_TOKEN", token)
+    code = ("import os\nprint(dict(os.environ))\nprint(open('/proc/self/environ').read())\n"
+            "try:\n    print(open(f'/proc/{os.getppid()}/environ').read())\nexcept OSError as e:\n"
+            "    print('parent environ denied', e.errno)\n")
+    r = run_python(code)
+    assert token not in r.stdout and token not in r.stderr
+    assert "parent environ denied" in r.stdout
+    env = eval(r.stdout.split("\n")[0])
+    assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "OMP_NUM_THREADS", "LC_CTYPE", *sandbox._NUMPY_ENV}, env
+
+
+@root_only
+def test_tmpfs_bounds_disk():
+    code = ("n = 0\ntry:\n    while True:\n        open(f'f{n}', 'wb').write(b'x' * (8 << 20))\n        n += 1\n"
+            "except OSError as e:\n    print('full after', n, e.errno)\n")
+    r = run_python(code, timeout_s=10)
+    assert "tmpfs" in r.layers and "full after" in r.stdout
+    assert int(r.stdout.split()[2]) <= sandbox._DISK_MB // 8
+
+
+@root_only
+def test_refuses_root_when_the_uid_switch_fails(monkeypatch):
+    monkeypatch.delenv("UNMASK_SANDBOX_ALLOW_ROOT", raising=False)
+    monkeypatch.setattr(sandbox, "_SKIP", frozenset({"uid-drop"}))
+    with pytest.raises(SandboxRefused, match="refusing to run untrusted code as root.*allow_root=True.*"
+                                             "UNMASK_SANDBOX_ALLOW_ROOT=1"):
+        run_python("open('ran', 'w')")
+    r = run_python("import os\nassert os.geteuid() == 0", allow_root=True)  # the explicit opt-out
+    assert r.passed and "root" in r.layers and not any(x.startswith("uid:") for x in r.layers)
+    monkeypatch.setenv("UNMASK_SANDBOX_ALLOW_ROOT", "1")
+    assert run_python("assert 1").passed
+    monkeypatch.delenv("UNMASK_SANDBOX_ALLOW_ROOT")
+    monkeypatch.setattr(sandbox, "_SKIP", frozenset())
+    monkeypatch.setattr(sandbox, "_pick_ids", lambda: None)  # no unprivileged uid mapped
+    with pytest.raises(SandboxRefused, match="no unprivileged uid"):
+        run_python("assert 1")
+    assert run_python("assert 1", allow_root=True).passed
