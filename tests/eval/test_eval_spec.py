@@ -75,3 +75,37 @@ def test_parse_specs_lists_and_duplicates():
         parse_specs(["factor:1.0", "factor:1"])
     with pytest.raises(ValueError, match="no decoding spec"):
         parse_specs([])
+
+
+def test_credit_coefficients_in_the_spec():
+    spec = parse_spec("threshold:0.9+credit(alpha=0.5, beta=0.9)@dual")
+    assert spec == DecodeSpec("threshold", 0.9, "credit", "dual", (("alpha", 0.5), ("beta", 0.9)))
+    assert spec.label == "threshold:0.9+credit(alpha=0.5,beta=0.9)@dual" and parse_spec(spec.label) == spec
+    assert spec.generate_kwargs()["credit"] == CreditConfig(alpha=0.5, beta=0.9)
+    # canonical: the order of the coefficients does not matter and defaults are dropped
+    assert parse_spec("frechet+credit(gamma=1,alpha=2)").label == "frechet+credit(alpha=2,gamma=1)"
+    assert parse_spec("frechet+credit(alpha=0.65,beta=0.7)") == parse_spec("frechet+credit")
+    assert parse_spec("frechet+credit(alpha=0.65)").generate_kwargs()["credit"] is True
+    # commas inside the parentheses do not separate specs
+    assert [s.label for s in parse_specs("topk, factor:1+credit(alpha=0.3,beta=0.5) frechet:0.1")] == [
+        "topk", "factor:1+credit(alpha=0.3,beta=0.5)", "frechet:0.1"]
+    with pytest.raises(ValueError, match="need credit='credit'"):
+        DecodeSpec("threshold", 0.9, "credit-adaptive", "none", (("alpha", 0.5),))
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("threshold+credit(alpha=x)", "credit alpha must be a number, got 'x'"),
+        ("threshold+credit(delta=1)", "'delta=1' must be NAME=VALUE with NAME in {alpha, beta, gamma}"),
+        ("threshold+credit(alpha=1,alpha=2)", "credit alpha given twice"),
+        ("threshold+credit(beta=2)", "credit beta must be in [0, 1], got 2.0"),
+        ("threshold+credit-adaptive(alpha=1)", "'+credit-adaptive' takes no coefficients"),
+        ("threshold+credit()", "credit coefficient ''"),
+        ("threshold+credit(alpha=1", "bad decoding spec"),
+    ],
+)
+def test_bad_credit_coefficients(text, needle):
+    with pytest.raises(ValueError) as err:
+        parse_spec(text)
+    assert needle in str(err.value) and repr(text) in str(err.value)

@@ -42,9 +42,8 @@ def test_default_grid():
             assert len(swept) == len(values), (policy, suffix)
     # credit's alpha x beta (3 x 3) at the default knob, the default pair being plain +credit
     assert [s for s in specs if s.startswith("threshold:0.9+credit(")] == [
-        "threshold:0.9+credit(alpha=0.3,beta=0.5)", "threshold:0.9+credit(alpha=0.3)",
-        "threshold:0.9+credit(alpha=0.3,beta=0.9)", "threshold:0.9+credit(beta=0.5)", "threshold:0.9+credit(beta=0.9)",
-        "threshold:0.9+credit(alpha=1,beta=0.5)", "threshold:0.9+credit(alpha=1)", "threshold:0.9+credit(alpha=1,beta=0.9)",
+        f"threshold:0.9+credit({c})" for c in ("alpha=0.3,beta=0.5", "alpha=0.3", "alpha=0.3,beta=0.9", "beta=0.5",
+                                                 "beta=0.9", "alpha=1,beta=0.5", "alpha=1", "alpha=1,beta=0.9")
     ]
     assert sum("frechet:0.25+credit(" in s for s in specs) == 8
     assert not any(s.startswith("topk") and "+" in s for s in specs)  # fixed schedules run plain only
