@@ -188,6 +188,21 @@ def test_probe_write_and_delete_outside(world_dir, monkeypatch):
     assert "landlock" not in r.layers and "DONE" in r.stdout
 
 
+def test_probe_read_outside_python_and_system_dirs(world_dir, monkeypatch):
+    """World-readable files outside the system's and Python's dirs (data, home dirs, /tmp) are not readable."""
+    note = world_dir / "notes.txt"
+    note.write_text("world-readable " + os.urandom(8).hex())
+    note.chmod(0o644)
+    code = f"try:\n    print(open({str(note)!r}).read())\nexcept OSError as e:\n    print('denied', e.errno)\n"
+    if LANDLOCK < 1:
+        pytest.skip("no Landlock on this kernel: every world-readable file is readable")
+    r = run_python(code)
+    assert "landlock-read" in r.layers and "denied 13" in r.stdout and note.read_text() not in r.stdout
+    monkeypatch.setattr(sandbox, "_SKIP", frozenset({"landlock-read"}))  # control: the file is readable otherwise
+    r = run_python(code)
+    assert "landlock-read" not in r.layers and note.read_text() in r.stdout
+
+
 @root_only
 def test_probe_read_secret(world_dir):
     secret = world_dir / "key.pem"
@@ -373,6 +388,31 @@ def test_probe_forged_verdict():
     r = run_python("import os\nfor fd in range(3, 21):\n    try:\n        os.write(fd, b'x' * 64)\n"
                    "    except OSError:\n        pass\n")
     assert not r.passed
+
+
+def test_the_issue_forgery_scores_zero_on_the_tasks(tmp_path):
+    """Read the end-of-run marker out of main.py, print it, os._exit(0): scored 1.0 before; now 0."""
+    import gzip
+    import json
+
+    from unmask.tasks import get_task
+    from unmask.tasks.code import CodeTask
+
+    forge = ("    import os, re\n    for m in re.findall(r'__unmask\\w+', open('main.py').read()):\n"
+             "        print(m, flush=True)\n    os._exit(0)\n")
+    task = CodeTask()
+    ex = task.examples("test", 1)[0]
+    header = ex.target.split("\n")[0]
+    assert task.score(ex, ex.target) == 1.0 and task.score(ex, header + "\n" + forge) == 0.0
+    row = {"task_id": "HumanEval/0", "prompt": "def add_all(xs):\n    \"\"\"Sum.\"\"\"\n",
+           "canonical_solution": "    return sum(xs)\n", "entry_point": "add_all",
+           "test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n"}
+    path = tmp_path / "HumanEval.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps(row) + "\n")
+    he = get_task("humaneval", path=path)
+    (ex,) = he.examples("test", 1)
+    assert he.score(ex, row["canonical_solution"]) == 1.0 and he.score(ex, forge) == 0.0
 
 
 def test_environment_is_scrubbed(monkeypatch):

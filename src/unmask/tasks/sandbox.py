@@ -61,6 +61,7 @@ from __future__ import annotations
 import inspect
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -80,7 +81,7 @@ _ERROR_MARKERS = ("SyntaxError", "IndentationError", "TabError", "MemoryError")
 _ALLOW_ROOT_ENV = "UNMASK_SANDBOX_ALLOW_ROOT"
 _NUMPY_ENV = {"OPENBLAS_MAIN_FREE": "1", "GOTOBLAS_MAIN_FREE": "1"}  # set: numpy's import would putenv them
 _SKIP: frozenset[str] = frozenset()  # tests only: layers to leave out ("netns", "tmpfs", "landlock",
-# "uid-sweep") or to make fail ("uid-drop")
+# "landlock-read", "uid-sweep") or to make fail ("uid-drop")
 _IDS_LOCK = threading.Lock()
 _IDS_IN_USE: set[int] = set()  # per-run uids of runs in flight in this process (or whose processes survived)
 
@@ -134,6 +135,8 @@ def _child(argv):  # pragma: no cover - the bootstrap; runs as `python -I -c` in
     with open("main.py", encoding="utf-8") as f:
         source = f.read()
     root = os.geteuid() == 0
+    own_uid, own_gid = os.getuid(), os.getgid()
+    python_path = [path for path in sys.path if os.path.isabs(path)]
     linux = sys.platform.startswith("linux")
     if linux:
         import ctypes
@@ -153,19 +156,13 @@ def _child(argv):  # pragma: no cover - the bootstrap; runs as `python -I -c` in
                     layers.append("ipcns")
                 mountns = libc.unshare(newns) == 0
             elif libc.unshare(newuser | newnet | newipc | newns) == 0:
-                try:  # map our own ids into the new user namespace, then hold no capabilities in it
-                    with open("/proc/self/setgroups", "w") as f:
-                        f.write("deny")
-                    with open("/proc/self/uid_map", "w") as f:
-                        f.write(f"{os.getuid()} {os.getuid()} 1")
-                    with open("/proc/self/gid_map", "w") as f:
-                        f.write(f"{os.getgid()} {os.getgid()} 1")
+                try:  # map our own ids into the new user namespace (its capabilities go after the mounts)
+                    for name, text in (("setgroups", "deny"), ("uid_map", f"{own_uid} {own_uid} 1"),
+                                       ("gid_map", f"{own_gid} {own_gid} 1")):
+                        with open(f"/proc/self/{name}", "w") as f:
+                            f.write(text)
                 except OSError:
                     pass
-                hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-                if libc.capset(hdr, (ctypes.c_uint32 * 6)()) != 0:  # cannot drop them: do not run the code
-                    os.write(2, b"unmask sandbox: could not drop capabilities in the user namespace\n")
-                    os._exit(112)
                 layers += ["userns", "netns", "ipcns"]
                 mountns = True
         if mountns and "tmpfs" not in flags:
@@ -177,6 +174,11 @@ def _child(argv):  # pragma: no cover - the bootstrap; runs as `python -I -c` in
                 with open("main.py", "w", encoding="utf-8") as f:
                     f.write(source)
                 layers.append("tmpfs")
+        if "userns" in layers:  # the namespace's capabilities were for the mounts: drop them all
+            hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+            if libc.capset(hdr, (ctypes.c_uint32 * 6)()) != 0:  # cannot drop them: do not run the code
+                os.write(2, b"unmask sandbox: could not drop capabilities in the user namespace\n")
+                os._exit(112)
         if uid >= 0:  # the new uid cannot walk into a private install (e.g. /root/.pyenv): keep dir fds
             def reachable(path):
                 parts = os.path.realpath(path).split("/")
@@ -201,26 +203,45 @@ def _child(argv):  # pragma: no cover - the bootstrap; runs as `python -I -c` in
             sys.path_importer_cache.clear()
         abi = -1 if "landlock" in flags else libc.syscall(444, None, 0, 1)  # landlock_create_ruleset: ABI
         if abi >= 1:
-            write_file, truncate = 1 << 1, 1 << 14
+            write_file, read_file, read_dir, truncate = 1 << 1, 1 << 2, 1 << 3, 1 << 14
             fs = write_file | sum(1 << b for b in range(4, 13))  # remove dir/file, make char..sym
             fs |= (1 << 13 if abi >= 2 else 0) | (truncate if abi >= 3 else 0)  # refer, truncate
+            reads = read_file | read_dir if "landlock-read" not in flags else 0
             net = 3 if abi >= 4 else 0  # bind/connect TCP: handled, no rule allows them
             scoped = 3 if abi >= 6 else 0  # abstract unix sockets, signals
-            attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
+            attr = (ctypes.c_uint64 * 3)(fs | reads, net, scoped)
             ruleset = libc.syscall(444, ctypes.byref(attr), ctypes.sizeof(attr), 0)
 
             class PathBeneath(ctypes.Structure):
                 _pack_ = 1
                 _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
-            ok = ruleset >= 0
-            for path, access in ((box, fs), ("/dev/null", write_file | (truncate if abi >= 3 else 0))):
-                if ok:
+            def allow(path, access):
+                try:
                     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                    ok = libc.syscall(445, ruleset, 1, ctypes.byref(PathBeneath(access, fd)), 0) == 0
-                    os.close(fd)
+                except OSError:
+                    return False
+                if not os.path.isdir(path):
+                    access &= write_file | read_file | truncate  # the rights a file rule may carry
+                ok = libc.syscall(445, ruleset, 1, ctypes.byref(PathBeneath(access, fd)), 0) == 0
+                os.close(fd)
+                return ok
+
+            ok = ruleset >= 0 and allow(box, fs | reads) and allow("/dev/null", write_file | truncate | reads)
+            if ok and reads:  # reading: the system's dirs and Python's, not home dirs, /tmp, /work, /srv ...
+                for path in ({"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/proc", "/sys",
+                              "/nix/store", "/gnu/store", sys.prefix, sys.base_prefix, sys.exec_prefix,
+                              sys.base_exec_prefix, *python_path}
+                             | {f"/dev/{name}" for name in ("zero", "full", "random", "urandom")}
+                             | {f"/etc/{name}" for name in (
+                                 "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd",
+                                 "group", "nsswitch.conf", "os-release", "mime.types", "locale.alias", "ssl",
+                                 "host.conf", "hosts", "resolv.conf", "gai.conf", "protocols", "services")}):
+                    if os.path.exists(path):
+                        allow(path, reads)
             if ok and libc.syscall(446, ruleset, 0) == 0:  # landlock_restrict_self
-                layers += ["landlock"] + ["landlock-net"] * bool(net) + ["landlock-scope"] * bool(scoped)
+                layers += (["landlock"] + ["landlock-read"] * bool(reads) + ["landlock-net"] * bool(net)
+                           + ["landlock-scope"] * bool(scoped))
             if ruleset >= 0:
                 os.close(ruleset)
     if uid >= 0:
@@ -416,6 +437,25 @@ def kill_uid(uid: int, budget_s: float = 5.0) -> bool:
         time.sleep(0.002)
 
 
+def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Whether `proc` exited within `timeout_s`. Through a pidfd: Popen.wait(timeout) polls with sleeps of
+    up to 50 ms, which noticed most runs' exits tens of ms late."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    finally:
+        os.close(fd)
+
+
 def _drain(fd: int, limit: int = 1 << 16) -> bytes:
     """What is in the pipe now (non-blocking: an escaped process may still hold its write end)."""
     os.set_blocking(fd, False)
@@ -495,9 +535,7 @@ def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 512, *,
                 for fd in (nonce_r, info_w, verdict_w):
                     os.close(fd)
             try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+                timed_out = not _wait(proc, timeout_s)
             finally:
                 try:  # the whole process group: also children the code may have spawned
                     os.killpg(proc.pid, signal.SIGKILL)
