@@ -21,9 +21,12 @@ safe to call from several threads at once) sets up these layers, in order, then 
 - ``tmpfs``: the temp dir is a private 64 MiB tmpfs (mount namespace), so filling the disk or
   inode table is bounded.
 - ``landlock``: a Landlock ruleset (ABI 1+) that forbids every write, create, remove, rename,
-  link and truncate outside the temp dir (and /dev/null); reading stays allowed.
-  ``landlock-net`` (ABI 4+): no TCP bind or connect. ``landlock-scope`` (ABI 6+): no signals to
-  processes outside the sandbox, no abstract unix sockets outside it.
+  link and truncate outside the temp dir (and /dev/null). ``landlock-read``: reading is allowed
+  only in the temp dir, Python's dirs (prefixes and ``sys.path``) and the system's (/usr, /lib*,
+  /bin, /sbin, /proc, /sys, a few /dev nodes and the /etc files the C library and stdlib read), so
+  data, checkpoints, home dirs and /tmp are out of sight. ``landlock-net`` (ABI 4+): no TCP bind
+  or connect. ``landlock-scope`` (ABI 6+): no signals to processes outside the sandbox, no
+  abstract unix sockets outside it.
 - ``uid:<n>`` (evaluator running as root): the child switches to a fresh unprivileged uid/gid
   (no supplementary groups) for this run only. Files of root (0600 keys) become unreadable,
   signalling the evaluator fails with EPERM, ``RLIMIT_NPROC`` bounds a fork bomb, and after the
@@ -31,7 +34,8 @@ safe to call from several threads at once) sets up these layers, in order, then 
   catches ``setsid`` + double-fork escapes. If the switch fails, `run_python` refuses to run the
   code as root (`SandboxRefused`) unless ``allow_root=True`` or ``UNMASK_SANDBOX_ALLOW_ROOT=1``
   (then ``root`` in the layers). An unprivileged evaluator runs the code as its own uid
-  (``same-uid``): no sweep, so a setsid + double-fork child can outlive the run.
+  (``same-uid``); its ``RLIMIT_NPROC`` then counts the run's processes inside a user namespace,
+  else all of the user's processes (set to their number + 64).
 - ``reliability-guard``: OpenAI human-eval's ``reliability_guard`` semantics (destructive
   ``os``/``shutil``/``subprocess`` functions, ``exit``/``quit``/``help`` and a few modules set to
   None). An inner layer against accidents only: ``posix.*``/ctypes get past it.
@@ -43,17 +47,23 @@ bootstrap runs the program with ``exec`` and, only if that returns normally, wri
 a second pipe; the parent needs exactly the nonce there *and* exit status 0. Printing anything,
 writing to any fd, reading every file in reach or exiting early (``os._exit(0)``) cannot pass.
 
+The guard keeps human-eval's side effects: code that needs ``subprocess``, ``os.getcwd`` (so
+``tempfile`` and ``os.path.abspath`` of relative paths) or ``os.putenv`` fails, as it does there.
+
 Not contained:
 - Code that inspects the bootstrap's own memory (frames, ``gc``, /proc/self/mem) can find the
   nonce and forge a pass, and code that games the tests in-process (an object equal to
   everything, patched builtins, ``sys.settrace``) can pass them: the tests share a process with
   the code under test. Scores stay honest for model-written code, not for an adversary.
-- Reading: anything world-readable stays readable (the code can see the host's files, and other
-  processes' command lines in /proc). As the evaluator's own uid (unprivileged evaluator), all of
-  that user's files are readable, and without Landlock writable.
-- Without Landlock (kernel < 5.13 or disabled) a root evaluator's per-run uid can still write to
-  world-writable places (/tmp, /dev/shm); without a network namespace UDP and unix sockets stay
-  reachable past the in-process block; CPU and memory bandwidth are shared with the host.
+- What stays readable: Python's and the system's dirs, /etc/passwd among them, and other
+  processes' command lines in /proc. Without Landlock (kernel < 5.13 or disabled) every
+  world-readable file; as the evaluator's own uid (unprivileged evaluator) also that user's files.
+- Without Landlock a root evaluator's per-run uid can still write to world-writable places (/tmp,
+  /dev/shm), and an unprivileged evaluator's code can write wherever that user can. Without a
+  network namespace, UDP and unix sockets stay reachable past the in-process block. An
+  unprivileged evaluator gets no uid sweep (a setsid + double-fork child can outlive the run) and,
+  without ``landlock-scope``, its code can signal that user's processes, the evaluator included.
+- CPU time, memory bandwidth and page cache are shared with the host; kernel bugs are out of scope.
 """
 
 from __future__ import annotations
@@ -403,7 +413,7 @@ def pids_of_uid(uid: int) -> list[int]:
         if not name.isdigit():
             continue
         try:
-            if os.stat(f"/proc/{name}").st_uid not in (uid, 0):  # /proc/<pid> of a non-dumpable process: root
+            if os.stat(f"/proc/{name}").st_uid not in (uid, 0, 65534):  # non-dumpable: root (or overflow id)
                 continue
             state, uids = _status_of(name)
         except OSError:
@@ -468,8 +478,6 @@ def _drain(fd: int, limit: int = 1 << 16) -> bytes:
             chunks.append(chunk)
     except BlockingIOError:
         pass
-    finally:
-        os.close(fd)
     return b"".join(chunks)
 
 
@@ -521,33 +529,32 @@ def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 512, *,
                    "OMP_NUM_THREADS": "1", **_NUMPY_ENV}
             args = [nonce_r, info_w, verdict_w, memory_mb << 20, int(timeout_s) + 1, _OUTPUT_LIMIT, _NOFILE, _NPROC,
                     uid, uid, _DISK_MB, box, flags]
-            timed_out = False
             try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", _BOOTSTRAP, *map(str, args)], cwd=box, env=env,
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                    pass_fds=(nonce_r, info_w, verdict_w))
-            except BaseException:
+                try:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-I", "-c", _BOOTSTRAP, *map(str, args)], cwd=box, env=env,
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                        pass_fds=(nonce_r, info_w, verdict_w))
+                finally:
+                    for fd in (nonce_r, info_w, verdict_w):
+                        os.close(fd)
+                try:
+                    timed_out = not _wait(proc, timeout_s)
+                finally:
+                    try:  # the whole process group: also children the code may have spawned
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    if uid >= 0 and "uid-sweep" not in skip:  # also those that left the group (setsid)
+                        survivors = not kill_uid(uid)
+                    elif uid >= 0:
+                        survivors = True
+                    proc.wait()
+                info = _drain(info_r).decode("utf-8", errors="replace")
+                verdict = _drain(verdict_r)
+            finally:
                 for fd in (info_r, verdict_r):
                     os.close(fd)
-                raise
-            finally:
-                for fd in (nonce_r, info_w, verdict_w):
-                    os.close(fd)
-            try:
-                timed_out = not _wait(proc, timeout_s)
-            finally:
-                try:  # the whole process group: also children the code may have spawned
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                if uid >= 0 and "uid-sweep" not in skip:  # also those that left the group (setsid)
-                    survivors = not kill_uid(uid)
-                elif uid >= 0:
-                    survivors = True
-                proc.wait()
-            info = _drain(info_r).decode("utf-8", errors="replace")
-            verdict = _drain(verdict_r)
             stdout, stderr = _tail(out, _TAIL), _tail(err, _TAIL)
     finally:
         if uid >= 0 and not survivors:
