@@ -118,9 +118,11 @@ def test_parallel_calls_from_threads():
     from concurrent.futures import ThreadPoolExecutor
 
     programs = [f"assert {i} * 2 == {2 * i}" if i % 2 else f"assert {i} == -1" for i in range(8)]
+    fds = len(os.listdir("/proc/self/fd"))
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run_python, programs))
     assert [r.passed for r in results] == [bool(i % 2) for i in range(8)]
+    assert len(os.listdir("/proc/self/fd")) == fds  # no pipe or pidfd left open
     if ROOT:
         assert len({run_uid(r) for r in results}) == 8  # a fresh uid per run
 
@@ -313,11 +315,12 @@ def test_probe_setsid_double_fork(world_dir, monkeypatch):
     rc = run_python(ESCAPE.format(target=str(control)))
     monkeypatch.setattr(sandbox, "_SKIP", frozenset({"landlock"}))
     r = run_python(ESCAPE.format(target=str(probe)))
+    returned = time.monotonic()
     try:
         assert r.passed and rc.passed and "uid-sweep" in r.layers and "uid-sweep" not in rc.layers
         assert pids_of_uid(run_uid(r)) == []
         assert wait_for(control.exists, 4.0)  # without the sweep the escape works
-        assert not wait_for(probe.exists, 4.0 - 1.5)  # (4 s after the probe returned, all told)
+        assert not wait_for(probe.exists, returned + 4.0 - time.monotonic())  # 4 s after the probe returned
     finally:
         assert kill_uid(run_uid(rc))
 
