@@ -26,7 +26,7 @@ from unmask.models.qwen2_tokenizer import has_vocab_merges, qwen2_tokenizer
 MASK_TOKEN = "<|mdm_mask|>"
 EOS_TOKEN = "<|endoftext|>"  # also the padding token (LLaDA pads SFT answers with it)
 EOT_TOKEN = "<|eot_id|>"
-END_OF_TURN_TOKENS = (EOT_TOKEN, "<|im_end|>")  # LLaDA's, then Qwen2/Dream's: the first the vocabulary has
+END_OF_TURN_TOKENS = (EOT_TOKEN, "<|im_end|>", "<|role_end|>")  # LLaDA, Qwen2/Dream, LLaDA-MoE: the first found
 BOS_TOKEN = "<|startoftext|>"
 START_HEADER_TOKEN = "<|start_header_id|>"
 END_HEADER_TOKEN = "<|end_header_id|>"
