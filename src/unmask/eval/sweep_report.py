@@ -161,10 +161,9 @@ def print_sweep(report: SweepReport, console: Any = None) -> None:
             f"{t.target:.3f} (baseline - {drop:g}); [{100 * report.settings['confidence']:.0f}% interval] paired "
             "bootstrap; details in sweep.md"))
         for name in ("family", "cheapest at a*", "NFE at a*", "NFE speedup", "tokens/s ratio", "reached"):
-            table.add_column(name, justify="left" if name in ("family", "cheapest at a*") else "right",
-                             no_wrap=True)
+            table.add_column(name, justify="left" if name in ("family", "cheapest at a*") else "right")
         for fam in sorted(t.families, key=lambda f: (f.nfe is None, f.nfe or 0.0)):
-            table.add_row(fam.family, fam.best or "-", with_ci(fam.nfe, fam.nfe_ci),
+            table.add_row(fam.family, fam.best or "-", _f(fam.nfe) if fam.nfe is not None else "not reached",
                           with_ci(fam.nfe_speedup, fam.nfe_speedup_ci, 2, "x"),
                           with_ci(fam.tokens_per_s_ratio, fam.tokens_per_s_ratio_ci, 2, "x"),
                           f"{100 * fam.reached:.0f}%")
