@@ -15,10 +15,11 @@ from unmask.decoding.config import DecodeConfig
 from unmask.decoding.loop import DecodeResult, decode, resolve_compile
 from unmask.decoding.scorers import Scorer
 from unmask.models.llada import LLaDAModel
-from unmask.models.loading import load_model, resolve_model_path
+from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device, resolve_model_path
 from unmask.models.tokenizer import Tokenizer
 
 EMBEDDED_MODEL = "testbed"
+RANDOM_PREFIX = "random:"  # unmask.load("random:llada-8b"): a benchmark model, see random_weights_lm
 
 
 def embedded_model_path() -> Path:
@@ -150,8 +151,10 @@ def load(
     The projections are fused for inference (q/k/v and gate/up one matmul each; the checkpoint layout
     is unchanged). ``compile``: default of ``generate(compile=...)``: ``None`` = CUDA graphs and
     ``torch.compile`` on a CUDA device, eager on the CPU; ``"exact"`` = CUDA graphs over the eager
-    kernels; ``False`` = eager.
+    kernels; ``False`` = eager. ``"random:SHAPE"`` (benchmarks only): ``random_weights_lm``.
     """
+    if isinstance(path_or_id, str) and path_or_id.startswith(RANDOM_PREFIX):
+        return random_weights_lm(path_or_id.removeprefix(RANDOM_PREFIX), device=device, dtype=dtype, compile=compile)
     if path_or_id is None:
         path_or_id = embedded_model_path()
         if not (Path(path_or_id) / "config.json").is_file():
@@ -161,3 +164,26 @@ def load(
     resolve_compile(compile, model.device)  # a bad mode fails here, not at the first generate
     tokenizer = Tokenizer.from_pretrained(folder, mask_token_id=model.config.mask_token_id)
     return DiffusionLM(model, tokenizer, folder, compile=compile)
+
+
+def random_weights_lm(
+    shape: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    compile: bool | str | None = None,
+) -> DiffusionLM:
+    """Benchmarks only: a model of a named shape (``unmask bench --random-weights``: llada-8b, dream-7b, ...)
+    with N(0, 0.02) weights drawn from seed 0 (the same model in every process) and the embedded model's
+    tokenizer. Its texts are noise and its accuracy means nothing; its speed is the real shape's."""
+    from unmask.eval.speed import SHAPES
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown random-weight shape {shape!r} (allowed: {', '.join(SHAPES)})")
+    dev = resolve_device(device)
+    model = random_model(SHAPES[shape], dtype=parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda"
+                                                                      else torch.float32), device=dev)
+    model.fuse_projections()
+    resolve_compile(compile, model.device)
+    tokenizer = Tokenizer.from_pretrained(embedded_model_path(), mask_token_id=model.config.mask_token_id)
+    return DiffusionLM(model, tokenizer, compile=compile)

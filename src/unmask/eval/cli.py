@@ -19,6 +19,7 @@ from rich.console import Console
 from unmask.cli_errors import friendly_errors
 from unmask.decoding.loop import COMPILE_MODES
 from unmask.eval.compare import COMPARE_SPECS
+from unmask.eval.distributed import is_main
 from unmask.eval.spec import SPEC_FORMS
 
 console = Console()
@@ -76,6 +77,8 @@ def eval_command(
     report = run_eval(lm, spec_list, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop,
                       temperature=temperature, model_name=model, overwrite=overwrite, progress=progress)
+    if not is_main():  # torchrun: rank 0 prints
+        return
     print_report(report, console=console, title=f"unmask eval: {model or 'embedded testbed model'}")
     console.print(f"[dim]{report.generated} example(s) decoded now; results in {out}/ "
                   f"({', '.join(p.name for p in report.files.values())})[/]")
@@ -207,13 +210,16 @@ def sweep_command(
     task_map = resolve_tasks(tasks)
     resolve_split(split)
     if dry_run:
-        _print_specs(specs, n, list(task_map))
+        if is_main():
+            _print_specs(specs, n, list(task_map))
         return
     lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
     report = run_sweep(lm, sweep_grid, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                        gen_length=gen_length, block_length=block_length, early_stop=early_stop, drop=drop,
                        samples=samples, boot_seed=boot_seed, confidence=confidence, model_name=model,
                        overwrite=overwrite, progress=progress)
+    if not is_main():
+        return
     print_sweep(report, console=console)
     console.print(f"[dim]{report.eval.generated} example(s) decoded now; results in {out}/ "
                   f"({', '.join(p.name for p in report.files.values())})[/]")
@@ -274,6 +280,8 @@ def tune_command(
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop, samples=samples,
                       boot_seed=boot_seed, confidence=confidence, model_name=model, overwrite=overwrite,
                       progress=progress)
+    if not is_main():
+        return
     table = Table(title=f"unmask tune: chose {report.selection.spec} (eps {eps:g})")
     for name in TUNE_COLUMNS:
         table.add_column(name, justify="left" if name in ("task", "split (n)", "spec") else "right", no_wrap=True)

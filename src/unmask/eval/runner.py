@@ -4,7 +4,8 @@ For each (spec, task) the examples are decoded in batches and scored; each finis
 appended at once to ``<out>/records.jsonl`` (``eval/records.py``), so a crash loses no finished result
 and a rerun skips what is done. Aggregates, tables and the Pareto plot are always recomputed from the
 records (``eval/report.py``): accuracy, mean NFE per row, tokens/NFE, tokens/s, latencies, speedups
-against the ``topk`` baseline.
+against the ``topk`` baseline. Under torchrun each rank decodes its share of the batches
+(``eval/distributed.py``) into its own records file, and rank 0 writes the merged outputs.
 
 Outputs: ``run.json`` (the decode settings; a rerun with other settings is refused),
 ``records.jsonl``, ``results.json`` (aggregates + config), ``results.md``, ``pareto.png``.
@@ -22,7 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from unmask.decoding.loop import check_lengths
-from unmask.eval.records import RECORDS, RUN_KEYS, RecordWriter, check_run_file, read_records, record_key
+from unmask.eval.distributed import Shard, current_shard
+from unmask.eval.records import (
+    RUN_KEYS,
+    RecordWriter,
+    RunLock,
+    check_run_file,
+    check_shared,
+    fold_records,
+    rank_records_path,
+    read_run_records,
+    record_key,
+)
 from unmask.eval.report import aggregate, write_outputs
 from unmask.eval.spec import DecodeSpec, parse_specs
 from unmask.tasks.base import Example, Task
@@ -60,7 +72,7 @@ class EvalReport:
     config: EvalConfig
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
-    generated: int = 0  # examples decoded by this call (the rest came from records.jsonl)
+    generated: int = 0  # examples decoded by this call, all ranks together (the rest came from the records)
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)  # this grid's records
 
     def row(self, spec: str, task: str) -> dict[str, Any]:
@@ -131,9 +143,10 @@ def run_eval(
     """Decode ``n`` examples of each task's ``split`` with every spec on ``lm`` (a ``DiffusionLM``);
     ``n=0`` takes a benchmark's whole file.
 
-    Finished (spec, task, example) records in ``out_dir/records.jsonl`` are reused, so an
-    interrupted run resumes where it stopped. Returns the aggregates (also written to
-    ``results.json``, ``results.md`` and ``pareto.png``).
+    Finished (spec, task, example) records in ``out_dir`` are reused, so an interrupted run resumes
+    where it stopped (with any number of processes). Returns the aggregates (also written to
+    ``results.json``, ``results.md`` and ``pareto.png``). Under torchrun every rank calls this with the
+    same arguments and decodes its share of the batches; every rank returns the merged report.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0 examples per task (0: all, benchmarks only), got {n}")
@@ -145,16 +158,16 @@ def run_eval(
     task_map = resolve_tasks(tasks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    shard = current_shard(getattr(lm, "device", None))
     if model_name is None:
         model_name = str(getattr(lm, "path", None) or "embedded")
+    device = str(getattr(lm, "device", ""))
     config = EvalConfig(
         specs=[s.label for s in spec_list], tasks=list(task_map), n=n, split=split, seed=seed, batch_size=batch_size,
         gen_length=gen_length, block_length=block_length, early_stop=early_stop, temperature=temperature, chat=chat,
-        model=model_name, device=str(getattr(lm, "device", "")),
+        model=model_name, device=device if shard.world == 1 else f"{device.split(':')[0]} x{shard.world}",
         dtype=str(getattr(getattr(lm, "model", None), "dtype", "")),
     )
-    check_run_file(out, config.run_identity(), overwrite)
-
     examples = {name: task.examples(split, n, seed) for name, task in task_map.items()}
     for name, exs in examples.items():
         if not exs:
@@ -162,29 +175,26 @@ def run_eval(
         ids = [e.id for e in exs]
         if len(set(ids)) != len(ids):
             raise ValueError(f"task {name!r} has duplicate example ids; records need unique ids")
-    records_path = out / RECORDS
-    done = {record_key(r) for r in read_records(records_path)}
-    plan: list[tuple[DecodeSpec, str, list[tuple[int, Example]]]] = []
-    for spec in spec_list:
-        for name, exs in examples.items():
-            pending = [(i, e) for i, e in enumerate(exs) if (spec.label, name, e.id) not in done]
-            if pending:
-                plan.append((spec, name, pending))
-    total = sum(len(p) for _, _, p in plan)
 
-    generated = 0
-    if total:
-        if warmup:
-            first = plan[0][2][0][1]
-            lm.generate([first.prompt], policy="threshold", gen_length=block_length, block_length=block_length,
-                        early_stop=early_stop, chat=chat)
-        writer = RecordWriter(records_path)
-        try:
-            with _progress(progress, total) as bar:
-                for spec, name, pending in plan:
-                    bar.describe(f"{spec.label} / {name}")
-                    for start in range(0, len(pending), batch_size):
-                        batch = pending[start:start + batch_size]
+    lock, done = open_folder(out, shard, config, overwrite)
+    try:
+        batches: list[tuple[DecodeSpec, str, list[tuple[int, Example]]]] = []
+        for spec in spec_list:
+            for name, exs in examples.items():
+                pending = [(i, e) for i, e in enumerate(exs) if (spec.label, name, e.id) not in done]
+                batches += [(spec, name, pending[k:k + batch_size]) for k in range(0, len(pending), batch_size)]
+        mine = shard.take(batches)  # batch j to rank j % world: a single process's batches, dealt out
+        generated = 0
+        if mine:
+            if warmup:
+                first = mine[0][2][0][1]
+                lm.generate([first.prompt], policy="threshold", gen_length=block_length, block_length=block_length,
+                            early_stop=early_stop, chat=chat)
+            writer = RecordWriter(rank_records_path(out, shard.rank, shard.world))
+            try:
+                with _progress(progress and shard.main, sum(len(b) for _, _, b in mine)) as bar:
+                    for spec, name, batch in mine:
+                        bar.describe(f"{spec.label} / {name}")
                         records = decode_batch(lm, spec, name, task_map[name], batch, gen_length=gen_length,
                                                block_length=block_length, early_stop=early_stop,
                                                temperature=temperature, chat=chat, seed=seed)
@@ -193,15 +203,54 @@ def run_eval(
                         bar.advance(len(records))
                         if on_batch is not None:
                             on_batch(records)
-        finally:
-            writer.close()
+            finally:
+                writer.close()
+        generated = sum(shard.gather(generated))  # also waits for every rank's records
+        if shard.main:
+            specs_at = {s.label: k for k, s in enumerate(spec_list)}
+            tasks_at = {name: k for k, name in enumerate(task_map)}
+            fold_records(out, lambda r: (specs_at.get(r["spec"], len(specs_at)), r["spec"],
+                                         tasks_at.get(r["task"], len(tasks_at)), r["task"], r.get("index", 0)))
+        shard.barrier()
 
-    wanted = {(s.label, name, e.id) for s in spec_list for name, exs in examples.items() for e in exs}
-    records = [r for r in read_records(records_path) if record_key(r) in wanted]
-    rows = aggregate(records, [s.label for s in spec_list], list(task_map))
-    report = EvalReport(rows=rows, config=config, out_dir=out, generated=generated, records=records)
-    report.files = write_outputs(report, plot=plot)
+        wanted = {(s.label, name, e.id) for s in spec_list for name, exs in examples.items() for e in exs}
+        records = [r for r in read_run_records(out) if record_key(r) in wanted]
+        rows = aggregate(records, [s.label for s in spec_list], list(task_map))
+        report = EvalReport(rows=rows, config=config, out_dir=out, generated=generated, records=records)
+        if shard.main:
+            report.files = write_outputs(report, plot=plot)
+        shard.barrier()  # every rank returns with the outputs on disk
+    finally:
+        if lock is not None:
+            lock.release()
     return report
+
+
+def open_folder(out: Path, shard: Shard, config: EvalConfig, overwrite: bool,
+                ) -> tuple[RunLock | None, set[tuple[str, str, str]]]:
+    """Rank 0 locks ``out``, checks or writes ``run.json`` and reads the finished records' keys, which every
+    rank receives; the other ranks check that they see the same folder. Any rank's error is raised on all."""
+    lock, done, token, error = None, set(), "", None
+    if shard.main:
+        try:
+            lock = RunLock(out)
+            token = lock.token
+            check_run_file(out, config.run_identity(), overwrite)
+            done = {record_key(r) for r in read_run_records(out)}
+        except (ValueError, OSError) as err:
+            if lock is not None:
+                lock.release()
+            if shard.world == 1:
+                raise
+            error = str(err)
+    done, token = shard.broadcast((done, token))
+    try:
+        shard.raise_any(error or (None if shard.main else check_shared(out, token)))
+    except ValueError:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock, done
 
 
 def decode_batch(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from unmask.decoding.policies import REGISTRY
+from unmask.eval.distributed import barrier, is_main
 from unmask.eval.frontier import (
     at_accuracy,
     bootstrap_counts,
@@ -439,5 +440,7 @@ def run_sweep(
     frontiers = analyze(report.records, [s.label for s in specs], list(task_map), drop=drop, samples=samples,
                         seed=boot_seed, confidence=confidence)
     sweep = SweepReport(eval=report, tasks=frontiers, settings=settings, out_dir=Path(out_dir))
-    sweep.files = {**report.files, **write_sweep_outputs(sweep, plot=plot)}
+    if is_main():  # torchrun: rank 0 writes, every rank returns with the files on disk
+        sweep.files = {**report.files, **write_sweep_outputs(sweep, plot=plot)}
+    barrier()
     return sweep

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from unmask.eval.distributed import barrier, is_main
 from unmask.eval.frontier import TOL, bootstrap_counts, percentile_ci, resampled_mean, resampled_ratio
 from unmask.eval.runner import resolve_tasks, run_eval
 from unmask.eval.spec import DecodeSpec
@@ -185,7 +186,9 @@ def run_tune(
                 "gen_length": gen_length, "block_length": block_length, "model": sweep.eval.config.model,
                 "sweep_dir": str(sweep.out_dir), "test_dir": str(out / "test")}
     tune = TuneReport(selection=choice, sweep=sweep, dev=dev_cmp, test=test_cmp, settings=settings, out_dir=out)
-    tune.files = write_tune_outputs(tune)
+    if is_main():  # torchrun: rank 0 writes
+        tune.files = write_tune_outputs(tune)
+    barrier()
     return tune
 
 

@@ -147,9 +147,12 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA if available, else the CPU; a named device must exist here."""
+    """``None``/``"auto"``: CUDA if available, else the CPU; a named device must exist here. Under torchrun
+    (``LOCAL_RANK`` set) an unnumbered ``cuda`` is ``cuda:LOCAL_RANK``: one GPU per process."""
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = "cuda"
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
@@ -159,6 +162,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (use cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        local_rank = os.environ.get("LOCAL_RANK", "")
+        if device.index is None and local_rank.isdigit():  # torchrun: one GPU per process of a node
+            device = torch.device("cuda", int(local_rank) % torch.cuda.device_count())
     elif device.type not in ("cpu", "meta"):
         raise ValueError(f"device {str(device)!r} is not supported (allowed: cpu, cuda, cuda:N, auto)")
     return device
