@@ -9,8 +9,8 @@ Then the chosen spec and the baseline are decoded on the test split (disjoint ex
 compared there with a paired bootstrap (``compare``): accuracy and its interval, the accuracy
 difference to the baseline, NFE and the NFE speedup, tokens/s.
 
-Layout of ``out``: ``dev/`` (the sweep; another folder with ``sweep_dir``), ``test/`` (an eval run),
-``tune.json``, ``tune.md``.
+Layout of ``out``: ``dev/`` (the sweep, its matched accuracy at baseline - eps; another folder with
+``sweep_dir``, whose records are reused), ``test/`` (an eval run), ``tune.json``, ``tune.md``.
 """
 
 from __future__ import annotations
