@@ -215,3 +215,13 @@ def test_torchrun_sweep_equals_one_process(lm, tmp_path):
     assert timing_free(two["tasks"]) == timing_free(ours["tasks"]) and len(one.eval.records) == 8
     assert decoded(lines(tmp_path / "two" / RECORDS)) == decoded(lines(tmp_path / "one" / RECORDS))
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
+
+
+def test_random_weight_model_for_benchmarks():
+    lm = unmask.load("random:llada-tiny", device="cpu")  # what gpu_distributed.sh times at the 8B shape
+    out = lm.generate(["hello"], gen_length=16, block_length=16, policy="threshold", early_stop=False)
+    assert out.nfe >= 1 and out.tokens.shape == (1, 16)
+    again = unmask.load("random:llada-tiny", device="cpu")  # the same weights in every process
+    assert all(torch.equal(a, b) for a, b in zip(lm.model.parameters(), again.model.parameters(), strict=True))
+    with pytest.raises(ValueError, match="unknown random-weight shape 'llada-9b'"):
+        unmask.load("random:llada-9b")
