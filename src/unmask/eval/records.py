@@ -151,7 +151,7 @@ class RunLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             holder = os.read(self.fd, 200).decode(errors="replace").split(" token ")[0].strip()
             os.close(self.fd)
             raise ValueError(f"{out_dir} is in use by another unmask run ({holder or 'unknown process'}); wait for "
