@@ -157,6 +157,9 @@ class RunLock:
             raise ValueError(f"{out_dir} is in use by another unmask run ({holder or 'unknown process'}); wait for "
                              "it to finish or use another output folder (under torchrun, every rank of one job "
                              "shares it)") from None
+        except OSError:  # no locks on this filesystem, ...
+            os.close(self.fd)
+            raise
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()} token {self.token}\n".encode())
         os.fsync(self.fd)
