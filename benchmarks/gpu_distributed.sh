@@ -47,7 +47,7 @@ run() {
 }
 
 SWEEP_ARGS=(sweep -p threshold,factor -g threshold=0.5,0.7,0.9 -g factor=1,2 --variants plain,credit
-            --credit-grid none -t math -t code -n "${SWEEP_N:-512}" -b "${SWEEP_BATCH:-64}"
+            --credit-grid none -t math -t code -n "${SWEEP_N:-256}" -b "${SWEEP_BATCH:-64}"
             --gen-length "${SWEEP_GEN:-256}"
             --samples 200)
 GRID_ARGS=(eval -m "random:${SHAPE:-llada-8b}" -s topk@dual -s threshold:0.9@dual -t math -n "${GRID_N:-256}"
