@@ -384,7 +384,7 @@ assert False
 
 
 def test_probe_forged_verdict():
-    r = run_python(FORGE)
+    r = run_python(FORGE, timeout_s=30.0)  # a loaded machine must not turn it into a timeout
     assert not r.passed and r.status == "failed"
     assert "__unmask_sandbox_done_0__" in r.stdout  # it did print its forgery
     # also a program that writes junk to every fd and then ends normally does not pass with it
