@@ -284,7 +284,7 @@ def tune_command(
         return
     table = Table(title=f"unmask tune: chose {report.selection.spec} (eps {eps:g})")
     for name in TUNE_COLUMNS:
-        table.add_column(name, justify="left" if name in ("task", "split (n)", "spec") else "right", no_wrap=True)
+        table.add_column(name, justify="left" if name in ("task", "split (n)", "spec") else "right")
     for row in summary_rows(report):
         table.add_row(*row)
     console.print(table)
