@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -67,12 +68,12 @@ class DiffusionLM:
             prompts = [prompts]
         if not isinstance(prompts, (list, tuple)):
             raise ValueError(f"prompts must be a string, a list of strings or a token tensor, got "
-                             f"{type(prompts).__name__}")
+                             f"{type(prompts).__name__} {reprlib.repr(prompts)}")
         if not prompts:
             raise ValueError("prompts is empty: give at least one prompt")
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"prompt {i} is empty or not a string: {prompt!r}")
+                raise ValueError(f"prompt {i} is empty or not a string: {reprlib.repr(prompt)}")
         if chat:
             prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         return self.tokenizer.batch_encode(prompts, device=self.device)

@@ -10,8 +10,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from unmask.cli_errors import friendly_errors
+from unmask.cli_errors import OneLineErrorsGroup, friendly_errors
+from unmask.decoding.config import DecodeConfig
 from unmask.decoding.credit import CreditConfig
+from unmask.decoding.loop import check_lengths
 from unmask.decoding.policies import POLICY_NAMES, REGISTRY
 from unmask.eval.cli import (
     COMPILE_HELP,
@@ -25,9 +27,11 @@ from unmask.eval.cli import (
 from unmask.eval.spec import SPEC_FORMS, parse_spec
 from unmask.models.cache import CACHE_MODES
 from unmask.serve.cli import serve_command
+from unmask.threads import THREADS_HELP, set_cpu_threads
 from unmask.train.cli import train_command
 
 app = typer.Typer(
+    cls=OneLineErrorsGroup,  # click's usage errors on one line too
     add_completion=False,
     no_args_is_help=True,
     help="unmask: fast decoding for diffusion language models (LLaDA). Without --model, the embedded "
@@ -80,8 +84,19 @@ def parse_knobs(items: list[str]) -> dict[str, str]:
     return knobs
 
 
-def build_credit(credit: bool, alpha: float, beta: float, gamma: float, adaptive: bool) -> CreditConfig | None:
-    return CreditConfig(alpha=alpha, beta=beta, gamma=gamma, adaptive=adaptive) if credit else None
+def build_credit(credit: bool, alpha: float | None, beta: float | None, gamma: float | None,
+                 adaptive: bool) -> CreditConfig | None:
+    """The ``--credit`` options as a ``CreditConfig``; a coefficient given without ``--credit`` is an error."""
+    given = {name: value for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)) if value is not None}
+    if not credit:
+        stray = [f"--credit-{name} {value}" for name, value in given.items()] + ["--credit-adaptive"] * adaptive
+        if stray:
+            raise ValueError(f"{', '.join(stray)} given without --credit; add --credit or drop it")
+        return None
+    if adaptive and given:
+        raise ValueError(f"--credit-adaptive sets the coefficients itself; drop "
+                         f"{', '.join(f'--credit-{name} {value}' for name, value in given.items())}")
+    return CreditConfig(**given, adaptive=adaptive)
 
 
 @app.command()
@@ -103,9 +118,9 @@ def generate(
     ),
     cache: str = typer.Option("none", help=f"KV cache: {', '.join(CACHE_MODES)}."),
     credit: bool = typer.Option(False, "--credit/--no-credit", help="Fuse CreditDecoding trace credits."),
-    credit_alpha: float = typer.Option(0.65, "--credit-alpha"),
-    credit_beta: float = typer.Option(0.7, "--credit-beta"),
-    credit_gamma: float = typer.Option(0.2, "--credit-gamma"),
+    credit_alpha: float | None = typer.Option(None, "--credit-alpha", help="Credit weight alpha (default 0.65)."),
+    credit_beta: float | None = typer.Option(None, "--credit-beta", help="Credit decay beta (default 0.7)."),
+    credit_gamma: float | None = typer.Option(None, "--credit-gamma", help="Credit exponent gamma (default 0.2)."),
     credit_adaptive: bool = typer.Option(False, "--credit-adaptive", help="Parameter-free credit variant."),
     temperature: float = typer.Option(0.0, help="Gumbel sampling temperature (0: greedy)."),
     scorer: str = typer.Option("confidence", help="confidence, margin, entropy or random."),
@@ -120,17 +135,20 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per prompt."),
     compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
     no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the responses: no progress bar, no summary."),
 ) -> None:
     """Generate responses with any commit policy, cache mode and credit fusion."""
     import unmask
 
+    check_lengths(gen_length, block_length)  # before the progress bar divides one by the other
     knobs = parse_knobs(knob or [])
     for name, value in (("steps", steps), ("threshold", threshold), ("factor", factor), ("margin", margin)):
         if value is not None:
             if name in knobs:
                 raise ValueError(f"--{name} and --knob {name}=... both given; give one")
             knobs[name] = value
-    decoding = {"policy": policy or "topk", "cache": cache,
+    decoding = {"policy": "topk" if policy is None else policy, "cache": cache,
                 "credit": build_credit(credit, credit_alpha, credit_beta, credit_gamma, credit_adaptive) or False,
                 **knobs}
     if spec is not None:
@@ -140,10 +158,14 @@ def generate(
             raise ValueError(f"give either --spec or {', '.join(given)}, not both")
         decoding = parse_spec(spec).generate_kwargs()
     texts = read_prompts(prompts, file)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
+    mode = compile_mode(compile, no_compile)
+    DecodeConfig.create(gen_length=gen_length, block_length=block_length, **decoding, temperature=temperature,
+                        scorer=scorer, cfg_scale=cfg_scale, seed=seed)  # every setting checked before loading
+    set_cpu_threads(device, threads)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
     with Progress(TextColumn("[dim]decoding {task.fields[rows]} prompt(s)"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("blocks"), TimeElapsedColumn(), console=console, transient=True,
-                  disable=as_json or not console.is_terminal) as bar:
+                  disable=as_json or quiet or not console.is_terminal) as bar:
         task = bar.add_task("decode", total=gen_length // block_length, rows=len(texts))
         out = lm.generate(
             texts, gen_length=gen_length, block_length=block_length, **decoding,
@@ -158,8 +180,11 @@ def generate(
             sys.stdout.write(json.dumps(record) + "\n")
         return
     for i, text in enumerate(out.texts):
-        console.rule(f"[bold]prompt {i + 1}[/]: {texts[i][:80]}")
+        if not quiet:
+            console.rule(f"[bold]prompt {i + 1}[/]: {texts[i][:80]}")
         console.print(text, markup=False, highlight=False)
+    if quiet:
+        return
     console.print(
         f"[dim]{len(texts)} prompt(s) | policy {decoding['policy']} | cache {decoding['cache']} | NFE {out.nfe} | "
         f"tokens/NFE {out.tokens_per_nfe:.2f} | {out.elapsed_s:.2f} s[/]"
@@ -196,10 +221,14 @@ def bench(
         None, "--mode",
         help="eager, exact (CUDA graphs), fused (CUDA graphs + torch.compile); default: all on CUDA, eager on CPU.",
     ),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
     """Per-step latency and tokens/s of each cache mode, beside the weight-read and FLOP floors."""
     from unmask.eval.speed import run_bench
 
+    if model is not None and random_weights is not None:
+        raise ValueError(f"give --model {model!r} or --random-weights {random_weights!r}, not both")
+    set_cpu_threads(device, threads)
     command = "unmask " + " ".join(sys.argv[1:])
     run_bench(model, random_weights, out, tuple(batch), tuple(cache), prompt_length, gen_length, block_length,
               dtype, device, repeats, command, log=console.print, modes=tuple(mode) if mode else None)

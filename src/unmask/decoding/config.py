@@ -50,6 +50,9 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         check_lengths(self.gen_length, self.block_length)
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options must be a dict of the policy's option, e.g. {{'threshold': 0.9}}, "
+                             f"got {self.options!r}")
         if isinstance(self.policy, str):
             self.options = {k: v for k, v in dict(self.options).items() if v is not None}
             self.build_policy()  # the policy's name and option are checked here
@@ -61,15 +64,17 @@ class DecodeConfig:
         if not isinstance(self.credit, (bool, CreditConfig)):
             raise ValueError(f"credit must be True, False or a CreditConfig, got {self.credit!r}")
         check_cache_mode(self.cache)
-        _check_number("temperature", self.temperature, ">= 0", lambda v: v >= 0)
-        _check_number("cfg_scale", self.cfg_scale, ">= 0", lambda v: v >= 0)
-        if self.scorer not in SCORER_NAMES:
+        self.temperature = _check_number("temperature", self.temperature, ">= 0", lambda v: v >= 0)
+        self.cfg_scale = _check_number("cfg_scale", self.cfg_scale, ">= 0", lambda v: v >= 0)
+        if not isinstance(self.scorer, str) or self.scorer not in SCORER_NAMES:
             raise ValueError(f"unknown scorer {self.scorer!r} (allowed: {', '.join(SCORER_NAMES)})")
         for name in ("logits_eos_inf", "confidence_eos_eot_inf", "early_stop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:  # torch.Generator's seeds
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
         resolve_compile(self.compile, torch.device("cpu"))  # checks the value
 
     @classmethod
@@ -80,6 +85,12 @@ class DecodeConfig:
         if unknown:
             raise ValueError(f"unknown decoding setting(s) {', '.join(unknown)} (settings: "
                              f"{', '.join(sorted(fields))}; policy options: {', '.join(sorted(knob_names()))})")
+        if config is not None and not isinstance(config, DecodeConfig):
+            raise ValueError(f"config must be a DecodeConfig or None (settings go as keywords: policy=..., "
+                             f"threshold=...), got {config!r}")
+        if not isinstance(settings.get("options", {}), dict):
+            raise ValueError(f"options must be a dict of the policy's option, e.g. {{'threshold': 0.9}}, "
+                             f"got {settings['options']!r}")
         options = {k: settings.pop(k) for k in list(settings) if k not in fields}
         base = config or cls()
         if "policy" in settings and settings["policy"] != base.policy:
@@ -97,6 +108,12 @@ class DecodeConfig:
         return CreditConfig() if self.credit is True else (self.credit or None)
 
 
-def _check_number(name: str, value: Any, allowed: str, check) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not check(value):
+def _check_number(name: str, value: Any, allowed: str, check) -> float:
+    """``value`` as a float if it is a finite number (not a bool) that passes ``check``; else a ``ValueError``."""
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok or not check(value):
         raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
+    return float(value)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+MAX_SLOTS = 1 << 16  # more than any block takes steps (a step commits at least one token)
+
 
 @dataclass
 class CreditConfig:
@@ -38,15 +40,28 @@ class CreditConfig:
     slots: int | None = None  # None: one per step of a block (exact); k: at most k tokens per position
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):  # NaN fails every comparison: rejected too
-            raise ValueError(f"credit alpha must be a finite number >= 0, got {self.alpha}")
-        if not 0 <= self.beta <= 1:
-            raise ValueError(f"credit beta must be in [0, 1], got {self.beta}")
-        if not (math.isfinite(self.gamma) and self.gamma > 0):
-            raise ValueError(f"credit gamma must be a finite number > 0, got {self.gamma}")
+        for name, allowed, check in (("alpha", "a finite number >= 0", lambda v: v >= 0),
+                                     ("beta", "in [0, 1]", lambda v: 0 <= v <= 1),
+                                     ("gamma", "a finite number > 0", lambda v: v > 0)):
+            value = getattr(self, name)
+            # NaN fails every comparison and inf is not finite: both rejected; bools and strings too
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) \
+                    or not check(value):
+                raise ValueError(f"credit {name} must be {allowed}, got {value!r}")
+            setattr(self, name, float(value))
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"credit adaptive must be True or False, got {self.adaptive!r}")
         if self.slots is not None and (isinstance(self.slots, bool) or not isinstance(self.slots, int)
-                                       or self.slots < 1):
-            raise ValueError(f"credit slots must be None (exact) or an integer >= 1, got {self.slots!r}")
+                                       or not 1 <= self.slots <= MAX_SLOTS):
+            raise ValueError(f"credit slots must be None (exact) or an integer in [1, {MAX_SLOTS}], "
+                             f"got {self.slots!r}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 class CreditState:

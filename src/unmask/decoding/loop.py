@@ -21,6 +21,7 @@ with every position before it decoded; its remaining positions are filled with e
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import OrderedDict
@@ -363,6 +364,60 @@ def cached_program(
     return program
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_decode_args(
+    model: LLaDAModel, input_ids: object, policy: object, *, attention_mask: object, gen_length: object,
+    block_length: object, scorer: object, credit: object, cache: object, cfg_scale: object, mask_id: object,
+    eos_id: object, stop_ids: object, flags: dict[str, object],
+) -> None:
+    """``decode``'s arguments, checked before anything is allocated: a ``ValueError`` names the bad value."""
+    check_lengths(gen_length, block_length)
+    check_cache_mode(cache)
+    if not isinstance(policy, Policy):
+        raise ValueError(f"policy must be a policy object (make_policy(name, ...)), got {policy!r}")
+    if isinstance(policy, TopK) and policy.steps_per_block > block_length:
+        raise ValueError(f"steps per block ({policy.steps_per_block}) exceeds block_length={block_length}")
+    if scorer is not None and not isinstance(scorer, Scorer):
+        raise ValueError(f"scorer must be a Scorer or None, got {scorer!r}")
+    if credit is not None and not isinstance(credit, CreditConfig):
+        raise ValueError(f"credit must be a CreditConfig or None, got {credit!r}")
+    try:
+        finite = math.isfinite(cfg_scale) and not isinstance(cfg_scale, bool)
+    except (TypeError, OverflowError):
+        finite = False
+    if not finite or cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    vocab = model.config.embedding_size
+    for name, value in (("mask_id", mask_id), ("eos_id", eos_id)):
+        if (value is not None or name == "mask_id") and not (_is_int(value) and 0 <= value < vocab):
+            raise ValueError(f"{name} must be a token id in [0, {vocab}), got {value!r}")
+    if not isinstance(stop_ids, (tuple, list)) or not all(_is_int(t) and 0 <= t < vocab for t in stop_ids):
+        raise ValueError(f"stop_ids must be a tuple of token ids in [0, {vocab}), got {stop_ids!r}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.numel() == 0 \
+            or input_ids.dtype not in (torch.long, torch.int32):
+        shown = f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(
+            input_ids, torch.Tensor) else repr(input_ids)
+        raise ValueError(f"input_ids must be a non-empty [batch, length] integer tensor, got {shown}")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(f"input_ids holds token id {low if low < 0 else high}, outside the vocabulary [0, {vocab})")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != input_ids.shape):
+        shown = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else repr(attention_mask)
+        raise ValueError(f"attention_mask must be a tensor of the prompts' shape {tuple(input_ids.shape)}, "
+                         f"got {shown}")
+    limit = model.config.max_sequence_length
+    if input_ids.shape[1] + gen_length > limit:
+        raise ValueError(f"prompt length {input_ids.shape[1]} + gen_length {gen_length} exceeds the model's "
+                         f"max_sequence_length {limit}")
+
+
 @torch.no_grad()
 def decode(
     model: LLaDAModel,
@@ -394,12 +449,10 @@ def decode(
     later calls; in ``fused`` mode batch sizes share them by bucket (``batch_bucket``). ``time_steps``
     synchronises after each step to record its latency; ``on_block(done, total)`` reports progress.
     """
-    check_lengths(gen_length, block_length)
-    check_cache_mode(cache)
-    if isinstance(policy, TopK) and policy.steps_per_block > block_length:
-        raise ValueError(f"steps per block ({policy.steps_per_block}) exceeds block_length={block_length}")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    check_decode_args(model, input_ids, policy, attention_mask=attention_mask, gen_length=gen_length,
+                      block_length=block_length, scorer=scorer, credit=credit, cache=cache, cfg_scale=cfg_scale,
+                      mask_id=mask_id, eos_id=eos_id, stop_ids=stop_ids,
+                      flags={"logits_eos_inf": logits_eos_inf, "early_stop": early_stop, "time_steps": time_steps})
     if logits_eos_inf and eos_id is None:
         raise ValueError("logits_eos_inf needs eos_id")
     if early_stop and not stop_ids:

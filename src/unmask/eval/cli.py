@@ -21,8 +21,10 @@ from unmask.decoding.loop import COMPILE_MODES
 from unmask.eval.compare import COMPARE_SPECS
 from unmask.eval.distributed import is_main
 from unmask.eval.spec import SPEC_FORMS
+from unmask.threads import THREADS_HELP, set_cpu_threads
 
 console = Console()
+QUIET_HELP = "No progress bar and no closing summary line (the results table stays)."
 COMPILE_HELP = ("Decode step: auto (fused on CUDA, off on CPU), fused (CUDA graphs + torch.compile), "
                 "exact (CUDA graphs over the eager kernels: bitwise the eager decode), off (eager).")
 
@@ -34,6 +36,38 @@ def compile_mode(mode: str, no_compile: bool = False) -> bool | str | None:
     if mode not in ("auto", *COMPILE_MODES):
         raise typer.BadParameter(f"--compile {mode!r} is not one of auto, {', '.join(COMPILE_MODES)}")
     return {"auto": None, "off": False}.get(mode, mode)
+
+
+def show_progress(progress: bool, quiet: bool) -> bool:
+    """A progress bar only if asked for, not ``--quiet``, and where stdout is a terminal (none in logs)."""
+    return progress and not quiet and console.is_terminal
+
+
+def check_run(n: int, batch_size: int, gen_length: int, block_length: int, temperature: float = 0.0) -> None:
+    """The settings an eval, sweep or tune run shares, checked before the model loads."""
+    from unmask.checks import check_float
+    from unmask.decoding.loop import check_lengths
+
+    check_lengths(gen_length, block_length)
+    if n < 0:
+        raise ValueError(f"--n must be >= 0 examples per task (0: a benchmark's whole file), got {n}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    check_float("--temperature", temperature, 0)
+
+
+MAX_SAMPLES = 100_000
+
+
+def check_bootstrap(samples: int, boot_seed: int, confidence: float, drop: float | None = None) -> None:
+    """The bootstrap settings of a sweep or tune, checked before the model loads."""
+    from unmask.checks import check_float, check_int
+
+    if drop is not None:
+        check_float("--drop", drop, 0, 1, high_open=True)
+    check_int("--samples", samples, 1, MAX_SAMPLES)
+    check_int("--boot-seed", boot_seed, 0, 2**64 - 1)
+    check_float("--confidence", confidence, 0, 1, low_open=True, high_open=True)
 
 
 @friendly_errors
@@ -61,9 +95,11 @@ def eval_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in --out."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
     compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
     no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Evaluate a grid of decoding specs x tasks: accuracy, NFE, tokens/NFE, tokens/s, latency, Pareto plot."""
     import unmask
@@ -73,15 +109,20 @@ def eval_command(
 
     spec_list = parse_specs(specs)  # fail on a bad spec before loading anything
     task_map = resolve_tasks(tasks)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
+    check_run(n, batch_size, gen_length, block_length, temperature)
+    mode = compile_mode(compile, no_compile)
+    set_cpu_threads(device, threads)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
     report = run_eval(lm, spec_list, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop,
-                      temperature=temperature, model_name=model, overwrite=overwrite, progress=progress)
+                      temperature=temperature, model_name=model, overwrite=overwrite,
+                      progress=show_progress(progress, quiet))
     if not is_main():  # torchrun: rank 0 prints
         return
     print_report(report, console=console, title=f"unmask eval: {model or 'embedded testbed model'}")
-    console.print(f"[dim]{report.generated} example(s) decoded now; results in {out}/ "
-                  f"({', '.join(p.name for p in report.files.values())})[/]")
+    if not quiet:
+        console.print(f"[dim]{report.generated} example(s) decoded now; results in {out}/ "
+                      f"({', '.join(p.name for p in report.files.values())})[/]")
 
 
 @friendly_errors
@@ -95,16 +136,20 @@ def compare_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Keep records/results/plot here (default: discard)."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
     compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
     no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (the table stays)."),
 ) -> None:
     """Quick comparison of the commit policies (topk, threshold, factor, frechet, credit, dual cache) on math/code."""
     from unmask.eval.compare import run_compare
 
+    check_run(1 if n is None else n, 1 if batch_size is None else batch_size, gen_length, block_length)
+    mode = compile_mode(compile, no_compile)
+    set_cpu_threads(device, threads)
     run_compare(model, n=n, batch_size=batch_size, gen_length=gen_length, block_length=block_length, out_dir=out,
-                device=device, dtype=dtype, progress=progress, console=console,
-                compile=compile_mode(compile, no_compile))
+                device=device, dtype=dtype, progress=show_progress(progress, quiet), console=console, compile=mode)
 
 
 @friendly_errors
@@ -122,14 +167,19 @@ def trace_command(
     as_json: bool = typer.Option(False, "--json", help="Print the trace summary as JSON."),
     compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
     no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
     """Draw when each token of one generation was committed (step x position, confidence) and print per-step counts."""
     import unmask
+    from unmask.decoding.loop import check_lengths
     from unmask.eval.spec import parse_spec
     from unmask.eval.trace import trace_generation
 
     decode_spec = parse_spec(spec)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
+    check_lengths(gen_length, block_length)
+    mode = compile_mode(compile, no_compile)
+    set_cpu_threads(device, threads)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
     trace = trace_generation(lm, prompt, decode_spec, gen_length=gen_length, block_length=block_length,
                              early_stop=early_stop, chat=chat, out=out)
     summary = {"spec": trace.spec, "nfe": trace.nfe, "tokens": trace.length, "tokens_per_nfe": trace.tokens_per_nfe,
@@ -194,9 +244,11 @@ def sweep_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in --out."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
     compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
     no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Sweep each policy's knob (with and without credit) on a dev split: Pareto fronts, NFE and tokens/s at
     the baseline's accuracy - 1 point, with bootstrap intervals."""
@@ -209,20 +261,25 @@ def sweep_command(
     specs = sweep_grid.specs(gen_length, block_length)  # fail on a bad grid before loading anything
     task_map = resolve_tasks(tasks)
     resolve_split(split)
+    check_run(n, batch_size, gen_length, block_length)
+    check_bootstrap(samples, boot_seed, confidence, drop)
+    mode = compile_mode(compile, no_compile)
     if dry_run:
         if is_main():
             _print_specs(specs, n, list(task_map))
         return
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
+    set_cpu_threads(device, threads)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
     report = run_sweep(lm, sweep_grid, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                        gen_length=gen_length, block_length=block_length, early_stop=early_stop, drop=drop,
                        samples=samples, boot_seed=boot_seed, confidence=confidence, model_name=model,
-                       overwrite=overwrite, progress=progress)
+                       overwrite=overwrite, progress=show_progress(progress, quiet))
     if not is_main():
         return
     print_sweep(report, console=console)
-    console.print(f"[dim]{report.eval.generated} example(s) decoded now; results in {out}/ "
-                  f"({', '.join(p.name for p in report.files.values())})[/]")
+    if not quiet:
+        console.print(f"[dim]{report.eval.generated} example(s) decoded now; results in {out}/ "
+                      f"({', '.join(p.name for p in report.files.values())})[/]")
 
 
 @friendly_errors
@@ -255,9 +312,11 @@ def tune_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in the dev and test folders."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
     compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
     no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Pick the spec with the lowest NFE whose dev accuracy is >= baseline - eps, and report it on the test split."""
     from rich.table import Table
@@ -274,12 +333,18 @@ def tune_command(
     resolve_split(test_split)
     if not 0 <= eps < 1:
         raise ValueError(f"--eps must be in [0, 1) (accuracy, 0.01 = one point), got {eps}")
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile_mode(compile, no_compile))
+    check_run(n, batch_size, gen_length, block_length)
+    if test_n is not None and test_n < 0:
+        raise ValueError(f"--test-n must be >= 0 examples per task, got {test_n}")
+    check_bootstrap(samples, boot_seed, confidence)
+    mode = compile_mode(compile, no_compile)
+    set_cpu_threads(device, threads)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
     report = run_tune(lm, sweep_grid, task_map, out, eps=eps, n=n, test_n=test_n, dev_split=dev_split,
                       test_split=test_split, sweep_dir=sweep_dir, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop, samples=samples,
                       boot_seed=boot_seed, confidence=confidence, model_name=model, overwrite=overwrite,
-                      progress=progress)
+                      progress=show_progress(progress, quiet))
     if not is_main():
         return
     table = Table(title=f"unmask tune: chose {report.selection.spec} (eps {eps:g})")
@@ -288,5 +353,6 @@ def tune_command(
     for row in summary_rows(report):
         table.add_row(*row)
     console.print(table)
-    console.print(f"[dim]{report.sweep.eval.generated} dev example(s) decoded now; {out}/tune.md, {out}/tune.json; "
-                  f"sweep in {report.sweep.out_dir}/[/]")
+    if not quiet:
+        console.print(f"[dim]{report.sweep.eval.generated} dev example(s) decoded now; {out}/tune.md, "
+                      f"{out}/tune.json; sweep in {report.sweep.out_dir}/[/]")

@@ -46,6 +46,7 @@ from unmask.models.dream_config import DREAM_7B, DreamConfig
 from unmask.models.llada import LLaDAModel
 from unmask.models.llada_moe_config import LLADA_MOE_7B_A1B, LLaDAMoEConfig
 from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device
+from unmask.threads import available_cores, load_average
 
 SHAPES: dict[str, LLaDAConfig | LLaDAMoEConfig | DreamConfig] = {
     "llada-8b": LLADA_8B,
@@ -181,10 +182,11 @@ def bench_model(
     """
     device = model.device
     on_gpu = device.type == "cuda"
+    load = load_average()  # before this process's own work raises it
     modes = modes or (("eager", "exact", "fused") if on_gpu else ("eager",))
     for mode in modes:
-        if mode not in ("eager", "exact", "fused"):
-            raise ValueError(f"unknown bench mode {mode!r} (allowed: eager, exact, fused)")
+        if mode not in BENCH_MODES:
+            raise ValueError(f"unknown bench mode {mode!r} (allowed: {', '.join(BENCH_MODES)})")
         if mode != "eager" and not on_gpu:
             raise ValueError(f"mode {mode!r} captures CUDA graphs and needs a CUDA device")
     n_params = sum(p.numel() for p in model.parameters())
@@ -199,8 +201,12 @@ def bench_model(
         "measured_bandwidth_GBps": bandwidth / 1e9, "measured_matmul_TFLOPs": flops / 1e12,
         "torch": torch.__version__,
     }
+    if not on_gpu:
+        env.update(threads=torch.get_num_threads(), cores=available_cores(), load_average=load)
     log(f"{env['device']}: {n_params / 1e9:.3f}B params, {weight_bytes / 2**30:.2f} GiB, "
-        f"copy {bandwidth / 1e9:.0f} GB/s, matmul {flops / 1e12:.2f} TFLOP/s")
+        f"copy {bandwidth / 1e9:.0f} GB/s, matmul {rate(flops)}")
+    if not on_gpu:
+        log(cpu_note(env))
     T = prompt_length + gen_length
     mid = gen_length // block_length // 2  # a block in the middle of the generation
     steps_per_block = block_length  # LLaDA baseline: one token per step
@@ -234,7 +240,8 @@ def bench_model(
                 amortised_floor = ((cache != "none") * refresh_floor
                                    + (steps_per_block - (cache != "none")) * floor) / steps_per_block
                 e2e_ms, agree = float("nan"), None
-                if amortised * gen_length / 1e3 <= e2e_budget_s:
+                e2e_estimate_s = amortised * gen_length / 1e3
+                if e2e_estimate_s <= e2e_budget_s:
                     e2e_ms, tokens_out = end_to_end_step_ms(model, prompts, cache, gen_length, block_length,
                                                             {"eager": False}.get(mode, mode))
                     if graphs:  # the captured step must replay exactly what its kernels compute eagerly
@@ -252,9 +259,11 @@ def bench_model(
                                amortised, batch / (amortised / 1e3), weight_floor, flop_floor, floor,
                                amortised_floor, amortised / amortised_floor, e2e_ms, agree)
                 rows.append(row)
+                e2e = (f"end-to-end {e2e_ms:.2f} ms/NFE" if math.isfinite(e2e_ms) else
+                       f"end-to-end skipped (about {e2e_estimate_s:.0f} s > budget {e2e_budget_s:.0f} s)")
                 log(f"batch {batch:>3} cache {cache:>6} {mode:>5}: step {step_ms:8.2f} ms (refresh {refresh_ms:8.2f}),"
                     f" amortised {amortised:8.2f} ms = {row.ratio_to_floor:.2f}x floor {amortised_floor:.2f}, "
-                    f"{row.tokens_per_s:9.1f} tok/s, end-to-end {e2e_ms:.2f} ms/NFE")
+                    f"{row.tokens_per_s:9.1f} tok/s, {e2e}")
         del prompts
         if on_gpu:
             torch.cuda.empty_cache()
@@ -262,12 +271,29 @@ def bench_model(
     return rows, env
 
 
+def rate(flops: float) -> str:
+    """FLOP/s in TFLOP/s, or GFLOP/s below one TFLOP/s (a CPU's rate is not '0 TFLOP/s')."""
+    return f"{flops / 1e12:.2f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.1f} GFLOP/s"
+
+
+def cpu_note(env: dict) -> str:
+    """What a CPU bench's floors are worth: measured on this process's threads, noisy where cores are shared."""
+    load, cores, threads = env.get("load_average"), env.get("cores"), env.get("threads")
+    note = (f"CPU: {threads} thread(s) of {cores} core(s); the floors use a 1024 x 1024 matmul and a 256 MiB copy "
+            "measured here, so they are this process's rates, not the chip's peak")
+    if load is not None and cores and load > cores:
+        note += (f"; load average {load:.1f} > {cores} cores: other processes share the CPU, so timings and "
+                 "floors are noisy (not a clean measurement)")
+    return note + "."
+
+
 def markdown(rows: list[BenchRow], env: dict, command: str) -> str:
     lines = [
         f"Device: {env['device']}, dtype {env['dtype']}, {env['params'] / 1e9:.2f}B parameters "
         f"({env['weight_bytes'] / 2**30:.2f} GiB of weights); measured copy bandwidth "
-        f"{env['measured_bandwidth_GBps']:.0f} GB/s, matmul {env['measured_matmul_TFLOPs']:.0f} TFLOP/s; "
+        f"{env['measured_bandwidth_GBps']:.0f} GB/s, matmul {rate(env['measured_matmul_TFLOPs'] * 1e12)}; "
         f"torch {env['torch']}.",
+        *([cpu_note(env)] if env['device'] == "cpu" else []),
         "",
         f"Command: `{command}`",
         "",
@@ -278,9 +304,15 @@ def markdown(rows: list[BenchRow], env: dict, command: str) -> str:
     for r in rows:
         lines.append(
             f"| {r.batch} | {r.cache} | {r.mode} | {r.step_ms:.2f} | {r.refresh_ms:.2f} | {r.amortised_step_ms:.2f} | "
-            f"{r.amortised_floor_ms:.2f} | {r.ratio_to_floor:.2f} | {r.tokens_per_s:.1f} | {r.e2e_step_ms:.2f} |"
+            f"{r.amortised_floor_ms:.2f} | {r.ratio_to_floor:.2f} | {r.tokens_per_s:.1f} | "
+            f"{f'{r.e2e_step_ms:.2f}' if math.isfinite(r.e2e_step_ms) else 'skipped'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+BENCH_MODES = ("eager", "exact", "fused")
+MAX_BENCH_BATCH = 1 << 16
+MAX_BENCH_REPEATS = 10_000
 
 
 def run_bench(
@@ -303,7 +335,19 @@ def run_bench(
     for cache in caches:
         if cache not in CACHE_MODES:
             raise ValueError(f"unknown cache mode {cache!r} (allowed: {', '.join(CACHE_MODES)})")
+    for batch in batches:
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BENCH_BATCH:
+            raise ValueError(f"batch size must be an integer in [1, {MAX_BENCH_BATCH}], got {batch!r}")
+    if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or prompt_length < 1:
+        raise ValueError(f"prompt_length must be an integer >= 1, got {prompt_length!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_BENCH_REPEATS:
+        raise ValueError(f"repeats must be an integer in [1, {MAX_BENCH_REPEATS}], got {repeats!r}")
     dev = resolve_device(device)
+    for mode in modes or ():
+        if mode not in BENCH_MODES:
+            raise ValueError(f"unknown bench mode {mode!r} (allowed: {', '.join(BENCH_MODES)})")
+        if mode != "eager" and dev.type != "cuda":
+            raise ValueError(f"mode {mode!r} captures CUDA graphs and needs a CUDA device (on {dev}: eager)")
     torch_dtype = parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     if random_weights is not None:
         if random_weights not in SHAPES:
@@ -316,8 +360,8 @@ def run_bench(
 
             model = load_model(embedded_model_path(), dtype=torch_dtype, device=dev)
     if prompt_length + gen_length > model.config.max_sequence_length:
-        raise ValueError(f"prompt_length + gen_length = {prompt_length + gen_length} exceeds max_sequence_length "
-                         f"{model.config.max_sequence_length}")
+        raise ValueError(f"prompt_length {prompt_length} + gen_length {gen_length} exceeds the model's "
+                         f"max_sequence_length {model.config.max_sequence_length}")
     model.fuse_projections()
     rows, env = bench_model(model, batches, caches, prompt_length, gen_length, block_length, repeats, log, modes)
     if out is not None:

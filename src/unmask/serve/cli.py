@@ -6,7 +6,12 @@ import os
 
 import typer
 
+from unmask.checks import check_float
 from unmask.cli_errors import friendly_errors
+from unmask.threads import THREADS_HELP, set_cpu_threads
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+MAX_COUNT = 1 << 20  # batch rows, queued requests, tokens
 
 
 @friendly_errors
@@ -27,7 +32,8 @@ def serve_command(
     request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds before a request is dropped."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    log_level: str = typer.Option("info", "--log-level", help=f"uvicorn log level: {', '.join(LOG_LEVELS)}."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
     """Serve a model over HTTP with OpenAI's completions and chat API (streaming, continuous batching)."""
     import uvicorn
@@ -40,13 +46,25 @@ def serve_command(
     for name, value in (("--max-batch", max_batch), ("--max-tokens", max_tokens), ("--block-length", block_length)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    for name, value in (("--max-batch", max_batch), ("--max-tokens", max_tokens), ("--block-length", block_length),
+                        ("--max-queue", max_queue)):
+        if value > MAX_COUNT:
+            raise ValueError(f"{name} must be <= {MAX_COUNT}, got {value}")
     if max_queue < 0:
         raise ValueError(f"--max-queue must be >= 0, got {max_queue}")
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
+    check_float("--request-timeout", request_timeout, 0, low_open=True)
+    if log_level.lower() not in LOG_LEVELS:
+        raise ValueError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    set_cpu_threads(device, threads)
     lm = unmask.load(model, device=device, dtype=dtype, compile=False)
+    limit = lm.model.config.max_sequence_length
+    for name, value in (("--max-tokens", max_tokens), ("--block-length", block_length)):
+        if value > limit:
+            raise ValueError(f"{name} {value} exceeds the model's max_sequence_length {limit}")
     name = model_name or (model.rstrip("/").split("/")[-1] if model and os.path.isdir(model) else model)
     settings = ServerSettings(model_name=name or "unmask-testbed", spec=spec, block_length=block_length,
                               default_max_tokens=max_tokens, api_key=api_key, request_timeout_s=request_timeout)
     app = create_app(lm, settings, max_batch=max_batch, max_queue=max_queue)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())

@@ -57,6 +57,9 @@ class Task(ABC):
         """Score a model completion for `example`: 1.0/0.0 or a fraction."""
 
 
+MAX_EXAMPLES = 1_000_000  # per call of a generated task: more would take minutes just to draw
+
+
 class GeneratedTask(Task):
     """A synthetic task whose examples are pure functions of a canonical key.
 
@@ -78,6 +81,8 @@ class GeneratedTask(Task):
     def keyed_examples(self, split: str, n: int, seed: int = 0) -> list[tuple[str, Example]]:
         """Like `examples` but returns (canonical key, example) pairs."""
         check_split(split)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_EXAMPLES:
+            raise ValueError(f"{self.name}: n must be an integer in [0, {MAX_EXAMPLES:,}] examples, got {n!r}")
         rng = random.Random(f"{self.name}/{split}/{seed}")
         out: list[tuple[str, Example]] = []
         seen: set[str] = set()
@@ -85,7 +90,7 @@ class GeneratedTask(Task):
         while len(out) < n:
             tries += 1
             if tries > max_tries:
-                raise RuntimeError(
+                raise ValueError(
                     f"{self.name}: found only {len(out)} of {n} distinct {split} examples "
                     f"after {max_tries} candidates; the key space is too small for this n"
                 )

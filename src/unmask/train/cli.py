@@ -11,6 +11,9 @@ from pathlib import Path
 import typer
 
 from unmask.cli_errors import friendly_errors
+from unmask.models.loading import read_config, resolve_device, resolve_model_path
+from unmask.tasks.registry import TASK_NAMES
+from unmask.threads import THREADS_HELP, set_cpu_threads
 from unmask.train.presets import load_preset
 from unmask.train.selection import SELECTORS
 
@@ -24,6 +27,10 @@ def _parse_sizes(text: str | None) -> dict[str, int] | None:
         name, _, n = part.partition("=")
         if not n.strip().isdigit():
             raise typer.BadParameter(f"expected task=count pairs like 'math=1000,code=500', got {text!r}")
+        if name.strip() in sizes:
+            raise typer.BadParameter(f"task {name.strip()!r} given twice in {text!r}")
+        if name.strip() not in TASK_NAMES:
+            raise typer.BadParameter(f"unknown task {name.strip()!r} in {text!r} (allowed: {', '.join(TASK_NAMES)})")
         sizes[name.strip()] = int(n)
     return sizes
 
@@ -70,6 +77,8 @@ def train_command(
         None, "--init", help="Fine-tune this checkpoint (folder or hub id; 'embedded': the testbed model) "
         "with its tokenizer, instead of training a fresh model."
     ),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no log lines."),
 ) -> None:
     """Train a LLaDA-architecture model (masked-diffusion SFT) and write a directly loadable folder."""
     from unmask.train.pipeline import run
@@ -112,11 +121,19 @@ def train_command(
             setattr(obj, name, value)
     if max_minutes is not None:
         t.max_minutes = max_minutes or None
+    if quiet:
+        t.progress, t.quiet = False, True
+    preset.check()  # every setting, before the corpus is drawn
+    if t.device not in ("auto", ""):
+        resolve_device(t.device)  # a device this machine lacks fails now
+    set_cpu_threads(None if t.device in ("auto", "") else t.device, threads)
     if init == "embedded":
         from unmask.api import embedded_model_path
 
         init = str(embedded_model_path())
-    run(preset, out, log=typer.echo, init=init)
+    elif init is not None:
+        read_config(resolve_model_path(init))  # a missing or broken checkpoint fails now
+    run(preset, out, log=(lambda *_: None) if quiet else typer.echo, init=init)
 
 
 if __name__ == "__main__":

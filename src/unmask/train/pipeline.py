@@ -134,6 +134,7 @@ def run(preset: Preset, out: str | Path, log=print, init: str | Path | None = No
     from unmask.models.llada import LLaDAModel
     from unmask.models.loading import save_pretrained
 
+    preset.check()  # every setting, before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     d, tc = preset.data, preset.train

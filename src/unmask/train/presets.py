@@ -17,6 +17,9 @@ from pathlib import Path
 
 from unmask.train.trainer import TrainConfig
 
+MAX_SEQ_LEN = 1 << 16  # rows are padded to seq_len in memory
+MAX_EXAMPLES = 10_000_000  # per task
+
 
 @dataclass
 class DataConfig:
@@ -35,6 +38,30 @@ class DataConfig:
     def from_dict(cls, d: dict) -> DataConfig:
         return cls(**d)
 
+    def check(self) -> DataConfig:
+        """Every setting's type and range; a ``ValueError`` names the setting and the value given."""
+        from unmask.checks import check_bool, check_int
+        from unmask.models.tokenizer import SPECIAL_TOKENS
+        from unmask.tasks.registry import TASK_NAMES
+
+        for name in ("n_per_task", "n_val_per_task"):
+            sizes = getattr(self, name)
+            if not isinstance(sizes, dict) or not sizes:
+                raise ValueError(f"data {name} must map task names to example counts, got {sizes!r}")
+            for task, n in sizes.items():
+                if task not in TASK_NAMES:
+                    raise ValueError(f"data {name}: unknown task {task!r} (allowed: {', '.join(TASK_NAMES)})")
+                check_int(f"data {name}[{task!r}]", n, 0, MAX_EXAMPLES)
+            if not sum(sizes.values()):
+                raise ValueError(f"data {name} asks for no examples at all: {sizes!r}")
+        check_int("data seq_len", self.seq_len, 8, MAX_SEQ_LEN)
+        check_int("data tokenizer_vocab", self.tokenizer_vocab, 256 + len(SPECIAL_TOKENS), 1 << 20)
+        check_int("data tokenizer_examples", self.tokenizer_examples, 1)
+        check_bool("data pretrain", self.pretrain)
+        check_int("data workers", self.workers, 0, 4096)
+        check_int("data seed", self.seed, 0, 2**64 - 1)
+        return self
+
 
 @dataclass
 class Preset:
@@ -45,6 +72,12 @@ class Preset:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "model": dict(self.model), "train": self.train.to_dict(), "data": asdict(self.data)}
+
+    def check(self) -> Preset:
+        """The training and data settings' types and ranges (``TrainConfig.check``, ``DataConfig.check``)."""
+        self.train.check()
+        self.data.check()
+        return self
 
 
 PRESETS: dict[str, Preset] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -85,7 +86,44 @@ class TrainConfig:
     semi_ar_prob: float = 0.0  # share of rows noised like a semi-autoregressive decoding canvas (forward_process)
     semi_ar_block: int = 32  # current-block width W of those rows
     data_on_device: bool = True
-    progress: bool = True
+    progress: bool = True  # a progress bar where stderr is a terminal (else a plain line every 30 s)
+    quiet: bool = False  # no bar and no periodic or validation lines
+
+    def check(self) -> TrainConfig:
+        """Every setting's type and range; a ``ValueError`` names the setting and the value given."""
+        from unmask.checks import check_bool, check_choice, check_float, check_int
+        from unmask.train.selection import SELECTORS
+
+        check_int("train steps", self.steps, 1)
+        check_int("train batch_size", self.batch_size, 1, 1 << 20)
+        check_float("train lr", self.lr, 0, low_open=True)
+        check_float("train min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_int("train warmup_steps", self.warmup_steps, 0)
+        check_choice("train schedule", self.schedule, ("cosine", "linear"))
+        check_float("train weight_decay", self.weight_decay, 0)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"train betas must be two numbers in [0, 1), got {self.betas!r}")
+        for beta in self.betas:
+            check_float("train betas", beta, 0, 1, high_open=True)
+        check_float("train grad_clip", self.grad_clip, 0)
+        check_float("train eps", self.eps, 0, low_open=True)
+        if self.max_minutes is not None:
+            check_float("train max_minutes", self.max_minutes, 0, low_open=True)
+        for name in ("eval_every", "save_every"):
+            check_int(f"train {name}", getattr(self, name), 0)
+        for name in ("eval_rows", "log_every", "uds_queue_size", "pad_multiple", "semi_ar_block"):
+            check_int(f"train {name}", getattr(self, name), 1)
+        if not isinstance(self.device, str):
+            raise ValueError(f"train device must be a string (auto, cpu, cuda, cuda:N), got {self.device!r}")
+        for name in ("autocast_bf16", "compile", "dynamic_padding", "data_on_device", "progress", "quiet"):
+            check_bool(f"train {name}", getattr(self, name))
+        check_int("train seed", self.seed, 0, 2**64 - 1)
+        check_choice("train selector", self.selector, tuple(SELECTORS))
+        check_float("train selection_fraction", self.selection_fraction, 0, 1, low_open=True)
+        check_float("train uds_alpha", self.uds_alpha, 0)
+        check_int("train pad_extra", self.pad_extra, 0)
+        check_float("train semi_ar_prob", self.semi_ar_prob, 0, 1)
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -288,7 +326,7 @@ class Trainer:
         batches = self._batches(gen)
         budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
         start = time.perf_counter()
-        pbar = _progress(cfg.steps, cfg.progress)
+        pbar = _progress(cfg.steps, cfg.progress, quiet=cfg.quiet)
         running, running_n, stop_reason = torch.zeros((), device=self.device), 0, "steps"
         window_tokens, window_t = 0, time.perf_counter()
         while self.step < cfg.steps:
@@ -347,6 +385,8 @@ class Trainer:
     def _validate(self, pbar) -> None:
         rec = self.evaluate()
         self.log.val.append(rec)
+        if self.cfg.quiet:
+            return
         msg = "  ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "step")
         (pbar.write if pbar is not None else print)(f"[val step {self.step}] {msg}")
 
@@ -387,11 +427,14 @@ class _PhaseTimer:
 
 
 class _progress:
-    """A tqdm bar over steps, or (disabled, e.g. in logs) a plain line every ``every_s`` seconds."""
+    """A tqdm bar over steps where stderr is a terminal; else (disabled, or in logs) a plain line every
+    ``every_s`` seconds; nothing at all if ``quiet``."""
 
-    def __init__(self, total: int, enabled: bool, every_s: float = 30.0) -> None:
-        self.bar, self.total, self.every_s, self.last = None, total, every_s, time.perf_counter()
-        if enabled:
+    def __init__(self, total: int, enabled: bool, every_s: float = 30.0, quiet: bool = False) -> None:
+        self.bar, self.total, self.last = None, total, time.perf_counter()
+        self.every_s = math.inf if quiet else every_s
+        self.quiet = quiet
+        if enabled and not quiet and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=2.0)
@@ -407,7 +450,7 @@ class _progress:
     def write(self, text: str) -> None:
         if self.bar is not None:
             self.bar.write(text)
-        else:
+        elif not self.quiet:
             print(text, flush=True)
 
     def close(self) -> None:

@@ -59,6 +59,14 @@ class Knob:
 
 
 def _integer(value: Any) -> int:
+    """An int as is (no float round trip: 2**70 stays exact); "8", "8.0", 8.0 as 8; else a ValueError."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
     number = float(value)
     if not number.is_integer():
         raise ValueError
@@ -134,8 +142,8 @@ def make_policy(
     own = {cls.knob.name, *cls.knob.aliases}
     foreign = sorted(k for k in given if k not in own)
     if foreign:
-        raise ValueError(f"option(s) {', '.join(foreign)} do not apply to policy {name!r} "
-                         f"(its option: {cls.knob.name})")
+        raise ValueError(f"option(s) {', '.join(foreign)} do not apply to policy {name!r} (its option: "
+                         f"{cls.knob.name}; given {', '.join(f'{k}={given[k]!r}' for k in foreign)})")
     if len(given) > 1:
         raise ValueError(f"give policy {name!r} one of {', '.join(sorted(given))}, not several")
     value = None

@@ -45,6 +45,8 @@ class TopK(CommitPolicy):
         steps = gen_length if value is None else value
         if steps <= 0 or steps % num_blocks:
             raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({num_blocks})")
+        if steps > gen_length:  # a step commits at least one token
+            raise ValueError(f"steps={steps} exceeds gen_length={gen_length} (at most one step per token)")
         return cls(steps // num_blocks)
 
     def start_block(self, masked: torch.Tensor) -> torch.Tensor:
