@@ -1,6 +1,6 @@
 """Bad input, property-based (hypothesis): random bad values at the API boundary and on the command line.
 
-API (``DecodeConfig.create``, ``DiffusionLM.generate``, ``decode``, ``CreditConfig``): every bad value of
+API (``DecodeConfig.create``, ``DiffusionLM.generate``, ``decode``, ``CreditConfig``, eval specs): every bad value of
 every setting raises a ``ValueError`` whose message names the value (or the option and its value), never
 an AttributeError / TypeError / ZeroDivisionError / IndexError, and never a silent success.
 
@@ -248,6 +248,38 @@ def test_decode_refuses_bad_policies_and_prompts(lm, value):
     common = {"mask_id": lm.mask_id, "gen_length": GEN, "block_length": BLOCK, "stop_ids": lm.tokenizer.stop_ids}
     refused(lambda: decode(lm.model, ids, value, scorer=Scorer(), **common), value)
     refused(lambda: decode(lm.model, value, policy, **common), value)
+
+
+SPEC_CHARS = st.sampled_from(list("topkthresholdfactorfrechetcreditadaptivealphabetagammadualprefix:+@()=,.-019 "))
+
+
+@settings(SETTINGS, max_examples=200)
+@given(text=st.one_of(st.text(SPEC_CHARS, max_size=30), st.builds(
+    lambda policy, value, option: f"{policy}:{value}{option}", st.sampled_from(list(OWN_KNOB)),
+    st.one_of(st.floats().map(repr), st.integers().map(str), words),
+    st.sampled_from(["", "+credit", "+credit(alpha=nan)", "+credit(beta=1e400)", "@dual", "+credit-adaptive(alpha=1)",
+                     "+credit(gamma=-1)", "@full"]))))
+def test_eval_specs_parse_or_name_the_spec(text):
+    from unmask.eval.spec import parse_spec, parse_specs
+
+    for parse in (parse_spec, parse_specs):
+        try:
+            parse(text)
+        except ValueError as err:
+            message = str(err)  # it quotes the spec, or the bad one among several (a piece of the text)
+            pieces = {text} | {text[i:j] for i in range(len(text)) for j in range(i + 1, len(text) + 1)}
+            assert any(repr(piece) in message for piece in pieces) or "given twice" in message \
+                or (not text.replace(",", " ").strip() and "no decoding spec given" in message), message
+
+
+@SETTINGS
+@given(value=st.one_of(st.integers(), st.floats(), st.none(), st.lists(st.one_of(st.integers(), st.none()),
+                                                                       min_size=1, max_size=2)))
+def test_eval_specs_of_the_wrong_type(value):
+    from unmask.eval.spec import parse_spec, parse_specs
+
+    refused(lambda: parse_spec(value), value)
+    refused(lambda: parse_specs(value), value)
 
 
 # ------------------------------------------------------------------------------------------- CLI

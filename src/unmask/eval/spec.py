@@ -159,7 +159,9 @@ def _parse_value(text: str, policy: str, value_text: str) -> float | int:
 def parse_specs(texts: str | list[str]) -> list[DecodeSpec]:
     """Parse specs given as a list or one comma/space-separated string (separators inside a credit
     option's parentheses do not count); duplicates are an error."""
-    items = [texts] if isinstance(texts, str) else texts
+    items = [texts] if isinstance(texts, str) else list(texts) if isinstance(texts, (list, tuple)) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"decoding specs must be a string or a list of strings, got {texts!r}; allowed: {SPEC_FORMS}")
     texts = [t for item in items for t in _SEPARATOR_RE.split(item.strip()) if t]
     if not texts:
         raise ValueError(f"no decoding spec given; allowed: {SPEC_FORMS}")
