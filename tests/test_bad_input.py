@@ -204,6 +204,30 @@ def test_generate_refuses_token_ids_outside_the_vocabulary(lm, ids):
     assert any(shown(str(err.value), i) for i in ids), str(err.value)
 
 
+@settings(SETTINGS, max_examples=15)
+@given(name=st.sampled_from(["device", "dtype", "compile", "path"]), value=st.one_of(
+    words, st.integers(), st.floats(), st.lists(st.integers(), max_size=2), st.binary(min_size=1, max_size=3)))
+def test_load_refuses_bad_arguments(lm, name, value):
+    import unmask
+
+    if name == "path":
+        refused(lambda: unmask.load(value, device="cpu"), value)
+    elif not (name == "compile" and value in (0, 1)):  # 0 / 1 == False / True
+        refused(lambda: unmask.load(lm.path, **{name: value}), value)
+
+
+@pytest.mark.parametrize(("settings_", "message"), [
+    ({"chat": "no"}, "chat must be True or False, got 'no'"),
+    ({"on_block": "x"}, "on_block must be a function (blocks_done, blocks) or None, got 'x'"),
+    ({"attention_mask": torch.ones(1, 3)}, "attention_mask goes with token prompts only"),
+    ({"time_steps": 1}, "time_steps must be True or False, got 1"),
+])
+def test_generate_refuses_bad_call_options(lm, settings_, message):
+    with pytest.raises(ValueError) as err:
+        lm.generate("hello", gen_length=GEN, block_length=BLOCK, **settings_)
+    assert message in str(err.value)
+
+
 def test_generate_refuses_float_token_prompts(lm):
     with pytest.raises(ValueError, match="integer tensor, got a torch.float32 tensor of shape"):
         lm.generate(torch.zeros(1, 3), gen_length=GEN, block_length=BLOCK)

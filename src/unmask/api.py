@@ -103,6 +103,12 @@ class DiffusionLM:
         on_block: called as ``on_block(blocks_done, blocks)`` after each block (a progress display).
         """
         config = DecodeConfig.create(config, **settings)
+        if not isinstance(chat, bool):
+            raise ValueError(f"chat must be True or False, got {chat!r}")
+        if on_block is not None and not callable(on_block):
+            raise ValueError(f"on_block must be a function (blocks_done, blocks) or None, got {on_block!r}")
+        if attention_mask is not None and not isinstance(prompts, torch.Tensor):
+            raise ValueError("attention_mask goes with token prompts only (text prompts are padded here)")
         if isinstance(prompts, torch.Tensor):
             if prompts.dim() != 2 or prompts.numel() == 0:
                 raise ValueError(

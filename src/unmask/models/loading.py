@@ -50,13 +50,15 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} (allowed: {', '.join(sorted(_DTYPES))})")
     return _DTYPES[dtype]
 
 
 def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
     """A local folder as is; otherwise a hub id ``org/name`` downloaded (or found in the HF cache)."""
+    if not isinstance(path_or_id, (str, os.PathLike)) or isinstance(os.fspath(path_or_id), bytes):
+        raise CheckpointError(f"model must be a folder path or a hub id 'org/name', got {path_or_id!r}")
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
