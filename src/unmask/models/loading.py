@@ -157,7 +157,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         device = "cuda"
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
+    except (RuntimeError, TypeError, ValueError) as err:  # ValueError: bytes that are not UTF-8
         raise ValueError(f"unknown device {device!r} (allowed: cpu, cuda, cuda:N, auto)") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
