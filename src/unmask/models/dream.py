@@ -30,7 +30,15 @@ from torch import nn
 
 from unmask.models.cache import StaticKVCache
 from unmask.models.dream_config import DreamConfig
-from unmask.models.llada import EAGER_KERNELS, BlockKernels, RMSNorm, compiled_kernels, fuse_parameters, rotary_tables
+from unmask.models.llada import (
+    EAGER_KERNELS,
+    BlockKernels,
+    RMSNorm,
+    compiled_kernels,
+    full_forward,
+    fuse_parameters,
+    rotary_tables,
+)
 
 
 class DreamAttention(nn.Module):
@@ -172,18 +180,7 @@ class DreamModel(nn.Module):
         left-padded row sees the positions it has alone), ``0..L-1`` without a mask.
         logits_range: ``(a, b)``: only rows ``a..b-1`` go through the LM head.
         """
-        B, L = input_ids.shape
-        if attention_mask is not None and attention_mask.shape != (B, L):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, L)}")
-        if positions is None:
-            if attention_mask is None:
-                positions = torch.arange(L, device=input_ids.device).expand(B, L)
-            else:
-                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        cos, sin = self.rotary(positions)
-        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        rows = None if logits_range is None else slice(*logits_range)
-        return self.forward_window(input_ids, cos, sin, key_mask, logits_rows=rows)
+        return full_forward(self, input_ids, attention_mask, positions, logits_range)
 
     def forward_window(
         self,

@@ -172,6 +172,28 @@ def fuse_parameters(modules: list[nn.Module], name: str = "weight") -> torch.Ten
     return fused
 
 
+def full_forward(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+    positions: torch.Tensor | None, logits_range: tuple[int, int] | None,
+) -> torch.Tensor:
+    """A full forward (no cache) through ``model.forward_window`` for every model family: rotary positions
+    default to ``cumsum(attention_mask) - 1`` (a left-padded row sees the positions it has alone) or
+    ``0..L-1`` without a mask; padded keys are masked; ``logits_range`` (a, b) picks the head's rows."""
+    B, L = input_ids.shape
+    if attention_mask is not None and attention_mask.shape != (B, L):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, L)}")
+    if positions is None:
+        if attention_mask is None:
+            positions = torch.arange(L, device=input_ids.device).expand(B, L)
+        else:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cos, sin = model.rotary(positions)
+    # Pass no mask when nothing is padded: SDPA then takes its fastest (flash) path.
+    key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+    rows = None if logits_range is None else slice(*logits_range)
+    return model.forward_window(input_ids, cos, sin, key_mask, logits_rows=rows)
+
+
 class LLaDABlock(nn.Module):
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__()
@@ -290,19 +312,7 @@ class LLaDAModel(nn.Module):
         positions as alone), or ``0..L-1`` without a mask, as the reference.
         logits_range: ``(a, b)``: only rows ``a..b-1`` go through the LM head.
         """
-        B, L = input_ids.shape
-        if attention_mask is not None and attention_mask.shape != (B, L):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, L)}")
-        if positions is None:
-            if attention_mask is None:
-                positions = torch.arange(L, device=input_ids.device).expand(B, L)
-            else:
-                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        cos, sin = self.rotary(positions)
-        # Pass no mask when nothing is padded: SDPA then takes its fastest (flash) path.
-        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        rows = None if logits_range is None else slice(*logits_range)
-        return self.forward_window(input_ids, cos, sin, key_mask, logits_rows=rows)
+        return full_forward(self, input_ids, attention_mask, positions, logits_range)
 
     def forward_window(
         self,

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unmask.models.cache import StaticKVCache, write_kv
-from unmask.models.llada import COMPILE_OPTIONS, RECOMPILE_LIMIT, RMSNorm, rms_norm, rotary_tables
+from unmask.models.llada import COMPILE_OPTIONS, RECOMPILE_LIMIT, RMSNorm, full_forward, rms_norm, rotary_tables
 from unmask.models.llada_moe_config import LLaDAMoEConfig
 
 EXPERT_PATHS = ("auto", "grouped", "loop")
@@ -386,18 +386,7 @@ class LLaDAMoEModel(nn.Module):
     ) -> torch.Tensor:
         """Logits [B, L, vocab] for ``input_ids`` [B, L] (a full forward, no cache); arguments as
         ``LLaDAModel.forward`` (padding-aware positions ``cumsum(mask) - 1``, padded keys masked)."""
-        B, L = input_ids.shape
-        if attention_mask is not None and attention_mask.shape != (B, L):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, L)}")
-        if positions is None:
-            if attention_mask is None:
-                positions = torch.arange(L, device=input_ids.device).expand(B, L)
-            else:
-                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        cos, sin = self.rotary(positions)
-        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        rows = None if logits_range is None else slice(*logits_range)
-        return self.forward_window(input_ids, cos, sin, key_mask, logits_rows=rows)
+        return full_forward(self, input_ids, attention_mask, positions, logits_range)
 
     def forward_window(
         self,
