@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import llada_fixtures
 import torch
-from safetensors.torch import save_file
 from tokenizers import pre_tokenizers
 
 CHAT_TEMPLATE = (
@@ -94,18 +94,5 @@ def write_tokenizer(folder: Path) -> None:
 
 
 def write_checkpoint(folder: Path, cfg: dict, weights: dict[str, torch.Tensor], shards: int = 1) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    names = list(weights)
-    if shards == 1:
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
-    else:
-        weight_map = {}
-        for s in range(shards):
-            part = names[s::shards]
-            file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-            save_file({k: weights[k].contiguous() for k in part}, str(folder / file))
-            weight_map.update(dict.fromkeys(part, file))
-        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    write_tokenizer(folder)
-    return folder
+    """The checkpoint as llada_fixtures writes it, with Dream's vocab.json + merges.txt tokenizer."""
+    return llada_fixtures.write_checkpoint(folder, cfg, weights, shards, tokenizer_writer=write_tokenizer)

@@ -85,7 +85,10 @@ def write_tokenizer(folder: Path) -> None:
     }))
 
 
-def write_checkpoint(folder: Path, cfg: dict, weights: dict[str, torch.Tensor], shards: int = 1) -> Path:
+def write_checkpoint(folder: Path, cfg: dict, weights: dict[str, torch.Tensor], shards: int = 1,
+                     tokenizer_writer=None) -> Path:
+    """config.json + safetensors (sharded with an index when ``shards`` > 1) + the tokenizer files
+    (``tokenizer_writer(folder)``; default: this module's LLaDA tokenizer)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg))
     names = list(weights)
@@ -99,7 +102,7 @@ def write_checkpoint(folder: Path, cfg: dict, weights: dict[str, torch.Tensor], 
             save_file({k: weights[k].contiguous() for k in part}, str(folder / file))
             weight_map.update(dict.fromkeys(part, file))
         (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    write_tokenizer(folder)
+    (tokenizer_writer or write_tokenizer)(folder)
     return folder
 
 
