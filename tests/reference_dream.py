@@ -17,11 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-
-def rms_norm(x, w, eps):
-    x64 = x.double()
-    return w * (x64 / torch.sqrt((x64 * x64).mean(-1, keepdim=True) + eps)).to(x.dtype)
+from reference import rms_norm
 
 
 def rope(t, positions, theta):
