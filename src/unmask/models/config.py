@@ -11,6 +11,30 @@ class ConfigError(ValueError):
     """A ``config.json`` that cannot describe a model unmask can build."""
 
 
+def config_from_dict(cls: type, data: Any, label: str, model_type: str | None = None) -> Any:
+    """A config dataclass ``cls`` from ``config.json``'s object: its own fields by name, every other field kept
+    in ``extra`` (so a config round-trips unchanged); ``model_type`` required when given."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+    if model_type is not None and "model_type" not in data:
+        raise ConfigError(f"config.json has no 'model_type' (expected {model_type!r})")
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    known = {k: v for k, v in data.items() if k in names}
+    extra = {k: v for k, v in data.items() if k not in names}
+    try:
+        return cls(**known, extra=extra)
+    except TypeError as err:  # wrong value types
+        raise ConfigError(f"bad {label}: {err}") from err
+
+
+def config_to_dict(config: Any, architecture: str) -> dict[str, Any]:
+    """The ``config.json`` object of a config dataclass: its fields, then ``extra``, ``architectures`` defaulted."""
+    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "extra"}
+    data.update(config.extra)
+    data.setdefault("architectures", [architecture])
+    return data
+
+
 @dataclass
 class LLaDAConfig:
     """Architecture of a dense LLaDA model (``model_type: llada``, ``block_type: llama``).
@@ -80,23 +104,10 @@ class LLaDAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LLaDAConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
-        if "model_type" not in data:
-            raise ConfigError("config.json has no 'model_type' (expected 'llada')")
-        try:
-            return cls(**known, extra=extra)
-        except TypeError as err:  # wrong value types
-            raise ConfigError(f"bad config.json: {err}") from err
+        return config_from_dict(cls, data, "config.json", model_type="llada")
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        data.update(self.extra)
-        data.setdefault("architectures", ["LLaDAModelLM"])
-        return data
+        return config_to_dict(self, "LLaDAModelLM")
 
 
 LLADA_8B = LLaDAConfig()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from unmask.models.config import ConfigError
+from unmask.models.config import ConfigError, config_from_dict, config_to_dict
 
 
 @dataclass
@@ -106,23 +105,10 @@ class DreamConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DreamConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        if "model_type" not in data:
-            raise ConfigError("config.json has no 'model_type' (expected 'Dream')")
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
-        try:
-            return cls(**known, extra=extra)
-        except TypeError as err:  # wrong value types
-            raise ConfigError(f"bad Dream config.json: {err}") from err
+        return config_from_dict(cls, data, 'Dream config.json', model_type='Dream')
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        data.update(self.extra)
-        data.setdefault("architectures", ["DreamModel"])
-        return data
+        return config_to_dict(self, 'DreamModel')
 
 
 DREAM_7B = DreamConfig(

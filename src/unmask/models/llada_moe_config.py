@@ -6,11 +6,10 @@ The checkpoint's config says ``model_type: llada`` like the dense LLaDA (dllm re
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from unmask.models.config import ConfigError
+from unmask.models.config import ConfigError, config_from_dict, config_to_dict
 
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "expert_intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "num_experts", "num_experts_per_tok", "max_position_embeddings")
@@ -145,21 +144,10 @@ class LLaDAMoEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LLaDAMoEConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
-        try:
-            return cls(**known, extra=extra)
-        except TypeError as err:  # e.g. a comparison with a value of the wrong type
-            raise ConfigError(f"bad LLaDA-MoE config.json: {err}") from err
+        return config_from_dict(cls, data, 'LLaDA-MoE config.json')
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        data.update(self.extra)
-        data.setdefault("architectures", ["LLaDAMoEModelLM"])
-        return data
+        return config_to_dict(self, 'LLaDAMoEModelLM')
 
 
 LLADA_MOE_7B_A1B = LLaDAMoEConfig(moe_layer_freq=[1] * 16)
