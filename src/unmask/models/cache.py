@@ -65,6 +65,13 @@ class StaticKVCache:
     def length(self) -> int:
         return self.kv.shape[4]
 
+    def head(self, rows: int) -> StaticKVCache:
+        """A view of the first ``rows`` rows (keys/values and kept outputs): writes through it land here."""
+        view = object.__new__(StaticKVCache)
+        view.kv = self.kv[:, :, :rows]
+        view.outputs = None if self.outputs is None else self.outputs[:rows]
+        return view
+
     def layer(self, index: int) -> torch.Tensor:
         """The [2, batch, n_kv_heads, canvas_length, head_dim] buffer of one layer (keys, values)."""
         return self.kv[index]

@@ -250,15 +250,21 @@ class RowBatch:
                 starts[i], lengths[i] = row.prompt_length + row.block * BL, row.length
         return starts, lengths
 
+    def _window_forward(self, x: torch.Tensor, kv: StaticKVCache, starts: torch.Tensor, lengths: torch.Tensor,
+                        width: int) -> torch.Tensor:
+        """Logits [rows, BL, V] of each row's block from a forward over its ``width`` columns from ``starts``
+        (clamped to the scratch column), keys past each row's ``lengths`` masked, keys/values written into ``kv``."""
+        T, BL, device = self.capacity, self.block_length, self.x.device
+        columns = (starts[:, None] + torch.arange(width, device=device)).clamp(max=T - 1)
+        key_mask = (torch.arange(T, device=device) < lengths[:, None])[:, None, None]
+        cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
+        return self.model.forward_window(x.gather(1, columns), cos, sin, key_mask, kv, columns,
+                                         torch.arange(BL, device=device))
+
     def _static_window(self) -> torch.Tensor:
         """Logits [S, BL, V] of every slot's block (dual cache) from the static inputs ``window_starts`` /
         ``window_lengths``: fixed shapes, no host sync (the body of the captured graph)."""
-        T, BL, device = self.capacity, self.block_length, self.x.device
-        columns = (self.window_starts[:, None] + torch.arange(BL, device=device)).clamp(max=T - 1)
-        key_mask = (torch.arange(T, device=device) < self.window_lengths[:, None])[:, None, None]
-        cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
-        return self.model.forward_window(self.x.gather(1, columns), cos, sin, key_mask, self.kv, columns,
-                                         torch.arange(BL, device=device))
+        return self._window_forward(self.x, self.kv, self.window_starts, self.window_lengths, self.block_length)
 
     def _captured_window(self) -> torch.Tensor:
         """``_static_window`` replayed from a CUDA graph (captured on first use after each buffer growth);
@@ -293,7 +299,7 @@ class RowBatch:
 
     def _window_logits(self, slots: list[int]) -> torch.Tensor:
         """Logits [hi, BL, V] of each slot's block from a window forward over slots [0, hi) (cached modes)."""
-        BL, device, T = self.block_length, self.x.device, self.capacity
+        BL, device = self.block_length, self.x.device
         if self.static_window:
             starts, lengths = self._window_layout(len(self.rows))
             self.window_starts.copy_(torch.tensor(starts), non_blocking=True)
@@ -301,16 +307,9 @@ class RowBatch:
             return self._captured_window() if device.type == "cuda" else self._static_window()
         hi = max(slots) + 1
         starts, lengths = self._window_layout(hi)
-        starts_t = torch.tensor(starts, device=device)
         width = BL if self.cache == "dual" else max(lengths[i] - starts[i] for i in slots)
-        columns = (starts_t[:, None] + torch.arange(width, device=device)).clamp(max=T - 1)  # T-1: scratch
-        key_mask = (torch.arange(T, device=device) < torch.tensor(lengths, device=device)[:, None])[:, None, None]
-        view = object.__new__(StaticKVCache)
-        view.kv = self.kv.kv[:, :, :hi]  # writes go to the slots' own cache
-        view.outputs = None if self.kv.outputs is None else self.kv.outputs[:hi]
-        cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
-        return self.model.forward_window(self.x[:hi].gather(1, columns), cos, sin, key_mask, view, columns,
-                                         torch.arange(BL, device=device))
+        return self._window_forward(self.x[:hi], self.kv.head(hi), torch.tensor(starts, device=device),
+                                    torch.tensor(lengths, device=device), width)
 
     def _full_logits(self, slots: list[int], block_columns: torch.Tensor) -> torch.Tensor:
         """Logits [n, BL, V] of each row's block from a full forward over its canvas (writes its cache)."""
