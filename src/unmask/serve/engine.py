@@ -361,14 +361,15 @@ class RowBatch:
         columns = block_columns[index]
         current = self.x[index[:, None], columns]
         masked = current == self.mask_id
-        starting = torch.tensor([self.rows[i].refresh for i in order], device=device)
-        if self.schedule is not None and bool(starting.any()):
+        flags = [self.rows[i].refresh for i in order]  # rows starting a block (known on the host: no sync)
+        starting = torch.tensor(flags, device=device)
+        if self.schedule is not None and any(flags):
             start_rows = index[starting]
             self.schedule[start_rows] = self.policy.start_block(masked[starting])
         if self.config.logits_eos_inf:
             logits[..., self.eos_id] = -torch.inf
         if self.credit is not None:
-            if bool(starting.any()):
+            if any(flags):
                 self.credit.reset_rows(index[starting])
             state = self.credit.select(index)
             logits = state.update_and_fuse(logits, masked)
