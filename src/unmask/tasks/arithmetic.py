@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass, field
 
 from unmask.tasks.base import Example, GeneratedTask
 
@@ -198,6 +199,14 @@ class ArithmeticTask(GeneratedTask):
         target = "\n".join([*lines, f"#### {answer}"])
         return Example(self.name, self.make_id(key), prompt, target, str(answer))
 
+    def render_varied(self, key: str, rng: random.Random) -> Example:
+        """`render(key)` with a target worded in a style drawn from `rng` (``tasks/phrasing.py``): the
+        same equations in paraphrased lines, independent steps in a free order, the same `#### answer`."""
+        from unmask.tasks.phrasing import vary_math
+
+        prompt, steps, answer = problem_steps(key)
+        return Example(self.name, self.make_id(key), prompt, "\n".join(vary_math(steps, answer, rng)), str(answer))
+
     def score(self, example: Example, completion: str) -> float:
         return float(answers_match(extract_answer(completion), example.reference))
 
@@ -206,8 +215,54 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
+@dataclass(frozen=True)
+class Step:
+    """One reasoning line: its canonical ``text`` plus what a paraphrase of it needs (``kind``, ``f``).
+
+    Kinds: ``start`` (name, x, obj), ``product`` (eq, descs: noun phrases of the groups, obj), ``act``
+    (subj, pron, pres/past/ing: the action in three forms, eq, op), ``compare`` (who, pron, prev, rel,
+    short, eq, obj), ``day`` (day, value, obj, noun, verb, derived, and for a derived day eq, rel, prev),
+    ``total`` (the canonical sum of the days: a varied rendering redoes the sums itself).
+    """
+
+    kind: str
+    text: str
+    f: dict = field(default_factory=dict)
+
+
+# Verb phrases (third person) -> (past, -ing form), for the paraphrases of `Step`s.
+VERB_FORMS = {
+    "buys": ("bought", "buying"), "finds": ("found", "finding"), "gets": ("got", "getting"),
+    "receives": ("received", "receiving"), "picks up": ("picked up", "picking up"), "wins": ("won", "winning"),
+    "collects": ("collected", "collecting"), "makes": ("made", "making"), "gives away": ("gave away", "giving away"),
+    "loses": ("lost", "losing"), "sells": ("sold", "selling"), "uses": ("used", "using"),
+    "donates": ("donated", "donating"), "trades away": ("traded away", "trading away"),
+    "breaks": ("broke", "breaking"), "earns": ("earned", "earning"), "is paid": ("was paid", "being paid"),
+    "spends": ("spent", "spending"), "pays": ("paid", "paying"), "lends out": ("lent out", "lending out"),
+    "adds": ("added", "adding"), "brings in": ("brought in", "bringing in"), "takes out": ("took out", "taking out"),
+    "keeps": ("kept", "keeping"), "ends up with": ("ended up with", "ending up with"),
+    "pays for": ("paid for", "paying for"),
+}
+# "groups": what happens to the objects (passive) -> what the place does (active verb phrase)
+ARRIVE_ACTIVE = {"are added": "adds", "are brought in": "brings in", "are delivered": "gets", "arrive": "gets"}
+LEAVE_ACTIVE = {"are sold": "sells", "are taken out": "takes out", "are given away": "gives away", "are used": "uses"}
+
+
+def _act(subj: str, pron: str, verb: str, rest: str, eq: str, op: str, text: str) -> Step:
+    """An ``act`` step: ``subj`` does ``verb rest`` (verb a key of VERB_FORMS) with equation ``eq``."""
+    past, ing = VERB_FORMS[verb]
+    return Step("act", text, dict(subj=subj, pron=pron, pres=f"{verb} {rest}".strip(), past=f"{past} {rest}".strip(),
+                                  ing=f"{ing} {rest}".strip(), eq=eq, op=op))
+
+
 def render_problem(key: str) -> tuple[str, list[str], int]:
     """(problem text, reasoning lines without the `####` line, answer) for a math key."""
+    prompt, steps, answer = problem_steps(key)
+    return prompt, [s.text for s in steps], answer
+
+
+def problem_steps(key: str) -> tuple[str, list[Step], int]:
+    """(problem text, reasoning steps, answer) for a math key: a pure function of the key."""
     _, tpl, start, *rest = key.split("|")
     rng = random.Random("render/" + key)
     if tpl == "days":
@@ -224,151 +279,179 @@ def render_problem(key: str) -> tuple[str, list[str], int]:
         x = k * m
         place = rng.choice(PLACES)
         sents = [f"A {place} has {k} {cont} with {m} {obj} in each."]
-        lines = [f"{k} {cont} of {m}: {k} * {m} = {x}."]
+        descs = (f"{k} {cont} of {m}", f"{k} {cont} with {m} {obj} each", f"the {k} {cont}")
+        steps = [Step("product", f"{k} {cont} of {m}: {k} * {m} = {x}.", dict(eq=f"{k} * {m} = {x}", descs=descs,
+                                                                               obj=obj))]
         question = f"How many {obj} does the {place} have now?"
+        subj, spron = f"the {place}", "it"
     else:
         x = int(start)
+        subj, spron = name, pron
         if tpl == "inv":
             verb = rng.choice(["has", "owns", "collected"])
             sents = [f"{name} {verb} {x} {obj}."]
-            lines = [f"{name} starts with {x} {obj}."]
+            steps = [Step("start", f"{name} starts with {x} {obj}.", dict(name=name, x=x, obj=obj))]
             question = rng.choice([f"How many {obj} does {name} have now?",
                                    f"How many {obj} does {name} have at the end?"])
         else:
             obj = "dollars"
             sents = [rng.choice([f"{name} has {x} dollars.", f"{name} has saved {x} dollars."])]
-            lines = [f"{name} starts with {x} dollars."]
+            steps = [Step("start", f"{name} starts with {x} dollars.", dict(name=name, x=x, obj=obj))]
             question = rng.choice([f"How many dollars does {name} have now?",
                                    f"How much money, in dollars, does {name} have at the end?"])
     for op, args in ops:
         y = apply_op(op, args, x)
         c = rng.choice(CONNECT)
         a = args[0]
+        if op in ("pack_add", "pack_sub"):
+            q = a * args[1]
+            sign, base = ("+", "add") if op == "pack_add" else ("-", "sub")
+            eq2 = f"{x} {sign} {q} = {y}"
+        else:
+            sign = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
+        eq = f"{x} {sign} {a} = {y}"
         if tpl == "groups":
             if op == "add":
                 v = rng.choice(ARRIVE)
                 sents.append(f"{c} {a} more {obj} {v}.")
-                lines.append(f"{a} more {v}: {x} + {a} = {y}.")
+                steps.append(_act(subj, spron, ARRIVE_ACTIVE[v], f"{a} more", eq, op, f"{a} more {v}: {eq}."))
             elif op == "sub":
                 v = rng.choice(LEAVE)
                 sents.append(f"{c} {a} {obj} {v}.")
-                lines.append(f"{a} {v}: {x} - {a} = {y}.")
+                steps.append(_act(subj, spron, LEAVE_ACTIVE[v], f"{a}", eq, op, f"{a} {v}: {eq}."))
             elif op == "div":
                 sents.append(f"{c} the {obj} are split into {a} equal piles and only one pile is kept.")
-                lines.append(f"1 of {a} equal piles is kept: {x} / {a} = {y}.")
+                steps.append(_act(subj, spron, "keeps", f"1 of {a} equal piles", eq, op,
+                                  f"1 of {a} equal piles is kept: {eq}."))
             else:
                 m = args[1]
-                q = a * m
                 sents.append(f"{c} {a} more {cont} with {m} {obj} in each arrive.")
-                lines += [f"{a} more {cont} of {m}: {a} * {m} = {q}.", f"They are added: {x} + {q} = {y}."]
+                descs = (f"{a} more {cont} of {m}", f"{a} more {cont} with {m} {obj} each", f"the {a} new {cont}")
+                steps += [Step("product", f"{a} more {cont} of {m}: {a} * {m} = {q}.",
+                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj=obj)),
+                          _act(subj, spron, "adds", "them", eq2, base, f"They are added: {eq2}.")]
         elif tpl == "inv":
             if op == "add":
                 v = rng.choice(ADD_VERBS)
                 sents.append(f"{c} {pron} {v} {a} more {obj}.")
-                lines.append(f"{P} {v} {a} more: {x} + {a} = {y}.")
+                steps.append(_act(subj, spron, v, f"{a} more", eq, op, f"{P} {v} {a} more: {eq}."))
             elif op == "sub":
                 v = rng.choice(SUB_VERBS)
                 sents.append(f"{c} {pron} {v} {a} {obj}.")
-                lines.append(f"{P} {v} {a}: {x} - {a} = {y}.")
+                steps.append(_act(subj, spron, v, f"{a}", eq, op, f"{P} {v} {a}: {eq}."))
             elif op == "mul":
                 sents.append(f"{c} {pron} ends up with {a} times as many {obj} as before.")
-                lines.append(f"{P} has {a} times as many: {x} * {a} = {y}.")
+                steps.append(_act(subj, spron, "ends up with", f"{a} times as many", eq, op,
+                                  f"{P} has {a} times as many: {eq}."))
             elif op == "div":
                 sents.append(f"{c} {pron} splits the {obj} into {a} equal groups and keeps one group.")
-                lines.append(f"{P} keeps 1 of {a} equal groups: {x} / {a} = {y}.")
+                steps.append(_act(subj, spron, "keeps", f"1 of {a} equal groups", eq, op,
+                                  f"{P} keeps 1 of {a} equal groups: {eq}."))
             elif op == "pack_add":
                 m = args[1]
                 sents.append(f"{c} {pron} buys {a} {cont} with {m} {obj} in each.")
-                lines += [f"{a} {cont} of {m}: {a} * {m} = {a * m}.", f"{P} adds them: {x} + {a * m} = {y}."]
+                descs = (f"{a} {cont} of {m}", f"{a} {cont} with {m} {obj} each", f"the {a} {cont}")
+                steps += [Step("product", f"{a} {cont} of {m}: {a} * {m} = {q}.",
+                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj=obj)),
+                          _act(subj, spron, "adds", "them", eq2, base, f"{P} adds them: {eq2}.")]
             else:
                 m = args[1]
                 sents.append(f"{c} {pron} gives {a} friends {m} {obj} each.")
-                lines += [f"{a} friends get {m} each: {a} * {m} = {a * m}.",
-                          f"{P} gives them away: {x} - {a * m} = {y}."]
+                descs = (f"{a} friends at {m} each", f"{m} {obj} for each of {a} friends", f"{a} gifts of {m}")
+                steps += [Step("product", f"{a} friends get {m} each: {a} * {m} = {q}.",
+                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj=obj)),
+                          _act(subj, spron, "gives away", "them", eq2, base, f"{P} gives them away: {eq2}.")]
         else:  # money
             if op == "add":
                 v = rng.choice(MONEY_ADD)
                 sents.append(f"{c} {pron} {v} {a} dollars.")
-                lines.append(f"{P} {v} {a}: {x} + {a} = {y}.")
+                steps.append(_act(subj, spron, v, f"{a} dollars", eq, op, f"{P} {v} {a}: {eq}."))
             elif op == "sub":
                 v = rng.choice(MONEY_SUB)
                 sents.append(f"{c} {pron} {v} {a} dollars.")
-                lines.append(f"{P} {v} {a}: {x} - {a} = {y}.")
+                steps.append(_act(subj, spron, v, f"{a} dollars", eq, op, f"{P} {v} {a}: {eq}."))
             elif op == "mul":
                 sents.append(f"{c} {poss} money grows to {a} times as much.")
-                lines.append(f"{_cap(poss)} money grows {a} times: {x} * {a} = {y}.")
+                steps.append(_act(subj, spron, "ends up with", f"{a} times as much money", eq, op,
+                                  f"{_cap(poss)} money grows {a} times: {eq}."))
             elif op == "div":
                 sents.append(f"{c} {pron} splits the money into {a} equal parts and keeps one part.")
-                lines.append(f"{P} keeps 1 of {a} equal parts: {x} / {a} = {y}.")
+                steps.append(_act(subj, spron, "keeps", f"1 of {a} equal parts", eq, op,
+                                  f"{P} keeps 1 of {a} equal parts: {eq}."))
             elif op == "pack_add":
                 m = args[1]
                 sents.append(f"{c} {pron} works {a} days and earns {m} dollars each day.")
-                lines += [f"{a} days at {m} dollars: {a} * {m} = {a * m}.", f"{P} adds it: {x} + {a * m} = {y}."]
+                descs = (f"{a} days at {m} dollars", f"{m} dollars for each of {a} days", f"{a} days of work")
+                steps += [Step("product", f"{a} days at {m} dollars: {a} * {m} = {q}.",
+                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj="dollars")),
+                          _act(subj, spron, "adds", "it", eq2, base, f"{P} adds it: {eq2}.")]
             else:
                 m, item = args[1], rng.choice(ITEMS)
                 sents.append(f"{c} {pron} buys {a} {item} that cost {m} dollars each.")
-                lines += [f"{a} {item} at {m} dollars: {a} * {m} = {a * m}.", f"{P} pays it: {x} - {a * m} = {y}."]
+                descs = (f"{a} {item} at {m} dollars", f"{a} {item} at {m} dollars each", f"the {a} {item}")
+                steps += [Step("product", f"{a} {item} at {m} dollars: {a} * {m} = {q}.",
+                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj="dollars")),
+                          _act(subj, spron, "pays for", "them", eq2, base, f"{P} pays it: {eq2}.")]
         x = y
-    return " ".join([*sents, question]), lines, x
+    return " ".join([*sents, question]), steps, x
 
 
-def _render_compare(start: str, rest: list[str], rng: random.Random) -> tuple[str, list[str], int]:
+def _render_compare(start: str, rest: list[str], rng: random.Random) -> tuple[str, list[Step], int]:
     people = rng.sample(NAMES, len(rest) + 1)
     obj = rng.choice(OBJECTS)
     x = int(start)
     first = people[0][0]
     sents = [f"{first} has {x} {obj}."]
-    lines = [f"{first} has {x} {obj}."]
-    for (who, _), (prev, _), part in zip(people[1:], people, rest, strict=False):
+    steps = [Step("start", f"{first} has {x} {obj}.", dict(name=first, x=x, obj=obj))]
+    for (who, pron), (prev, _), part in zip(people[1:], people, rest, strict=False):
         op, (a,) = parse_op(part)
         y = apply_op(op, (a,), x)
-        if op == "add":
-            sents.append(f"{who} has {a} more {obj} than {prev}.")
-            lines.append(f"{who} has {a} more: {x} + {a} = {y}.")
-        elif op == "sub":
-            sents.append(f"{who} has {a} fewer {obj} than {prev}.")
-            lines.append(f"{who} has {a} fewer: {x} - {a} = {y}.")
-        elif op == "mul":
-            sents.append(f"{who} has {a} times as many {obj} as {prev}.")
-            lines.append(f"{who} has {a} times as many: {x} * {a} = {y}.")
-        else:
-            sents.append(f"{who} has {FRACTIONS[a]} as many {obj} as {prev}.")
-            lines.append(f"{who} has {FRACTIONS[a]} as many: {x} / {a} = {y}.")
+        short = {"add": f"{a} more", "sub": f"{a} fewer", "mul": f"{a} times as many",
+                 "div": f"{FRACTIONS.get(a, '')} as many"}[op]
+        rel = {"add": f"{a} more {obj} than", "sub": f"{a} fewer {obj} than", "mul": f"{a} times as many {obj} as",
+               "div": f"{FRACTIONS.get(a, '')} as many {obj} as"}[op]
+        sents.append(f"{who} has {rel} {prev}.")
+        eq = f"{x} {dict(add='+', sub='-', mul='*', div='/')[op]} {a} = {y}"
+        steps.append(Step("compare", f"{who} has {short}: {eq}.",
+                          dict(who=who, pron=pron, prev=prev, rel=f"{rel} {prev}", short=short, eq=eq, obj=obj)))
         x = y
     sents.append(f"How many {obj} does {people[-1][0]} have?")
-    return " ".join(sents), lines, x
+    return " ".join(sents), steps, x
 
 
-def _render_days(start: str, rest: list[str], rng: random.Random) -> tuple[str, list[str], int]:
+def _render_days(start: str, rest: list[str], rng: random.Random) -> tuple[str, list[Step], int]:
     noun, verb, base, obj = rng.choice(DAY_SUBJECTS)
     n = len(rest) + 1
     d0 = rng.randint(0, 7 - n)
     days = DAYS[d0 : d0 + n]
     x = int(start)
     values = [x]
+    common = dict(obj=obj, noun=noun, verb=verb)
     sents = [f"A {noun} {verb} {x} {obj} on {days[0]}."]
-    lines = [f"{days[0]}: {x} {obj}."]
+    steps = [Step("day", f"{days[0]}: {x} {obj}.", dict(day=days[0], value=x, derived=False, **common))]
     for i, part in enumerate(rest, start=1):
         op, (a,) = parse_op(part)
         day, prev = days[i], days[i - 1]
         if op == "given":
             y = a
             sents.append(f"On {day} the {noun} {verb} {a} {obj}.")
-            lines.append(f"{day}: {a} {obj}.")
+            steps.append(Step("day", f"{day}: {a} {obj}.", dict(day=day, value=y, derived=False, **common)))
         else:
             y = apply_op(op, (a,), x)
             rel = {"add": f"{a} more {obj} than", "sub": f"{a} fewer {obj} than",
                    "mul": f"{a} times as many {obj} as", "div": f"{FRACTIONS.get(a, '')} as many {obj} as"}[op]
             sign = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
             sents.append(f"On {day} the {noun} {verb} {rel} on {prev}.")
-            lines.append(f"{day}: {x} {sign} {a} = {y}.")
+            eq = f"{x} {sign} {a} = {y}"
+            steps.append(Step("day", f"{day}: {eq}.", dict(day=day, value=y, derived=True, eq=eq,
+                                                          rel=f"{rel} on {prev}", prev=prev, **common)))
         values.append(y)
         x = y
     total = values[0]
     for i in range(1, n):
         new = total + values[i]
         label = f"{days[0]} and {days[1]}" if i == 1 else f"Adding {days[i]}"
-        lines.append(f"{label}: {total} + {values[i]} = {new}.")
+        steps.append(Step("total", f"{label}: {total} + {values[i]} = {new}."))
         total = new
     sents.append(f"How many {obj} does the {noun} {base} over the {COUNT_WORDS[n]} days in total?")
-    return " ".join(sents), lines, total
+    return " ".join(sents), steps, total

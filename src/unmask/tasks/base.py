@@ -75,6 +75,19 @@ class GeneratedTask(Task):
     @abstractmethod
     def render(self, key: str) -> Example: ...
 
+    def render_varied(self, key: str, rng: random.Random) -> Example:
+        """The example of `key` with its SFT target worded in a style drawn from `rng` (same id, prompt and
+        reference, so the scorer and the evaluation are unchanged); default: `render(key)`."""
+        return self.render(key)
+
+    def varied_examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        """`examples(split, n, seed)` with each row's target from `render_varied`, its style drawn per row
+        (a RNG seeded by task, split, seed and row): a key drawn again elsewhere gets another wording."""
+        return [
+            self.render_varied(key, random.Random(f"vary/{self.name}/{split}/{seed}/{i}"))
+            for i, (key, _) in enumerate(self.keyed_examples(split, n, seed))
+        ]
+
     def make_id(self, key: str) -> str:
         return f"{self.name}-{stable_hash(key)}"
 

@@ -136,6 +136,70 @@ FAMILIES: dict[str, Family] = {
                            "returns {a} with every letter '{c}' replaced by 'x'", "return {a}.replace('{c}', 'x')",
                            lambda s, c: s.replace(c, "x"), "c"),
 }
+# Other correct bodies per family for the varied SFT targets (`CodeTask.render_varied`): formatted with {a}
+# (argument), {k}/{c} (constant), {v} (loop variable), {t} (accumulator); the canonical body is one more choice.
+STYLES: dict[str, tuple[str, ...]] = {
+    "add_k": ("return {k} + {a}", "{t} = {a} + {k}\n    return {t}"),
+    "sub_k": ("{t} = {a} - {k}\n    return {t}", "{a} -= {k}\n    return {a}"),
+    "mul_k": ("return {k} * {a}", "{t} = {a} * {k}\n    return {t}"),
+    "floordiv_k": ("{t} = {a} // {k}\n    return {t}", "return ({a} - {a} % {k}) // {k}"),
+    "mod_k": ("return ({a} % {k}) == 0", "if {a} % {k} == 0:\n        return True\n    return False",
+              "return not {a} % {k}"),
+    "square_plus_k": ("return {a} ** 2 + {k}", "{t} = {a} * {a}\n    return {t} + {k}", "return {k} + {a} * {a}"),
+    "max_k": ("return {a} if {a} > {k} else {k}", "if {a} > {k}:\n        return {a}\n    return {k}",
+              "return max({k}, {a})"),
+    "absdiff_k": ("return abs({k} - {a})", "{t} = {a} - {k}\n    return {t} if {t} >= 0 else -{t}",
+                  "if {a} > {k}:\n        return {a} - {k}\n    return {k} - {a}"),
+    "double_plus_k": ("return 2 * {a} + {k}", "return {a} * 2 + {k}", "return {a} + {a} + {k}"),
+    "sum": ("{t} = 0\n    for {v} in {a}:\n        {t} += {v}\n    return {t}",),
+    "max": ("{t} = {a}[0]\n    for {v} in {a}:\n        if {v} > {t}:\n            {t} = {v}\n    return {t}",
+            "return sorted({a})[-1]"),
+    "min": ("{t} = {a}[0]\n    for {v} in {a}:\n        if {v} < {t}:\n            {t} = {v}\n    return {t}",
+            "return sorted({a})[0]"),
+    "len": ("{t} = 0\n    for _ in {a}:\n        {t} += 1\n    return {t}", "return sum(1 for _ in {a})"),
+    "count_gt_k": ("return sum(1 for {v} in {a} if {v} > {k})",
+                   "{t} = 0\n    for {v} in {a}:\n        if {v} > {k}:\n            {t} += 1\n    return {t}"),
+    "count_k": ("return sum(1 for {v} in {a} if {v} == {k})", "return len([{v} for {v} in {a} if {v} == {k}])",
+                "{t} = 0\n    for {v} in {a}:\n        if {v} == {k}:\n            {t} += 1\n    return {t}"),
+    "filter_even": ("return [{v} for {v} in {a} if {v} % 2 == 0]",
+                    "{t} = []\n    for {v} in {a}:\n        if {v} % 2 == 0:\n            {t}.append({v})\n"
+                    "    return {t}", "return list(filter(lambda {v}: {v} % 2 == 0, {a}))"),
+    "filter_odd": ("return [{v} for {v} in {a} if {v} % 2 != 0]",
+                   "{t} = []\n    for {v} in {a}:\n        if {v} % 2 == 1:\n            {t}.append({v})\n"
+                   "    return {t}", "return list(filter(lambda {v}: {v} % 2 == 1, {a}))"),
+    "filter_gt_k": ("return [{v} for {v} in {a} if {v} > {k}]",
+                    "{t} = []\n    for {v} in {a}:\n        if {v} > {k}:\n            {t}.append({v})\n"
+                    "    return {t}", "return list(filter(lambda {v}: {v} > {k}, {a}))"),
+    "reverse_list": ("return list(reversed({a}))",
+                     "{t} = []\n    for {v} in {a}:\n        {t}.insert(0, {v})\n    return {t}"),
+    "scale_each": ("return [{v} * {k} for {v} in {a}]",
+                   "{t} = []\n    for {v} in {a}:\n        {t}.append({v} * {k})\n    return {t}",
+                   "return list(map(lambda {v}: {v} * {k}, {a}))"),
+    "add_each": ("return [{v} + {k} for {v} in {a}]",
+                 "{t} = []\n    for {v} in {a}:\n        {t}.append({v} + {k})\n    return {t}",
+                 "return list(map(lambda {v}: {v} + {k}, {a}))"),
+    "sum_gt_k": ("return sum([{v} for {v} in {a} if {v} > {k}])",
+                 "{t} = 0\n    for {v} in {a}:\n        if {v} > {k}:\n            {t} += {v}\n    return {t}"),
+    "sum_squares": ("return sum({v} * {v} for {v} in {a})", "return sum({v} ** 2 for {v} in {a})",
+                    "{t} = 0\n    for {v} in {a}:\n        {t} += {v} ** 2\n    return {t}"),
+    "product": ("{t} = 1\n    for {v} in {a}:\n        {t} = {t} * {v}\n    return {t}",
+                "{t} = 1\n    for {v} in {a}:\n        {t} *= {v}\n    return {t}"),
+    "reverse_str": ("return ''.join(reversed({a}))",
+                    "{t} = ''\n    for ch in {a}:\n        {t} = ch + {t}\n    return {t}"),
+    "upper": ("return ''.join(ch.upper() for ch in {a})", "{t} = {a}.upper()\n    return {t}"),
+    "count_char": ("return sum(1 for ch in {a} if ch == '{c}')",
+                   "{t} = 0\n    for ch in {a}:\n        if ch == '{c}':\n            {t} += 1\n    return {t}"),
+    "repeat_k": ("return ''.join([{a}] * {k})",
+                 "{t} = ''\n    for _ in range({k}):\n        {t} += {a}\n    return {t}"),
+    "first_k": ("return {a}[0:{k}]", "{t} = {a}[:{k}]\n    return {t}"),
+    "len_plus_k": ("{t} = len({a})\n    return {t} + {k}", "return {k} + len({a})"),
+    "add_suffix": ("{t} = {a} + '{c}'\n    return {t}", "return ''.join([{a}, '{c}'])"),
+    "replace_char": ("return ''.join('x' if ch == '{c}' else ch for ch in {a})",
+                     "{t} = ''\n    for ch in {a}:\n        {t} += 'x' if ch == '{c}' else ch\n    return {t}"),
+}
+LOOP_VARS = ["v", "x", "n", "item", "num", "value", "el", "i"]
+ACC_VARS = {"int": ["result", "out", "res", "answer", "r"], "list": ["total", "result", "out", "acc", "res", "count"],
+            "str": ["result", "out", "res", "new", "text_out"]}
 PROMPTS = [
     "Write a Python function `{name}({a})` that {desc}.",
     "Implement `{name}({a})` in Python: it {desc}.",
@@ -159,6 +223,10 @@ def _inputs(fam: Family, rng: random.Random, const: Any) -> list[Any]:
     if isinstance(const, str):
         words[0] = words[0] + const
     return words
+
+
+def _cap_first(s: str) -> str:
+    return s[:1].upper() + s[1:]
 
 
 def extract_code(text: str) -> str:
@@ -222,6 +290,33 @@ class CodeTask(GeneratedTask):
         target = f"def {fname}({arg}):\n    " + fam.body.format(**fmt)
         tests = [f"assert {fname}({x!r}) == {fam.fn(x, k)!r}" for x in _inputs(fam, rng, k)]
         return Example(self.name, self.make_id(key), prompt, target, "\n".join(tests))
+
+    def render_varied(self, key: str, rng: random.Random, *, style: int | None = None) -> Example:
+        """`render(key)` with the body in a style drawn from `rng` (`STYLES`: loop, comprehension or builtin,
+        other local names, an optional docstring or comment); every style passes the example's tests.
+        ``style``: force body number ``style`` of ``(canonical body, *STYLES[family])`` (for tests)."""
+        ex = self.render(key)
+        _, fam_name, const, name_tpl, arg = key.split("|")
+        fam = FAMILIES[fam_name]
+        bodies = (fam.body, *STYLES.get(fam_name, ()))
+        body = rng.choice(bodies) if style is None else bodies[style]
+        v = rng.choice([n for n in LOOP_VARS if n != arg])
+        t = rng.choice([n for n in ACC_VARS[fam.kind] if n != arg])
+        if body == fam.body and "{v}" not in body:  # the canonical body names its loop variable `v`
+            body = re.sub(r"\bv\b", "{v}", body)
+        text = body.format(a=arg, k=const, c=const, v=v, t=t)
+        header, _, _ = ex.target.partition("\n")
+        k = int(const) if fam.consts == "k" else const
+        doc = _cap_first(fam.desc.format(a=arg, k=const, c=const, w=NUM_WORDS[k] if isinstance(k, int) and k < 13
+                                         else const))
+        lines = [header]
+        pick = rng.random()
+        if pick < 0.25:
+            lines.append(f'    """{doc}."""')
+        elif pick < 0.4:
+            lines.append(f"    # {doc}")
+        lines.append("    " + text)
+        return Example(ex.task, ex.id, ex.prompt, "\n".join(lines), ex.reference)
 
     def score(self, example: Example, completion: str) -> float:
         code = first_function(completion)

@@ -5,17 +5,25 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from unmask.tasks.base import Example
+from unmask.tasks.base import Example, GeneratedTask
 from unmask.tasks.registry import get_task
 
 DEFAULT_PRETRAIN = {"math": 20_000, "code": 5_000, "long": 1_000}
 
 
-def sft_corpus(n_per_task: dict[str, int], split: str = "train", seed: int = 0) -> list[Example]:
-    """n_per_task[name] examples of each task from `split`, shuffled together (deterministic)."""
+def sft_corpus(n_per_task: dict[str, int], split: str = "train", seed: int = 0, varied: bool = False) -> list[Example]:
+    """n_per_task[name] examples of each task from `split`, shuffled together (deterministic).
+
+    ``varied``: each row's target is worded in a style drawn for that row (``GeneratedTask.varied_examples``,
+    deterministic given the seed; the testbed-varied model) instead of the canonical target of its key.
+    """
     out: list[Example] = []
     for name, n in n_per_task.items():
-        out += get_task(name).examples(split, n, seed)
+        task = get_task(name)
+        if varied and isinstance(task, GeneratedTask):
+            out += task.varied_examples(split, n, seed)
+        else:
+            out += task.examples(split, n, seed)
     random.Random(f"corpus/{split}/{seed}").shuffle(out)
     return out
 

@@ -76,6 +76,13 @@ class LongTask(GeneratedTask):
         reference = json.dumps([int(ex.reference) for ex in subs])
         return Example(self.name, self.make_id(key), prompt, target, reference)
 
+    def render_varied(self, key: str, rng: random.Random) -> Example:
+        """`render(key)` with each section's reasoning from `ArithmeticTask.render_varied`."""
+        ex = self.render(key)
+        subs = [self.math.render_varied(k, rng) for k in key.split("||")]
+        target = "\n\n".join(f"Problem {i}:\n{sub.target}" for i, sub in enumerate(subs, 1))
+        return Example(ex.task, ex.id, ex.prompt, target, ex.reference)
+
     def score(self, example: Example, completion: str) -> float:
         gold = [str(a) for a in json.loads(example.reference)]
         parts = HEADER_RE.split(completion)

@@ -73,6 +73,11 @@ def train_command(
         "prefix, noised block, masked rest), in [0, 1]; 0 = LLaDA's uniform masking only."
     ),
     semi_ar_block: int | None = typer.Option(None, "--semi-ar-block", help="Block width of --semi-ar rows (32)."),
+    varied: bool | None = typer.Option(
+        None, "--varied/--canonical", help="Targets worded in a style drawn per row (paraphrased steps, free "
+        "order of independent steps, varied code; the testbed-varied model), train and validation rows alike; "
+        "default: the canonical target of each example."
+    ),
     init: str | None = typer.Option(
         None, "--init", help="Fine-tune this checkpoint (folder or hub id; 'embedded': the testbed model) "
         "with its tokenizer, instead of training a fresh model."
@@ -114,6 +119,7 @@ def train_command(
         (d, "tokenizer_vocab", tokenizer_vocab),
         (d, "workers", workers),
         (d, "seed", seed),
+        (d, "varied", varied),
         (d, "n_per_task", _parse_sizes(train_sizes)),
         (d, "n_val_per_task", _parse_sizes(val_sizes)),
     ]:

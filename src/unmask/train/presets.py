@@ -31,6 +31,7 @@ class DataConfig:
     tokenizer_vocab: int = 3072
     tokenizer_examples: int = 20000  # SFT examples (plus pretrain_text()) the BPE merges are learnt on
     pretrain: bool = False  # also train on pretrain_text() as pretraining-style rows (prompt_len 0)
+    varied: bool = False  # targets in a style drawn per row (train and validation rows; tasks/phrasing.py)
     workers: int = 0  # processes generating the corpus; 0: one per CPU core
     seed: int = 0
 
@@ -58,6 +59,7 @@ class DataConfig:
         check_int("data tokenizer_vocab", self.tokenizer_vocab, 256 + len(SPECIAL_TOKENS), 1 << 20)
         check_int("data tokenizer_examples", self.tokenizer_examples, 1)
         check_bool("data pretrain", self.pretrain)
+        check_bool("data varied", self.varied)
         check_int("data workers", self.workers, 0, 4096)
         check_int("data seed", self.seed, 0, 2**64 - 1)
         return self
