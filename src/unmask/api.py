@@ -19,13 +19,67 @@ from unmask.models.llada import LLaDAModel
 from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device, resolve_model_path
 from unmask.models.tokenizer import Tokenizer
 
-EMBEDDED_MODEL = "testbed"
+EMBEDDED_MODEL = "testbed"  # the default model of every command
+# Models that ship inside the package (``src/unmask/assets/<name>``), loadable by name: ``unmask.load(name)``,
+# ``--model name``, ``unmask train --init name``. "embedded" is another name of the default.
+EMBEDDED_MODELS: dict[str, str] = {
+    "testbed": "the default: 14M LLaDA trained on the synthetic math/code/long tasks (docs/benchmarks/testbed.md)",
+    "testbed-varied": "testbed fine-tuned on varied wordings, with LLaDA-8B's confidence profile "
+    "(issue 14, docs/benchmarks/testbed_varied.md)",
+}
+EMBEDDED_ALIASES = {"embedded": EMBEDDED_MODEL}
 RANDOM_PREFIX = "random:"  # unmask.load("random:llada-8b"): a benchmark model, see random_weights_lm
 
 
-def embedded_model_path() -> Path:
-    """Folder of the small LLaDA model that ships inside the package (trained by ``unmask train``)."""
-    return Path(str(resources.files("unmask") / "assets" / EMBEDDED_MODEL))
+def _assets_dir() -> Path:
+    return Path(str(resources.files("unmask") / "assets"))
+
+
+def embedded_model_path(name: str = EMBEDDED_MODEL) -> Path:
+    """Folder of a model that ships inside the package (trained by ``unmask train``); default: the testbed.
+
+    The folder of a known name that this build does not ship may be missing or empty: see
+    ``embedded_model_folder`` for the checked path."""
+    name = EMBEDDED_ALIASES.get(name, name)
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r} (known: {', '.join(EMBEDDED_MODELS)})")
+    return _assets_dir() / name
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a config.json and safetensors weights."""
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def shipped_models() -> list[str]:
+    """The names of the embedded models whose weights this build holds."""
+    return [name for name in EMBEDDED_MODELS if is_model_folder(embedded_model_path(name))]
+
+
+def embedded_model_folder(name: str) -> Path:
+    """The folder of embedded model ``name``, checked: a ``FileNotFoundError`` names the shipped models when
+    this build lacks its weights."""
+    folder = embedded_model_path(name)
+    if not is_model_folder(folder):
+        canonical = EMBEDDED_ALIASES.get(name, name)
+        raise FileNotFoundError(
+            f"{canonical} is not shipped in this build (no config.json and safetensors weights in {folder}); "
+            f"shipped: {', '.join(shipped_models()) or 'none'} (known names: {', '.join(EMBEDDED_MODELS)}); "
+            "reinstall unmask or pass a checkpoint folder"
+        )
+    return folder
+
+
+def named_model_folder(path_or_id: str | os.PathLike | None) -> Path | None:
+    """``None`` or an embedded model's name (see ``EMBEDDED_MODELS``, ``EMBEDDED_ALIASES``) -> its checked
+    folder; anything else (a local folder, a hub id) -> ``None``. A local folder of the same name wins."""
+    if path_or_id is None:
+        return embedded_model_folder(EMBEDDED_MODEL)
+    if not isinstance(path_or_id, str) or path_or_id not in {*EMBEDDED_MODELS, *EMBEDDED_ALIASES}:
+        return None
+    if Path(path_or_id).is_dir():
+        return None
+    return embedded_model_folder(path_or_id)
 
 
 @dataclass
@@ -153,7 +207,8 @@ def load(
     compile: bool | str | None = None,
 ) -> DiffusionLM:
     """Load a checkpoint (local folder or hub id; its ``model_type`` picks the architecture: LLaDA, Dream, ...);
-    ``None`` loads the embedded testbed model.
+    ``None`` loads the embedded testbed model, and the name of an embedded model (``EMBEDDED_MODELS``:
+    ``"testbed"``, ``"testbed-varied"``; ``"embedded"`` = ``"testbed"``) loads that one.
 
     The projections are fused for inference (q/k/v and gate/up one matmul each; the checkpoint layout
     is unchanged). ``compile``: default of ``generate(compile=...)``: ``None`` = CUDA graphs and
@@ -162,11 +217,7 @@ def load(
     """
     if isinstance(path_or_id, str) and path_or_id.startswith(RANDOM_PREFIX):
         return random_weights_lm(path_or_id.removeprefix(RANDOM_PREFIX), device=device, dtype=dtype, compile=compile)
-    if path_or_id is None:
-        path_or_id = embedded_model_path()
-        if not (Path(path_or_id) / "config.json").is_file():
-            raise FileNotFoundError(f"the embedded model is missing from {path_or_id}; reinstall unmask")
-    folder = resolve_model_path(path_or_id)
+    folder = named_model_folder(path_or_id) or resolve_model_path(path_or_id)
     model = load_model(folder, dtype=dtype, device=device).fuse_projections()
     resolve_compile(compile, model.device)  # a bad mode fails here, not at the first generate
     tokenizer = Tokenizer.from_pretrained(folder, mask_token_id=model.config.mask_token_id)

@@ -79,7 +79,8 @@ def train_command(
         "default: the canonical target of each example."
     ),
     init: str | None = typer.Option(
-        None, "--init", help="Fine-tune this checkpoint (folder or hub id; 'embedded': the testbed model) "
+        None, "--init", help="Fine-tune this checkpoint (folder, hub id, or an embedded model's name: testbed "
+        "(= embedded), testbed-varied) "
         "with its tokenizer, instead of training a fresh model."
     ),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
@@ -133,10 +134,11 @@ def train_command(
     if t.device not in ("auto", ""):
         resolve_device(t.device)  # a device this machine lacks fails now
     set_cpu_threads(None if t.device in ("auto", "") else t.device, threads)
-    if init == "embedded":
-        from unmask.api import embedded_model_path
+    from unmask.api import named_model_folder
 
-        init = str(embedded_model_path())
+    named = named_model_folder(init) if init is not None else None
+    if named is not None:
+        init = str(named)
     elif init is not None:
         read_config(resolve_model_path(init))  # a missing or broken checkpoint fails now
     run(preset, out, log=(lambda *_: None) if quiet else typer.echo, init=init)
