@@ -118,6 +118,31 @@ def main() -> None:
         attention["flex_attention"] = torch.compile(flex_attention, dynamic=False)
     except ImportError as err:
         print("flex_attention unavailable:", err)
+    def flash_split(q, k, v, splits):
+        """FlashAttention-2's forward with ``num_splits`` key chunks (split-KV), [B, L, H, D] layout."""
+        out = torch.ops.aten._flash_attention_forward(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, None, q.shape[2], k.shape[2], 0.0,
+            False, False, num_splits=splits)[0]
+        return out.transpose(1, 2)
+
+    def cudnn_split(q, k, v, splits):
+        """cuDNN attention over ``splits`` key chunks as a batch, merged by their log-sum-exps."""
+        B, H, T, D = k.shape
+        kc = k.view(B, H, splits, T // splits, D).transpose(1, 2).reshape(B * splits, H, T // splits, D)
+        vc = v.view(B, H, splits, T // splits, D).transpose(1, 2).reshape(B * splits, H, T // splits, D)
+        qc = q.repeat_interleave(splits, dim=0) if B > 1 else q.expand(splits, -1, -1, -1)
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(qc, kc, vc, None, True)[:2]
+        out = out.view(B, splits, H, -1, D).float()
+        lse = lse.view(B, splits, H, -1, 1).float()
+        w = torch.softmax(lse, dim=1)
+        return (out * w).sum(1).to(q.dtype)
+
+    for splits in (1, 2, 4, 8):
+        attention[f"flash_num_splits_{splits}"] = lambda q, k, v, s=splits: flash_split(q, k, v, s)
+    for splits in (2, 4):
+        attention[f"cudnn_split_{splits}_eager_merge"] = lambda q, k, v, s=splits: cudnn_split(q, k, v, s)
+        attention[f"cudnn_split_{splits}_compiled"] = torch.compile(
+            lambda q, k, v, s=splits: cudnn_split(q, k, v, s), dynamic=False)
     for label, fn in attention.items():
         try:
             out = fn(q, kvs[0][0], kvs[0][1])
