@@ -131,7 +131,7 @@ def test_lr_schedule():
 def small_corpus(examples, monkeypatch):
     """The pipeline's corpus generation replaced by the session's fixed examples (train: first 300)."""
 
-    def fake_corpus(n_per_task, split="train", seed=0, workers=0):
+    def fake_corpus(n_per_task, split="train", seed=0, workers=0, varied=False):
         pool = examples[:300] if split == "train" else examples[300:]
         return [ex for ex in pool if ex.task in n_per_task][: sum(n_per_task.values())]
 
