@@ -34,7 +34,6 @@ from unmask.models.llada import (
     EAGER_KERNELS,
     BlockKernels,
     RMSNorm,
-    attend,
     compiled_kernels,
     full_forward,
     fuse_parameters,
@@ -101,7 +100,8 @@ class DreamLayer(nn.Module):
         x, q, k, v = kernels.attention_inputs(
             x, mlp_out, self.input_layernorm.weight, self.eps, weights, self.n_heads, self.n_kv_heads, cos, sin,
             None if cache is None else cache.layer(layer), columns, biases)
-        att = attend(q, k, v, key_mask, kernels.split_kv)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads)
         return kernels.attention_output_and_mlp(
             x, att, self.self_attn.o_proj.weight, self.post_attention_layernorm.weight, self.eps,
             self.gate_up_weights(), self.mlp.down_proj.weight)

@@ -26,8 +26,6 @@ from torch import nn
 
 from unmask.models.cache import StaticKVCache, write_kv
 from unmask.models.config import LLaDAConfig
-from unmask.models.split_kv import available as split_kv_available
-from unmask.models.split_kv import merge_splits, split_kv_attention
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -106,26 +104,9 @@ def attention_inputs(
     return x, q, cache[0], cache[1]
 
 
-def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, split_kv: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T / sqrt(d) + mask) v over [B, heads, L, head_dim] (GQA when k has fewer heads): SDPA, or
-    with ``split_kv`` and a short window on CUDA, the split-KV chunks (``models/split_kv.py``) that the next
-    half's ``merge_attention`` combines."""
-    if split_kv and split_kv_available(q, k, key_mask):
-        return split_kv_attention(q, k, v, key_mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False,
-                                          enable_gqa=k.shape[1] != q.shape[1])
-
-
-def merge_attention(attended: torch.Tensor | tuple[torch.Tensor, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """``attend``'s output as one tensor [B, heads, L, head_dim] (split-KV chunks merged)."""
-    return merge_splits(*attended, dtype) if isinstance(attended, tuple) else attended
-
-
 def attention_output_and_mlp(
-    x: torch.Tensor, attended: torch.Tensor | tuple[torch.Tensor, torch.Tensor], out_weight: torch.Tensor,
-    norm_weight: torch.Tensor, eps: float, gate_up_weights: tuple[torch.Tensor, ...], down_weight: torch.Tensor,
+    x: torch.Tensor, attended: torch.Tensor, out_weight: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+    gate_up_weights: tuple[torch.Tensor, ...], down_weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h = x + attn_out(attended) and the MLP's output ff_out(silu(gate(m)) * up(m)), m = ff_norm(h).
 
@@ -133,7 +114,6 @@ def attention_output_and_mlp(
     final norm), where it fuses with the norm that reads it.
     """
     B, L, _ = x.shape
-    attended = merge_attention(attended, x.dtype)
     h = x + F.linear(attended.transpose(1, 2).reshape(B, L, -1), out_weight)
     m = rms_norm(h, norm_weight, eps)
     if len(gate_up_weights) == 1:
@@ -150,7 +130,6 @@ class BlockKernels:
     attention_inputs: Callable[..., tuple[torch.Tensor, ...]] = attention_inputs
     attention_output_and_mlp: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_output_and_mlp
     compiled: bool = False
-    split_kv: bool = False  # attention of a short window over the cache in split-KV chunks (CUDA, fused mode)
 
 
 EAGER_KERNELS = BlockKernels()
@@ -177,7 +156,6 @@ def compiled_kernels() -> BlockKernels:
             torch.compile(attention_inputs, options=COMPILE_OPTIONS),
             torch.compile(attention_output_and_mlp, options=COMPILE_OPTIONS),
             compiled=True,
-            split_kv=True,
         )
     return _COMPILED_KERNELS
 
@@ -265,7 +243,9 @@ class LLaDABlock(nn.Module):
         x, q, k, v = kernels.attention_inputs(
             x, mlp_out, self.attn_norm.weight, self.eps, self.qkv_weights(), self.n_heads, self.n_kv_heads, cos, sin,
             None if cache is None else cache.layer(layer), columns)
-        att = attend(q, k, v, key_mask, kernels.split_kv)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads
+        )
         return kernels.attention_output_and_mlp(x, att, self.attn_out.weight, self.ff_norm.weight, self.eps,
                                                 self.gate_up_weights(), self.ff_out.weight)
 

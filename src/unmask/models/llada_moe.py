@@ -39,16 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unmask.models.cache import StaticKVCache, write_kv
-from unmask.models.llada import (
-    COMPILE_OPTIONS,
-    RECOMPILE_LIMIT,
-    RMSNorm,
-    attend,
-    full_forward,
-    merge_attention,
-    rms_norm,
-    rotary_tables,
-)
+from unmask.models.llada import COMPILE_OPTIONS, RECOMPILE_LIMIT, RMSNorm, full_forward, rms_norm, rotary_tables
 from unmask.models.llada_moe_config import LLaDAMoEConfig
 
 EXPERT_PATHS = ("auto", "grouped", "loop")
@@ -93,12 +84,10 @@ def attention_inputs(
 
 
 def attention_output(
-    x: torch.Tensor, attended: torch.Tensor | tuple[torch.Tensor, torch.Tensor], out_weight: torch.Tensor,
-    norm_weight: torch.Tensor, eps: float,
+    x: torch.Tensor, attended: torch.Tensor, out_weight: torch.Tensor, norm_weight: torch.Tensor, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h = x + o_proj(attended) and the MLP's input m = post_attention_layernorm(h)."""
     B, L, _ = x.shape
-    attended = merge_attention(attended, x.dtype)
     h = x + F.linear(attended.transpose(1, 2).reshape(B, L, -1), out_weight)
     return h, rms_norm(h, norm_weight, eps)
 
@@ -267,7 +256,6 @@ class MoEKernels:
     attention_inputs: Callable[..., tuple[torch.Tensor, ...]] = attention_inputs
     attention_output: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_output
     compiled: bool = False
-    split_kv: bool = False  # as BlockKernels.split_kv
 
 
 EAGER_KERNELS = MoEKernels()
@@ -282,8 +270,7 @@ def compiled_kernels() -> MoEKernels:
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         _COMPILED_KERNELS = MoEKernels(torch.compile(attention_inputs, options=COMPILE_OPTIONS),
-                                       torch.compile(attention_output, options=COMPILE_OPTIONS), compiled=True,
-                                       split_kv=True)
+                                       torch.compile(attention_output, options=COMPILE_OPTIONS), compiled=True)
     return _COMPILED_KERNELS
 
 
@@ -332,7 +319,8 @@ class DecoderLayer(nn.Module):
         x, q, k, v = kernels.attention_inputs(
             x, mlp_out, self.input_layernorm.weight, self.eps, self.qkv_weights(), qk_norm, self.n_heads,
             self.n_kv_heads, cos, sin, None if cache is None else cache.layer(layer), columns)
-        att = attend(q, k, v, key_mask, kernels.split_kv)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads)
         h, m = kernels.attention_output(x, att, attn.o_proj.weight, self.post_attention_layernorm.weight, self.eps)
         out = self.mlp(m)
         if hasattr(self, "shared_expert"):
