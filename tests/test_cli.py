@@ -77,7 +77,7 @@ def test_bench_on_cpu_writes_tables(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--select", "best"], "--select must be one of all, random, high_loss, uds; got 'best'"),
+    (["--select", "best"], "--select must be one of all, random, high_loss, uds, uds_legacy; got 'best'"),
     (["--fraction", "0"], "--fraction must be in (0, 1], got 0.0"),
     (["--semi-ar", "1.5"], "--semi-ar must be in [0, 1], got 1.5"),
     (["--semi-ar-block", "0"], "--semi-ar-block must be >= 1 token, got 0"),

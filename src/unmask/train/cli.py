@@ -58,7 +58,8 @@ def train_command(
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
     select: str | None = typer.Option(
-        None, "--select", help="Online batch selection: all (plain SFT), random, high_loss, uds (UDS)."
+        None, "--select", help="Online batch selection: all (plain SFT), random, high_loss, uds (UDS, candidates "
+        "scored at one shared mask ratio), uds_legacy (UDS scored on each row's own noise, the first port)."
     ),
     fraction: float | None = typer.Option(
         None, "--fraction", help="Selection budget: train on this share of each candidate batch of batch_size/fraction."

@@ -191,7 +191,11 @@ def run(preset: Preset, out: str | Path, log=print, init: str | Path | None = No
     def save(m, step):
         save_pretrained(m, out / MODEL_DIR, dtype=torch.bfloat16, max_shard_bytes=15 * 2**20, extra_files=files)
 
-    uds_options = {"alpha": tc.uds_alpha, "queue_size": tc.uds_queue_size} if tc.selector == "uds" else {}
+    uds_options = {}
+    if tc.selector in ("uds", "uds_legacy"):
+        uds_options = {"alpha": tc.uds_alpha, "queue_size": tc.uds_queue_size}
+        if tc.selector == "uds":
+            uds_options["ratio"] = tc.uds_ratio
     selector = make_selector(tc.selector, vocab_size=config.vocab_size, max_len=train.seq_len, seed=tc.seed,
                              **uds_options)
     trainer = Trainer(model, train, tc, config.mask_token_id, val_data=val, selector=selector, save_fn=save,

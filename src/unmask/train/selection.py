@@ -1,20 +1,29 @@
 """Online batch selection for masked-diffusion SFT: from each candidate batch, pick the rows to train on.
 
-The trainer draws a candidate batch of ``batch_size / fraction`` rows and noises it once
-(``forward_process``). A selector that ``needs_forward`` gets the logits of one no-grad forward of
-that noised batch (the scoring forward); it returns the indices of ``k = batch_size`` rows, and the
-optimiser step is a forward + backward on exactly those rows with exactly the same noise. No extra
-backward pass, no reference model, no validation set (the UDS protocol; its code does the same:
-a ``no_grad`` scoring forward over the candidates, then ``compute_loss`` on the selected rows).
+The trainer draws a candidate batch of ``batch_size / fraction`` rows and noises it once with LLaDA's
+forward process (``forward_process``): that is the *training noise*. A selector that ``needs_forward``
+gets the logits of one no-grad forward of the candidates (the scoring forward); it returns the indices
+of ``k = batch_size`` rows, and the optimiser step is a forward + backward on exactly those rows with
+their training noise. No extra backward pass, no reference model, no validation set (the UDS protocol;
+its code does the same: a ``no_grad`` scoring forward over the candidates, then ``compute_loss`` on the
+selected rows).
+
+The scoring forward runs on the training noise, unless the selector brings its own scoring noise
+(``scoring_noise``; UDS by default, see ``shared_noise``): then every candidate is scored at the same
+mask ratio and the selected rows still train with their fresh, independent LLaDA noise.
 
 Selectors (``make_selector``):
 
 - ``all``: plain SFT, every row (no candidate batch, no scoring forward);
 - ``random``: ``k`` uniformly random rows (no scoring forward);
 - ``high_loss``: the ``k`` rows with the largest masked-diffusion loss in the scoring forward
-  ("big-loss" selection, a baseline of the UDS paper);
-- ``uds``: UDS (Utility-Diversity Sampling, "Utility-Diversity Aware Online Batch Selection for LLM
-  Supervised Fine-tuning", github.com/gfyddha/UDS, ``UDSamplingTrainer.py``), see ``UDSSelector``.
+  ("big-loss" selection, a baseline of the UDS paper; scored on the training noise);
+- ``uds``: UDS (Utility-Diversity Sampling; Zou et al., "Utility-Diversity Aware Online Batch Selection
+  for LLM Supervised Fine-tuning", code github.com/gfyddha/UDS, ``UDSamplingTrainer.py``) with a
+  shared scoring noise, per-token utility and greedy picks, see ``UDSSelector``;
+- ``uds_legacy``: the first UDS port (each row scored on its own training noise, raw nuclear norm, one
+  top-k per step); kept for comparison: its utility tracks the number of masked positions of the
+  row's noise draw (docs/benchmarks/uds.md).
 
 For masked-diffusion SFT, "the logits matrix" of a row is its logits at the masked response positions
 (docs/design.md §8). We keep the positions in place and zero the other rows of the [L, V] matrix:
@@ -37,7 +46,8 @@ class Candidates:
 
     logits: [B, L, V] logits of the scoring forward (``None`` for selectors without ``needs_forward``);
         V may include padded embedding columns beyond the vocabulary.
-    masked: [B, L] bool, the masked response positions (where the loss is taken).
+    masked: [B, L] bool, the masked response positions of the scoring forward: the training noise, or
+        the selector's own ``scoring_noise`` when it has one.
     losses: [B] float32 per-row masked-diffusion loss of the scoring forward (``None`` without it).
     input_ids: [B, L] the clean rows; prompt_len: [B].
     """
@@ -59,6 +69,10 @@ class BatchSelector(Protocol):
 
     needs_forward: whether ``select`` reads ``logits``/``losses`` (the trainer runs the scoring
         forward only for such selectors).
+
+    A selector may also define ``scoring_noise(input_ids, prompt_len, mask_id)`` returning
+    ``(noisy, masked, p_mask)`` (or ``None``): the scoring forward then runs on that noise instead of
+    the training noise (``Trainer.candidates``).
     """
 
     needs_forward: bool
@@ -109,10 +123,48 @@ class HighLossSelector:
 # ----------------------------------------------------------------------------- UDS
 
 
-def masked_logit_matrices(logits: torch.Tensor, masked: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
-    """[B, L, V] float32: each row's logits at its masked positions, zero elsewhere (first ``vocab_size`` columns)."""
+def masked_logit_matrices(
+    logits: torch.Tensor, masked: torch.Tensor, vocab_size: int | None = None, per_token: bool = False
+) -> torch.Tensor:
+    """[B, L, V] float32: each row's logits at its masked positions, zero elsewhere (first ``vocab_size`` columns).
+
+    ``per_token``: divide row b's matrix by its number of masked positions ``n_b`` (``X_b / n_b``; a row
+    with none stays zero), so that norms and embeddings are per masked token.
+    """
     x = logits[..., :vocab_size] if vocab_size else logits
-    return x.float() * masked[..., None].to(torch.float32)
+    weight = masked.to(torch.float32)
+    if per_token:
+        weight = weight / weight.sum(1, keepdim=True).clamp(min=1.0)
+    return x.float() * weight[..., None]
+
+
+def shared_noise(
+    input_ids: torch.Tensor,
+    prompt_len: torch.Tensor,
+    mask_id: int,
+    ratio: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scoring noise at one mask ratio for every row: ``(noisy_ids, masked [B, L] bool, p_mask [B])``.
+
+    One uniform draw ``u ~ U(0, 1)^L`` over positions is shared by all rows; row b masks exactly
+    ``n_b = max(1, floor(ratio * A_b + 1/2))`` of its ``A_b = L - prompt_len_b`` answer positions (0 if it
+    has none): those with the smallest ``u``. So the noise level is the same for every candidate
+    (``n_b / A_b = ratio`` up to rounding), does not depend on the row's content or its place in the
+    batch, and is fixed by the generator's seed. ``p_mask = n_b / A_b`` (for ``per_row_loss``).
+    """
+    B, L = input_ids.shape
+    dev = input_ids.device
+    pos = torch.arange(L, device=dev)
+    answer = pos[None, :] >= prompt_len.to(dev)[:, None]
+    answer_len = answer.sum(1)
+    n = torch.floor(ratio * answer_len.double() + 0.5).long().clamp(min=1).minimum(answer_len)
+    order = torch.rand(L, device=dev, generator=generator).argsort()  # positions by increasing u
+    in_order = answer[:, order]
+    take = in_order & (in_order.cumsum(1) <= n[:, None])  # the n_b answer positions of smallest u
+    masked = take.gather(1, order.argsort()[None, :].expand(B, L))
+    noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
+    return noisy, masked, n.float() / answer_len.clamp(min=1).float()
 
 
 NUCLEAR_METHODS = ("gram", "newton_schulz", "gram_cpu", "svd", "gesvda")
@@ -238,25 +290,74 @@ def _cos_table(n: int, freqs: torch.Tensor) -> torch.Tensor:
 CHUNK_ELEMENTS = 1 << 27  # logits per UDS scoring chunk (512 MiB in float32)
 
 
+def greedy_picks(
+    utility: torch.Tensor,
+    emb: torch.Tensor,
+    alpha: float,
+    k: int,
+    queue_diversity: torch.Tensor | None = None,
+    queue_count: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy UDS picks: ``(picks [k] int64 in pick order, diversity [k] of each pick when picked)``.
+
+    Pick j (j = 0..k-1) takes ``argmax_{b not yet picked} u_b + alpha * d_b(Q + P_j)`` (first index on
+    ties), where ``d_b(S) = mean_{q in S} ||e_b - q||_2`` (0 for an empty set), Q is the memory buffer
+    (``queue_count`` entries; ``queue_diversity`` = ``d_b(Q)``) and P_j the rows picked before j. With
+    ``T_b = sum_{q in Q} ||e_b - q||`` kept up to date (``T_b += ||e_b - e_p||`` after a pick p),
+    ``d_b(Q + P_j) = T_b / (|Q| + j)``: each pick is a few tensor ops over all candidates and nothing
+    is read back to the host (no device synchronisation).
+    """
+    B = utility.shape[0]
+    if not 0 < k <= B:
+        raise ValueError(f"cannot pick {k} of {B} candidates")
+    if queue_count and queue_diversity is not None:
+        total = queue_diversity.float() * queue_count
+    else:
+        total, queue_count = torch.zeros(B, device=utility.device), 0
+    pair = torch.cdist(emb.float(), emb.float(), p=2)  # [B, B]
+    taken = torch.zeros(B, dtype=torch.bool, device=utility.device)
+    utility = utility.float()
+    picks, diversity = [], []
+    for j in range(k):
+        n = queue_count + j
+        div = total / n if n else torch.zeros_like(total)
+        p = (utility + alpha * div).masked_fill(taken, -math.inf).argmax().view(1)
+        picks.append(p)
+        diversity.append(div.index_select(0, p))
+        taken.index_fill_(0, p, True)
+        total = total + pair.index_select(0, p)[0]
+    return torch.cat(picks), torch.cat(diversity)
+
+
 class UDSSelector:
-    """UDS: utility + alpha * inter-sample diversity, top ``k`` (gfyddha/UDS ``compute_top_index``).
+    """UDS: utility + alpha * inter-sample diversity (Zou et al., "Utility-Diversity Aware Online Batch
+    Selection for LLM Supervised Fine-tuning"; gfyddha/UDS ``UDSamplingTrainer.compute_top_index``).
 
-    For each candidate row b with logits matrix X_b (masked response positions, see module docstring):
+    For each candidate row b, with ``X_b`` its [L, V] logits at the masked answer positions of the
+    scoring forward (module docstring) and ``n_b`` their number:
 
-    - utility ``u_b = ||X_b||_*`` (nuclear norm: large for confident *and* varied predictions, the
-      paper's utility and intra-sample diversity in one number);
-    - embedding ``e_b = FastJLProjector(X_b)`` (r1 * r2 = 1024 dims);
-    - diversity ``d_b = mean_{q in Q} ||e_b - q||_2`` over the memory buffer Q of embeddings of
-      recently selected rows (0 while Q is empty);
-    - score ``s_b = u_b + alpha * d_b``; keep the ``k`` largest (alpha = 2.5e-3, the trainer's default;
-      the repository's MMLU script passes 1.5e-3);
-    - push the kept rows' embeddings into Q, a FIFO ring of ``queue_size`` = 1024 entries.
+    - scoring noise (``noise``): ``"shared"`` (default) scores every candidate at the same mask ratio
+      ``ratio`` (``shared_noise``; one draw per step from the seed ``seed * 1_000_003 + step``), so that
+      the utility compares rows, not noise draws; the selected rows then train with their own fresh
+      LLaDA noise, drawn independently of the selection. ``"own"`` scores each row on its training noise
+      (the UDS code has no noise; the first port did this, and its utility then tracked ``n_b``:
+      correlation 0.91-0.99 over candidate batches, docs/benchmarks/uds.md);
+    - ``M_b = X_b / n_b`` with ``per_token`` (default; a nuclear norm grows with the number of rows),
+      else ``M_b = X_b``;
+    - utility ``u_b = ||M_b||_* = sum_i sigma_i(M_b)`` (nuclear norm: large for confident *and* varied
+      predictions, the paper's utility and intra-sample diversity in one number);
+    - embedding ``e_b = FastJLProjector(M_b)`` (r1 * r2 = 1024 dims);
+    - diversity ``d_b(S) = mean_{q in S} ||e_b - q||_2`` to a set S of embeddings (0 for an empty S);
+    - ``greedy`` (default): ``k`` picks one at a time, pick j the best ``u_b + alpha * d_b(Q + P_j)`` over
+      the rows not yet picked, with Q the memory buffer and P_j the rows picked before it this step
+      (``greedy_picks``): rows picked together are compared for diversity, as in the UDS code, which
+      picks 4 rows per micro-batch and pushes them before the next; else the top ``k`` of
+      ``u_b + alpha * d_b(Q)`` at once (the first port);
+    - push the picks' embeddings into Q (in pick order), a FIFO ring of ``queue_size`` = 1024 entries;
+      alpha = 2.5e-3 (the UDS trainer's default; the repository's MMLU script passes 1.5e-3).
 
     ``nuclear``: the ``nuclear_norms`` method; ``auto`` takes ``newton_schulz`` on a GPU, ``gram`` on the CPU.
-
-    One deliberate difference from the UDS code, which scores an autoregressive model's logits at every
-    position of the padded sequence: for masked diffusion the matrix is taken at the masked response
-    positions of the training forward (docs/design.md §8), the positions the loss is computed on.
+    ``make_selector("uds_legacy")`` is ``noise="own", per_token=False, greedy=False``.
     """
 
     needs_forward = True
@@ -271,20 +372,40 @@ class UDSSelector:
         r2: int = 128,
         nuclear: str = "auto",
         seed: int = 0,
+        noise: str = "shared",
+        ratio: float = 0.5,
+        per_token: bool = True,
+        greedy: bool = True,
     ) -> None:
         if queue_size <= 0:
             raise ValueError(f"queue_size must be > 0, got {queue_size}")
         if alpha < 0 or not math.isfinite(alpha):
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+        if noise not in ("shared", "own"):
+            raise ValueError(f"noise must be 'shared' or 'own', got {noise!r}")
+        if not 0 < ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
         self.vocab_size, self.alpha, self.queue_size, self.nuclear = vocab_size, alpha, queue_size, nuclear
+        self.noise, self.ratio, self.per_token, self.greedy, self.seed = noise, ratio, per_token, greedy, seed
         self.projector = FastJLProjector(max_len, vocab_size, r1, r2, seed=seed)
         self.queue: torch.Tensor | None = None
         self.queue_ptr = 0
         self.queue_count = 0
+        self.steps = 0  # scoring-noise draws so far (the per-step seed)
         self.last_scores: dict[str, torch.Tensor] = {}
 
+    def scoring_noise(
+        self, input_ids: torch.Tensor, prompt_len: torch.Tensor, mask_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """This step's ``shared_noise`` (``None`` with ``noise="own"``: score on the training noise)."""
+        if self.noise == "own":
+            return None
+        gen = torch.Generator(device=input_ids.device).manual_seed(self.seed * 1_000_003 + self.steps)
+        self.steps += 1
+        return shared_noise(input_ids, prompt_len, mask_id, self.ratio, gen)
+
     def scores(self, batch: Candidates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(utility [B], diversity [B], embeddings [B, D]) of a candidate batch.
+        """(utility [B], diversity to the buffer [B], embeddings [B, D]) of a candidate batch.
 
         Rows go through in chunks of at most ``CHUNK_ELEMENTS`` logits, so that the float32/float64
         copies stay bounded for large vocabularies (LLaDA-8B: 126,464 columns).
@@ -298,7 +419,9 @@ class UDSSelector:
         rows = max(1, CHUNK_ELEMENTS // (L * min(batch.logits.shape[-1], self.vocab_size)))
         utility, emb = [], []
         for s in range(0, B, rows):
-            x = masked_logit_matrices(batch.logits[s:s + rows], batch.masked[s:s + rows], self.vocab_size)
+            x = masked_logit_matrices(
+                batch.logits[s : s + rows], batch.masked[s : s + rows], self.vocab_size, per_token=self.per_token
+            )
             utility.append(nuclear_norms(x, method))
             emb.append(self.projector.project(x))
         utility, emb = torch.cat(utility), torch.cat(emb)
@@ -312,9 +435,20 @@ class UDSSelector:
     def select(self, batch: Candidates, k: int) -> torch.Tensor:  # noqa: D102
         utility, diversity, emb = self.scores(batch)
         combined = utility + self.alpha * diversity
-        keep = torch.topk(combined, k).indices.sort().values
-        self.push(emb[keep])
-        self.last_scores = {"utility": utility, "diversity": diversity, "combined": combined}
+        if self.greedy:
+            order, picked_diversity = greedy_picks(utility, emb, self.alpha, k, diversity, self.queue_count)
+            keep = order.sort().values
+        else:
+            keep = order = torch.topk(combined, k).indices.sort().values
+            picked_diversity = diversity[keep]
+        self.push(emb[order])
+        self.last_scores = {
+            "utility": utility,
+            "diversity": diversity,
+            "combined": combined,
+            "order": order,
+            "picked_diversity": picked_diversity,
+        }
         return keep
 
     def push(self, emb: torch.Tensor) -> None:
@@ -323,27 +457,36 @@ class UDSSelector:
         if self.queue is None:
             self.queue = torch.zeros(self.queue_size, D, device=emb.device, dtype=emb.dtype)
         if n > self.queue_size:  # only the newest queue_size rows survive a wrap-around
-            emb, n = emb[-self.queue_size:], self.queue_size
+            emb, n = emb[-self.queue_size :], self.queue_size
         idx = (torch.arange(n, device=emb.device) + self.queue_ptr) % self.queue_size
         self.queue[idx] = emb.to(self.queue.dtype)
         self.queue_ptr = (self.queue_ptr + n) % self.queue_size
         self.queue_count = min(self.queue_size, self.queue_count + n)
 
 
-SELECTORS = {"all": AllSelector, "random": RandomSelector, "high_loss": HighLossSelector, "uds": UDSSelector}
+SELECTORS = {
+    "all": AllSelector,
+    "random": RandomSelector,
+    "high_loss": HighLossSelector,
+    "uds": UDSSelector,
+    "uds_legacy": UDSSelector,
+}
+LEGACY_UDS = {"noise": "own", "per_token": False, "greedy": False}  # the first port (docs/benchmarks/uds.md)
 
 
-def make_selector(name: str, *, vocab_size: int | None = None, max_len: int | None = None, seed: int = 0,
-                  **kwargs) -> BatchSelector:
-    """A selector by name; ``uds`` needs ``vocab_size`` and ``max_len`` (the row length T)."""
+def make_selector(
+    name: str, *, vocab_size: int | None = None, max_len: int | None = None, seed: int = 0, **kwargs
+) -> BatchSelector:
+    """A selector by name; ``uds`` and ``uds_legacy`` need ``vocab_size`` and ``max_len`` (the row length T)."""
     if name == "all":
         return AllSelector()
     if name == "random":
         return RandomSelector(seed=seed)
     if name == "high_loss":
         return HighLossSelector()
-    if name == "uds":
+    if name in ("uds", "uds_legacy"):
         if vocab_size is None or max_len is None:
-            raise ValueError("uds selection needs vocab_size and max_len")
-        return UDSSelector(vocab_size, max_len, seed=seed, **kwargs)
+            raise ValueError(f"{name} selection needs vocab_size and max_len")
+        options = {**LEGACY_UDS, **kwargs} if name == "uds_legacy" else kwargs
+        return UDSSelector(vocab_size, max_len, seed=seed, **options)
     raise ValueError(f"unknown selector {name!r}; allowed: {', '.join(SELECTORS)}")

@@ -76,10 +76,11 @@ class TrainConfig:
     autocast_bf16: bool = True  # on CUDA only
     compile: bool = False
     seed: int = 0
-    selector: str = "all"  # online batch selection: all, random, high_loss, uds (selection.py)
+    selector: str = "all"  # online batch selection: all, random, high_loss, uds, uds_legacy (selection.py)
     selection_fraction: float = 1.0  # candidate batch = batch_size / fraction rows; batch_size of them train
     uds_alpha: float = 2.5e-3  # UDS: score = nuclear norm + alpha * diversity
     uds_queue_size: int = 1024  # UDS: memory buffer of selected embeddings
+    uds_ratio: float = 0.5  # UDS (not uds_legacy): mask ratio of the shared scoring noise
     dynamic_padding: bool = True  # trim each batch's common padding (LLaDA pads to the batch's longest)
     pad_multiple: int = 64
     pad_extra: int = 0  # keep U{0..pad_extra} more end-of-text padding per batch (canvas-length robustness)
@@ -121,6 +122,7 @@ class TrainConfig:
         check_choice("train selector", self.selector, tuple(SELECTORS))
         check_float("train selection_fraction", self.selection_fraction, 0, 1, low_open=True)
         check_float("train uds_alpha", self.uds_alpha, 0)
+        check_float("train uds_ratio", self.uds_ratio, 0, 1, low_open=True)
         check_int("train pad_extra", self.pad_extra, 0)
         check_float("train semi_ar_prob", self.semi_ar_prob, 0, 1)
         return self
@@ -223,8 +225,9 @@ class Trainer:
         """One optimiser step; returns the (detached) loss of the rows trained on.
 
         Plain SFT trains on the whole batch. With a selector, ``input_ids`` is the candidate batch:
-        it is noised once, scored by a no-grad forward if the selector needs one, and the forward +
-        backward runs on the ``batch_size`` selected rows with the same noise (``selection.py``).
+        it is noised once (the training noise), scored by a no-grad forward if the selector needs one
+        (``candidates``), and the forward + backward runs on the ``batch_size`` selected rows with their
+        training noise (``selection.py``).
         """
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -235,15 +238,11 @@ class Trainer:
         selecting = not isinstance(self.selector, AllSelector)
         if selecting:
             timer = _PhaseTimer(self.device)
-            logits = losses = None
-            if self.selector.needs_forward:
-                with torch.no_grad(), self._autocast():
-                    logits = self._fwd(noisy)
-                losses = per_row_loss(logits, input_ids, masked, p_mask, prompt_len)
+            candidates = self.candidates(input_ids, prompt_len, noisy, masked, p_mask)
             timer.mark("score_forward")
             k = min(self.cfg.batch_size, input_ids.shape[0])
-            keep = self.selector.select(Candidates(logits, masked, losses, input_ids, prompt_len), k)
-            del logits
+            keep = self.selector.select(candidates, k)
+            del candidates
             timer.mark("select")
             noisy, masked, p_mask = noisy[keep], masked[keep], p_mask[keep]
             input_ids, prompt_len = input_ids[keep], prompt_len[keep]
@@ -259,6 +258,31 @@ class Trainer:
             timer.mark("train")
             self._timers.append(timer)
         return loss.detach()
+
+    def candidates(
+        self,
+        input_ids: torch.Tensor,
+        prompt_len: torch.Tensor,
+        noisy: torch.Tensor,
+        masked: torch.Tensor,
+        p_mask: torch.Tensor,
+    ) -> Candidates:
+        """The candidate batch as the selector sees it, given its training noise ``(noisy, masked, p_mask)``.
+
+        For a selector that ``needs_forward``: the logits and per-row losses of one no-grad forward, on
+        the selector's ``scoring_noise`` if it brings one (UDS: a shared mask ratio), else on the
+        training noise; ``masked`` is then the scoring forward's.
+        """
+        logits = losses = None
+        if self.selector.needs_forward:
+            scoring_noise = getattr(self.selector, "scoring_noise", None)
+            noise = scoring_noise(input_ids, prompt_len, self.mask_id) if scoring_noise is not None else None
+            if noise is not None:
+                noisy, masked, p_mask = noise
+            with torch.no_grad(), self._autocast():
+                logits = self._fwd(noisy)
+            losses = per_row_loss(logits, input_ids, masked, p_mask, prompt_len)
+        return Candidates(logits, masked, losses, input_ids, prompt_len)
 
     def phase_times(self) -> dict[str, float]:
         """Mean milliseconds per step of each phase (score_forward, select, train) since the last call."""
