@@ -115,3 +115,16 @@ def test_corpus_varied_switch():
     targets = {MATH.varied_examples("train", 1, seed=0)[0].target}
     targets |= {MATH.render_varied(key, random.Random(f"vary/math/train/0/{i}")).target for i in range(1, 10)}
     assert len(targets) > 5
+
+
+def test_varied_share_mixes_canonical_and_varied_rows():
+    from unmask.tasks.registry import get_task
+
+    task = get_task("math")
+    canonical = task.examples("train", 200, seed=3)
+    half = task.varied_examples("train", 200, seed=3, share=0.5)
+    assert [e.id for e in half] == [e.id for e in canonical]  # the same examples, in the same order
+    same = sum(a.target == b.target for a, b in zip(half, canonical, strict=True))
+    assert 60 <= same <= 140  # about half kept their canonical target (a varied one may match it by chance)
+    assert task.varied_examples("train", 200, seed=3, share=0.5) == half  # deterministic
+    assert task.varied_examples("train", 200, seed=3, share=0.0) == canonical

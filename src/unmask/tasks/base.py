@@ -80,13 +80,15 @@ class GeneratedTask(Task):
         reference, so the scorer and the evaluation are unchanged); default: `render(key)`."""
         return self.render(key)
 
-    def varied_examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+    def varied_examples(self, split: str, n: int, seed: int = 0, share: float = 1.0) -> list[Example]:
         """`examples(split, n, seed)` with each row's target from `render_varied`, its style drawn per row
-        (a RNG seeded by task, split, seed and row): a key drawn again elsewhere gets another wording."""
-        return [
-            self.render_varied(key, random.Random(f"vary/{self.name}/{split}/{seed}/{i}"))
-            for i, (key, _) in enumerate(self.keyed_examples(split, n, seed))
-        ]
+        (a RNG seeded by task, split, seed and row): a key drawn again elsewhere gets another wording.
+        ``share``: the probability that a row is varied; the others keep their canonical target."""
+        out = []
+        for i, (key, example) in enumerate(self.keyed_examples(split, n, seed)):
+            rng = random.Random(f"vary/{self.name}/{split}/{seed}/{i}")
+            out.append(self.render_varied(key, rng) if share >= 1.0 or rng.random() < share else example)
+        return out
 
     def make_id(self, key: str) -> str:
         return f"{self.name}-{stable_hash(key)}"

@@ -79,6 +79,9 @@ def train_command(
         "order of independent steps, varied code; the testbed-varied model), train and validation rows alike; "
         "default: the canonical target of each example."
     ),
+    varied_share: float | None = typer.Option(
+        None, "--varied-share", help="With --varied: the share of rows in [0, 1] worded in a drawn style (1)."
+    ),
     init: str | None = typer.Option(
         None, "--init", help="Fine-tune this checkpoint (folder, hub id, or an embedded model's name: testbed "
         "(= embedded), testbed-varied) "
@@ -122,6 +125,7 @@ def train_command(
         (d, "workers", workers),
         (d, "seed", seed),
         (d, "varied", varied),
+        (d, "varied_share", varied_share),
         (d, "n_per_task", _parse_sizes(train_sizes)),
         (d, "n_val_per_task", _parse_sizes(val_sizes)),
     ]:

@@ -39,18 +39,18 @@ PLOT_FILE = "loss.png"
 CHUNK = 4000  # examples per generation job
 
 
-def _sft_chunk(task: str, n: int, split: str, seed: int, varied: bool = False) -> list:
+def _sft_chunk(task: str, n: int, split: str, seed: int, varied: bool | float = False) -> list:
     from unmask.tasks.corpus import sft_corpus
 
     return sft_corpus({task: n}, split=split, seed=seed, varied=varied)
 
 
 def generate_corpus(
-    n_per_task: dict[str, int], split: str = "train", seed: int = 0, workers: int = 0, varied: bool = False
+    n_per_task: dict[str, int], split: str = "train", seed: int = 0, workers: int = 0, varied: bool | float = False
 ) -> list:
     """``sft_corpus`` in parallel: each task's count is cut into jobs of ``CHUNK`` examples with their
     own seeds (``seed * 1_000_003 + job``), run on ``workers`` processes (0: all cores). ``varied``:
-    targets in a style drawn per row (``sft_corpus(varied=True)``).
+    targets in a style drawn per row (``sft_corpus(varied=True)``), or for that share of the rows.
 
     Jobs are distinct within a job but may repeat examples across jobs; the split is still respected
     (``unmask.tasks`` assigns splits by hashing each example's key).
@@ -144,11 +144,12 @@ def run(preset: Preset, out: str | Path, log=print, init: str | Path | None = No
     torch.manual_seed(tc.seed)
 
     t0 = time.perf_counter()
-    train_ex = generate_corpus(corpus_sizes(d.n_per_task, tc), "train", d.seed, d.workers, d.varied)
-    val_ex = generate_corpus(d.n_val_per_task, "validation", d.seed, 1, d.varied)
+    varied = d.varied_share if d.varied else 0.0
+    train_ex = generate_corpus(corpus_sizes(d.n_per_task, tc), "train", d.seed, d.workers, varied)
+    val_ex = generate_corpus(d.n_val_per_task, "validation", d.seed, 1, varied)
     t_gen = time.perf_counter() - t0
-    log(f"corpus: {len(train_ex)} train / {len(val_ex)} validation examples{' (varied targets)' if d.varied else ''} "
-        f"in {t_gen:.1f}s")
+    note = f" ({varied:.0%} varied targets)" if varied else ""
+    log(f"corpus: {len(train_ex)} train / {len(val_ex)} validation examples{note} in {t_gen:.1f}s")
 
     t0 = time.perf_counter()
     extra = _pretrain_texts() if (init is None or d.pretrain) else []

@@ -32,6 +32,7 @@ class DataConfig:
     tokenizer_examples: int = 20000  # SFT examples (plus pretrain_text()) the BPE merges are learnt on
     pretrain: bool = False  # also train on pretrain_text() as pretraining-style rows (prompt_len 0)
     varied: bool = False  # targets in a style drawn per row (train and validation rows; tasks/phrasing.py)
+    varied_share: float = 1.0  # with varied: the share of rows drawn varied (the rest keep canonical targets)
     workers: int = 0  # processes generating the corpus; 0: one per CPU core
     seed: int = 0
 
@@ -41,7 +42,7 @@ class DataConfig:
 
     def check(self) -> DataConfig:
         """Every setting's type and range; a ``ValueError`` names the setting and the value given."""
-        from unmask.checks import check_bool, check_int
+        from unmask.checks import check_bool, check_float, check_int
         from unmask.models.tokenizer import SPECIAL_TOKENS
         from unmask.tasks.registry import TASK_NAMES
 
@@ -60,6 +61,7 @@ class DataConfig:
         check_int("data tokenizer_examples", self.tokenizer_examples, 1)
         check_bool("data pretrain", self.pretrain)
         check_bool("data varied", self.varied)
+        check_float("data varied_share", self.varied_share, 0.0, 1.0)
         check_int("data workers", self.workers, 0, 4096)
         check_int("data seed", self.seed, 0, 2**64 - 1)
         return self
