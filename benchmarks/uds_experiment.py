@@ -1,10 +1,16 @@
-"""UDS vs uniform vs big-loss online batch selection on the testbed SFT data (issue: UDS).
+"""UDS vs uniform vs big-loss online batch selection on the testbed SFT data (issues: UDS, 16).
 
 Protocol (the UDS paper's online setting): a pool of ``--pool`` SFT rows (math + code, train split)
 is streamed once in candidate batches of ``batch / budget`` rows; from each, the selector keeps
 ``batch`` rows and the optimiser step trains on them. So at a budget every selector trains on the
 same number of rows with the same number of steps (same compute for the backward passes); UDS and
-big-loss also pay a no-grad scoring forward over every candidate, which is reported as wall-clock.
+big-loss also pay a no-grad scoring forward over every candidate, which is reported per step
+(``score_forward_ms`` + ``select_ms``). A seed fixes the model's noise and the candidate batches, which
+are the same for every selector at that seed and budget: differences to ``random`` are paired by seed.
+
+Selectors (``--selectors``): ``random`` (uniform), ``high_loss`` (big-loss), ``uds_legacy`` (the first UDS
+port: each row scored on its own noise draw, top-k) and ``uds`` (one shared scoring mask ratio, utility
+per masked token, greedy picks; ``train/selection.py``).
 
 Each run starts from the same model (``--init``: by default the embedded testbed model, so this is
 continued SFT on fresh rows of its task distribution; ``scratch``: a fresh model of ``--shape``), then
@@ -13,9 +19,11 @@ exact accuracy (math) / pass@1 (code) on the test splits with the LLaDA baseline
 token per step, block 32).
 
 Runs go to worker processes (``--workers`` at a time, all on one GPU). Writes ``--out``:
-``runs/*.json`` (one per run), ``results.json``, ``results.md``, ``uds.png``.
+``runs/*.json`` (one per run), ``results.json``, ``results.md`` (mean ± 95% t-interval over seeds),
+``uds.png``; the three are rewritten after every finished run, so a deadline (``--deadline-s``, counted
+from the start of the script) or a killed command leaves the results so far.
 
-    python benchmarks/uds_experiment.py --out runs/uds --pool 200000 --seeds 0 1 2 --workers 6
+    python benchmarks/uds_experiment.py --out runs/uds --pool 40000 --seeds 0 1 2 --workers 8 --deadline-s 460
 """
 
 from __future__ import annotations
@@ -50,24 +58,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--mix", default="math=0.7,code=0.3", help="task shares of the pool")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25])
-    ap.add_argument("--selectors", nargs="+", default=["uds", "random", "high_loss"])
+    ap.add_argument(
+        "--selectors",
+        nargs="+",
+        default=["random", "high_loss", "uds_legacy", "uds"],
+        choices=["random", "high_loss", "uds_legacy", "uds"],
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch", type=int, default=64, help="rows trained per step")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--shape", default="small", choices=sorted(SHAPES))
-    ap.add_argument("--init", default=str(ASSETS),
-                    help="checkpoint folder to fine-tune (default: the embedded testbed model); 'scratch': a fresh "
-                    "model of --shape")
+    ap.add_argument(
+        "--init",
+        default=str(ASSETS),
+        help="checkpoint folder to fine-tune (default: the embedded testbed model); 'scratch': a fresh "
+        "model of --shape",
+    )
     ap.add_argument("--tokenizer", type=Path, default=ASSETS, help="folder with tokenizer.json (default: embedded)")
     ap.add_argument("--eval-math", type=int, default=128)
     ap.add_argument("--eval-code", type=int, default=64)
     ap.add_argument("--gen-length", type=int, default=256)
     ap.add_argument("--val-rows", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=4, help="runs in parallel (processes)")
-    ap.add_argument("--nuclear", default="auto", choices=["auto", "gram", "svd"])
+    ap.add_argument("--nuclear", default="auto", choices=["auto", "gram", "newton_schulz", "svd"])
+    ap.add_argument("--uds-ratio", type=float, default=0.5, help="uds: mask ratio of the shared scoring noise")
     ap.add_argument("--corpus-seed", type=int, default=7)
-    ap.add_argument("--deadline-s", type=float, default=0,
-                    help="stop unfinished runs after this many seconds and report the finished ones (0: none)")
+    ap.add_argument(
+        "--deadline-s",
+        type=float,
+        default=0,
+        help="seconds from the start of the script after which unfinished runs are stopped and the "
+        "finished ones reported (0: none)",
+    )
     return ap.parse_args(argv)
 
 
@@ -84,15 +106,19 @@ def build_data(args) -> Path:
     counts = {k: int(round(args.pool * share / sum(mix.values()))) for k, share in mix.items()}
     t0 = time.perf_counter()
     train_ex = generate_corpus(counts, "train", args.corpus_seed, workers=0)
-    val_ex = generate_corpus({k: max(1, int(args.val_rows * s)) for k, s in mix.items()}, "validation",
-                             args.corpus_seed, workers=1)
+    val_ex = generate_corpus(
+        {k: max(1, int(args.val_rows * s)) for k, s in mix.items()}, "validation", args.corpus_seed, workers=1
+    )
     tok = HFTokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
     train = encode_sft(train_ex, tok, args.seq_len)
     val = encode_sft(val_ex, tok, args.seq_len)
     path = args.out / "data.pt"
     torch.save({"train": vars(train), "val": vars(val)}, path)
-    print(f"data: {len(train)} pool rows ({counts}), {len(val)} validation rows, "
-          f"mean length {float(train.length.float().mean()):.0f}, in {time.perf_counter() - t0:.0f}s", flush=True)
+    print(
+        f"data: {len(train)} pool rows ({counts}), {len(val)} validation rows, "
+        f"mean length {float(train.length.float().mean()):.0f}, in {time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
     return path
 
 
@@ -114,8 +140,14 @@ def base_model(args):
         return load_model(args.init, device="cpu", dtype=torch.float32)
     ref = json.loads((args.tokenizer / "config.json").read_text()) if (args.tokenizer / "config.json").is_file() else {}
     fields = {k: ref[k] for k in ("vocab_size", "embedding_size", "mask_token_id", "eos_token_id", "pad_token_id")}
-    config = LLaDAConfig(**SHAPES[args.shape], **fields, rope_theta=10000.0, rms_norm_eps=1e-5,
-                         max_sequence_length=max(args.seq_len, 512), weight_tying=False)
+    config = LLaDAConfig(
+        **SHAPES[args.shape],
+        **fields,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_sequence_length=max(args.seq_len, 512),
+        weight_tying=False,
+    )
     return init_weights(LLaDAModel(config), seed=1000)  # the same start for every run
 
 
@@ -132,19 +164,38 @@ def run_one(args, data_path: Path, selector_name: str, budget: float, seed: int,
     model = base_model(args)
     candidates = round(args.batch / budget)
     steps = len(train) // candidates  # one pass over the pool
-    cfg = TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=max(1, steps // 20),
-                      min_lr_ratio=0.1, eval_every=0, eval_rows=args.val_rows, log_every=max(1, steps // 20),
-                      selection_fraction=budget, selector=selector_name, seed=seed, progress=False)
-    extra = {"nuclear": nuclear} if selector_name == "uds" else {}
-    selector = make_selector(selector_name, vocab_size=model.config.vocab_size, max_len=train.seq_len, seed=seed,
-                             **extra)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        warmup_steps=max(1, steps // 20),
+        min_lr_ratio=0.1,
+        eval_every=0,
+        eval_rows=args.val_rows,
+        log_every=max(1, steps // 20),
+        selection_fraction=budget,
+        selector=selector_name,
+        seed=seed,
+        progress=False,
+    )
+    extra = {}
+    if selector_name in ("uds", "uds_legacy"):
+        extra["nuclear"] = nuclear
+    if selector_name == "uds":
+        extra["ratio"] = args.uds_ratio
+    selector = make_selector(
+        selector_name, vocab_size=model.config.vocab_size, max_len=train.seq_len, seed=seed, **extra
+    )
     trainer = Trainer(model, train, cfg, model.config.mask_token_id, val_data=val, selector=selector)
     t0 = time.perf_counter()
     log = trainer.fit()
     train_s = time.perf_counter() - t0
     phases = [r for r in log.train if "train_ms" in r]
-    timing = {k: statistics.mean(r[k] for r in phases) for k in ("score_forward_ms", "select_ms", "train_ms")
-              if phases and k in phases[0]}
+    timing = {
+        k: statistics.mean(r[k] for r in phases)
+        for k in ("score_forward_ms", "select_ms", "train_ms")
+        if phases and k in phases[0]
+    }
 
     lm = DiffusionLM(trainer.model.eval(), Tokenizer.from_pretrained(args.tokenizer))
     scores = {}
@@ -153,23 +204,37 @@ def run_one(args, data_path: Path, selector_name: str, budget: float, seed: int,
         examples = task.examples("test", n, 0)
         hits = []
         for s in range(0, len(examples), 64):
-            chunk = examples[s:s + 64]
+            chunk = examples[s : s + 64]
             with torch.no_grad():
-                out = lm.generate([e.prompt for e in chunk], policy="topk", gen_length=args.gen_length,
-                                  block_length=32, early_stop=True)
+                out = lm.generate(
+                    [e.prompt for e in chunk],
+                    policy="topk",
+                    gen_length=args.gen_length,
+                    block_length=32,
+                    early_stop=True,
+                )
             hits += score_all(task, chunk, out.texts)
         scores[task_name] = sum(hits) / len(hits)
     val_stats = log.val[-1] if log.val else {}
     return {
-        "selector": selector_name, "budget": budget, "seed": seed, "steps": steps, "rows_trained": steps * args.batch,
-        "candidate_rows": candidates, "train_seconds": round(train_s, 1), "phase_ms": timing,
-        "val_loss": val_stats.get("loss"), "val_masked_acc": val_stats.get("masked_acc"),
-        "math_acc": scores["math"], "code_pass": scores["code"],
+        "selector": selector_name,
+        "budget": budget,
+        "seed": seed,
+        "steps": steps,
+        "rows_trained": steps * args.batch,
+        "candidate_rows": candidates,
+        "train_seconds": round(train_s, 1),
+        "phase_ms": timing,
+        "val_loss": val_stats.get("loss"),
+        "val_masked_acc": val_stats.get("masked_acc"),
+        "math_acc": scores["math"],
+        "code_pass": scores["code"],
         "loss_curve": [(r["step"], r["loss"]) for r in log.train],
     }
 
 
 def worker(args, data_path: Path, queue, results_dir: Path, nuclear: str) -> None:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, args.workers)))
     while True:
         job = queue.get()
         if job is None:
@@ -177,9 +242,14 @@ def worker(args, data_path: Path, queue, results_dir: Path, nuclear: str) -> Non
         name = f"{job[0]}-b{job[1]:g}-s{job[2]}"
         try:
             result = run_one(args, data_path, *job, nuclear=nuclear)
-            (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
-            print(f"[{name}] math {result['math_acc']:.3f} code {result['code_pass']:.3f} "
-                  f"val {result['val_loss']:.4f} {result['train_seconds']}s {result['phase_ms']}", flush=True)
+            tmp = results_dir / f".{name}.json.tmp"  # renamed when complete: the main process never reads half
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.rename(results_dir / f"{name}.json")
+            print(
+                f"[{name}] math {result['math_acc']:.3f} code {result['code_pass']:.3f} "
+                f"val {result['val_loss']:.4f} {result['train_seconds']}s {result['phase_ms']}",
+                flush=True,
+            )
         except Exception:  # keep the other runs going; the failure is in the log
             print(f"[{name}] FAILED\n{traceback.format_exc()}", flush=True)
 
@@ -226,41 +296,122 @@ def pick_nuclear(args, data_path: Path) -> tuple[str, dict]:
 
 # ----------------------------------------------------------------------------- report
 
+T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
+METRICS = ("val_loss", "math_acc", "code_pass")
+PHASES = ("score_forward_ms", "select_ms", "train_ms")
 
-def summarise(args, results: list[dict], nuclear_info: dict) -> None:
+
+def mean_ci(values: list[float]) -> dict | None:
+    """Mean and the half-width of its 95% Student-t interval over seeds: ``t_{0.975, n-1} * s / sqrt(n)``
+    (``None`` for no values, half-width ``None`` for one)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    n = len(values)
+    if n == 1:
+        return {"mean": values[0], "ci95": None, "n": 1}
+    t = T975[n - 2] if n - 1 <= len(T975) else 1.96
+    return {"mean": statistics.mean(values), "ci95": t * statistics.stdev(values) / n**0.5, "n": n}
+
+
+def summarise(args, results: list[dict], nuclear_info: dict, status: dict) -> list[dict]:
+    """Per budget and selector: mean ± 95% CI of each metric over seeds, the paired difference to
+    ``random`` (same seed, same candidate batches), and the per-step phases; writes results.json/.md."""
     rows = []
     for budget in args.budgets:
+        base = {r["seed"]: r for r in results if r["selector"] == "random" and r["budget"] == budget}
         for sel in args.selectors:
-            runs = [r for r in results if r["selector"] == sel and r["budget"] == budget]
+            runs = sorted(
+                (r for r in results if r["selector"] == sel and r["budget"] == budget), key=lambda r: r["seed"]
+            )
             if not runs:
                 continue
+            row = {
+                "budget": budget,
+                "selector": sel,
+                "seeds": [r["seed"] for r in runs],
+                "steps": runs[0]["steps"],
+                "rows_trained": runs[0]["rows_trained"],
+                "train_seconds": mean_ci([r["train_seconds"] for r in runs]),
+            }
+            for key in METRICS:
+                row[key] = mean_ci([r[key] for r in runs])
+                paired = [
+                    r[key] - base[r["seed"]][key]
+                    for r in runs
+                    if sel != "random" and r["seed"] in base and r[key] is not None and base[r["seed"]][key] is not None
+                ]
+                row[f"{key}_vs_random"] = mean_ci(paired)
+            row["phase_ms"] = {k: statistics.mean(r["phase_ms"].get(k, 0.0) for r in runs) for k in PHASES}
+            row["selection_ms_per_step"] = row["phase_ms"]["score_forward_ms"] + row["phase_ms"]["select_ms"]
+            rows.append(row)
+    blob = {
+        "status": status,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "nuclear": nuclear_info,
+        "rows": rows,
+        "runs": results,
+    }
+    tmp = args.out / ".results.json.tmp"
+    tmp.write_text(json.dumps(blob, indent=1))
+    tmp.rename(args.out / "results.json")
 
-            def stat(key, runs=runs):
-                vals = [r[key] for r in runs if r[key] is not None]
-                if not vals:
-                    return None, None
-                return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+    def pm(v, digits=4):
+        if v is None:
+            return "-"
+        return f"{v['mean']:.{digits}f}" + ("" if v["ci95"] is None else f" ± {v['ci95']:.{digits}f}")
 
-            phase = {k: statistics.mean(r["phase_ms"].get(k, 0.0) for r in runs) for k in
-                     ("score_forward_ms", "select_ms", "train_ms")}
-            rows.append({"budget": budget, "selector": sel, "seeds": len(runs), "steps": runs[0]["steps"],
-                         "rows_trained": runs[0]["rows_trained"], "math": stat("math_acc"), "code": stat("code_pass"),
-                         "val_loss": stat("val_loss"), "train_seconds": stat("train_seconds"), "phase_ms": phase})
-    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                       "nuclear": nuclear_info, "rows": rows,
-                                                       "runs": results}, indent=1))
-    lines = ["| budget | selector | seeds | steps x rows | math acc | code pass@1 | val loss | wall s | "
-             "score fwd ms | select ms | train step ms |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"{status['finished']} of {status['planned']} runs"
+        + ("" if status["complete"] else " (partial)")
+        + "; mean ± 95% t-interval over seeds; vs random: paired by seed (same candidate batches)",
+        "",
+        "| budget | selector | seeds | steps x rows | val loss | val loss vs random | math acc | math vs random "
+        "| code pass@1 | code vs random | selection ms/step (score fwd + select) | train step ms | wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        def pm(v, digits=3):
-            return "-" if v[0] is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
         p = r["phase_ms"]
-        lines.append(f"| {r['budget']:.0%} | {r['selector']} | {r['seeds']} | {r['steps']} x {args.batch} | "
-                     f"{pm(r['math'])} | {pm(r['code'])} | {pm(r['val_loss'], 4)} | {pm(r['train_seconds'], 0)} | "
-                     f"{p['score_forward_ms']:.1f} | {p['select_ms']:.1f} | {p['train_ms']:.1f} |")
+        lines.append(
+            f"| {r['budget']:.0%} | {r['selector']} | {len(r['seeds'])} | {r['steps']} x {args.batch} | "
+            f"{pm(r['val_loss'])} | {pm(r['val_loss_vs_random'])} | {pm(r['math_acc'], 3)} | "
+            f"{pm(r['math_acc_vs_random'], 3)} | {pm(r['code_pass'], 3)} | {pm(r['code_pass_vs_random'], 3)} | "
+            f"{r['selection_ms_per_step']:.1f} ({p['score_forward_ms']:.1f} + {p['select_ms']:.1f}) | "
+            f"{p['train_ms']:.1f} | {pm(r['train_seconds'], 0)} |"
+        )
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
-    plot(args, rows)
+    return rows
 
 
 def plot(args, rows: list[dict]) -> None:
@@ -269,7 +420,7 @@ def plot(args, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("math", "math exact accuracy"), ("code", "code pass@1"), ("val_loss", "validation loss")]
+    metrics = [("val_loss", "validation loss"), ("math_acc", "math exact accuracy"), ("code_pass", "code pass@1")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(15, 4.2))
     width = 0.8 / max(1, len(args.selectors))
     for ax, (key, title) in zip(axes, metrics, strict=True):
@@ -277,26 +428,54 @@ def plot(args, rows: list[dict]) -> None:
             xs, ys, es = [], [], []
             for j, budget in enumerate(args.budgets):
                 r = next((r for r in rows if r["selector"] == sel and r["budget"] == budget), None)
-                if r and r[key][0] is not None:
+                if r and r[key] is not None:
                     xs.append(j + (i - (len(args.selectors) - 1) / 2) * width)
-                    ys.append(r[key][0])
-                    es.append(r[key][1])
+                    ys.append(r[key]["mean"])
+                    es.append(r[key]["ci95"] or 0.0)
             ax.bar(xs, ys, width, yerr=es, capsize=3, label=sel)
         ax.set_xticks(range(len(args.budgets)), [f"{b:.0%} budget" for b in args.budgets])
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"online batch selection, {args.pool} candidate rows streamed once, batch {args.batch} "
-                 f"(mean ± std over {len(args.seeds)} seeds)")
+    fig.suptitle(
+        f"online batch selection, {args.pool} candidate rows streamed once, batch {args.batch} "
+        f"(mean ± 95% t-interval over seeds {', '.join(map(str, args.seeds))})"
+    )
     fig.tight_layout()
     fig.savefig(args.out / "uds.png", dpi=120)
+    plt.close(fig)
+
+
+def report(args, jobs: list, nuclear_info: dict, t_start: float, final: bool) -> list[dict]:
+    results = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
+    status = {
+        "finished": len(results),
+        "planned": len(jobs),
+        "complete": len(results) == len(jobs),
+        "final": final,
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+    }
+    rows = summarise(args, results, nuclear_info, status)
+    try:
+        plot(args, rows)
+    except Exception as err:  # a missing matplotlib must not lose the numbers
+        print(f"plot failed: {err}", flush=True)
+    return rows
 
 
 def main(argv=None) -> None:
+    t_start = time.perf_counter()
     args = parse_args(argv)
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     data_path = build_data(args)
-    nuclear, nuclear_info = pick_nuclear(args, data_path)
+    try:
+        nuclear, nuclear_info = pick_nuclear(args, data_path)
+        run_all(args, data_path, nuclear, nuclear_info, t_start)
+    finally:
+        data_path.unlink(missing_ok=True)
+
+
+def run_all(args, data_path: Path, nuclear: str, nuclear_info: dict, t_start: float) -> None:
     jobs = [(sel, b, s) for s in args.seeds for b in args.budgets for sel in args.selectors]
     # seed by seed (a deadline leaves whole seeds), the slow selectors first within a seed
     jobs.sort(key=lambda j: (args.seeds.index(j[2]), j[0] == "random", -j[1]))
@@ -306,23 +485,36 @@ def main(argv=None) -> None:
         queue.put(job)
     for _ in range(args.workers):
         queue.put(None)
-    t0 = time.perf_counter()
-    procs = [ctx.Process(target=worker, args=(args, data_path, queue, args.out / "runs", nuclear))
-             for _ in range(args.workers)]
+    procs = [
+        ctx.Process(target=worker, args=(args, data_path, queue, args.out / "runs", nuclear))
+        for _ in range(args.workers)
+    ]
     for p in procs:
         p.start()
-    deadline = t0 + args.deadline_s if args.deadline_s else None
-    for p in procs:
-        p.join(None if deadline is None else max(0.0, deadline - time.perf_counter()))
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
+    deadline = t_start + args.deadline_s if args.deadline_s else None
+    seen = 0
+    while any(p.is_alive() for p in procs):
+        if deadline is not None and time.perf_counter() >= deadline:
             print("deadline reached: unfinished runs stopped", flush=True)
-    results = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
-    print(f"{len(results)} of {len(jobs)} runs finished in {time.perf_counter() - t0:.0f}s on {args.workers} workers",
-          flush=True)
-    summarise(args, results, nuclear_info)
-    os.remove(data_path)
+            queue.cancel_join_thread()  # jobs left in the queue must not block the exit
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            break
+        time.sleep(2.0)
+        done = len(list((args.out / "runs").glob("*.json")))
+        if done != seen:  # partial results after every finished run
+            seen = done
+            report(args, jobs, nuclear_info, t_start, final=False)
+    for p in procs:
+        p.join(10)
+    rows = report(args, jobs, nuclear_info, t_start, final=True)
+    print(
+        f"{len(list((args.out / 'runs').glob('*.json')))} of {len(jobs)} runs finished in "
+        f"{time.perf_counter() - t_start:.0f}s on {args.workers} workers ({len(rows)} cells)",
+        flush=True,
+    )
+    print((args.out / "results.md").read_text(), flush=True)
 
 
 if __name__ == "__main__":
