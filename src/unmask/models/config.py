@@ -35,6 +35,72 @@ def config_to_dict(config: Any, architecture: str) -> dict[str, Any]:
     return data
 
 
+def positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+class HFStyleConfig:
+    """What the configs with Hugging Face field names (``hidden_size``, ``num_hidden_layers`` ...: Dream,
+    LLaDA-MoE) share: LLaDAConfig's names, which the decoder, the KV cache and the loader read, and the
+    checks of the fields they have in common (each returns its problems, as text)."""
+
+    @property
+    def n_layers(self) -> int:
+        return self.num_hidden_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.num_attention_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.num_key_value_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def d_model(self) -> int:
+        return self.hidden_size
+
+    @property
+    def embedding_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.max_position_embeddings
+
+    def positive_int_problems(self, names: tuple[str, ...]) -> list[str]:
+        return [f"{name}={getattr(self, name)!r} must be a positive integer"
+                for name in names if not positive_int(getattr(self, name))]
+
+    def positive_number_problems(self, names: tuple[str, ...]) -> list[str]:
+        return [f"{name}={value!r} must be a positive number" for name in names
+                if isinstance(value := getattr(self, name), bool) or not isinstance(value, (int, float)) or value <= 0]
+
+    def token_id_problems(self, names: tuple[str, ...]) -> list[str]:
+        return [f"{name}={value!r} must be a token id below vocab_size={self.vocab_size}" for name in names
+                if isinstance(value := getattr(self, name), bool) or not isinstance(value, int)
+                or not 0 <= value < self.vocab_size]
+
+    def shared_problems(self) -> list[str]:
+        """Heads that split ``hidden_size`` and group evenly, SiLU, the default RoPE (sizes already checked)."""
+        problems = []
+        if self.hidden_size % self.num_attention_heads:
+            problems.append(f"hidden_size={self.hidden_size} must be a multiple of "
+                            f"num_attention_heads={self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            problems.append(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
+                            f"num_key_value_heads={self.num_key_value_heads}")
+        if self.hidden_act != "silu":
+            problems.append(f"hidden_act={self.hidden_act!r} (allowed: 'silu')")
+        if self.rope_scaling is not None:
+            problems.append(f"rope_scaling={self.rope_scaling!r} (unmask implements the default RoPE only: null)")
+        return problems
+
+
 @dataclass
 class LLaDAConfig:
     """Architecture of a dense LLaDA model (``model_type: llada``, ``block_type: llama``).

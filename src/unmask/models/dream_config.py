@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from unmask.models.config import ConfigError, config_from_dict, config_to_dict
+from unmask.models.config import ConfigError, HFStyleConfig, config_from_dict, config_to_dict
+
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "max_position_embeddings")
 
 
 @dataclass
-class DreamConfig:
+class DreamConfig(HFStyleConfig):
     """Architecture of a Dream model (Ye et al. 2025, "Dream 7B"; ``model_type: Dream``).
 
     Field names and defaults follow the reference ``configuration_dream.py`` (so a ``config.json`` that
@@ -42,66 +45,18 @@ class DreamConfig:
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        problems = []
-        if str(self.model_type).lower() != "dream":
-            problems.append(f"model_type={self.model_type!r} (allowed: 'Dream')")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "max_position_embeddings"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                problems.append(f"{name}={value!r} must be a positive integer")
+        problems = self.positive_int_problems(_POSITIVE_INTS)
         if problems:  # the checks below need the sizes
             raise ConfigError("unsupported Dream config: " + "; ".join(problems))
-        if self.hidden_act != "silu":
-            problems.append(f"hidden_act={self.hidden_act!r} (allowed: 'silu')")
-        if self.rope_scaling is not None:
-            problems.append(f"rope_scaling={self.rope_scaling!r} (unmask implements the default RoPE only: null)")
+        problems = self.shared_problems()
+        if str(self.model_type).lower() != "dream":
+            problems.append(f"model_type={self.model_type!r} (allowed: 'Dream')")
         if self.use_sliding_window:
             problems.append("use_sliding_window=true (Dream attends to the whole canvas: false)")
-        if self.hidden_size % self.num_attention_heads:
-            problems.append(f"hidden_size={self.hidden_size} must be a multiple of "
-                            f"num_attention_heads={self.num_attention_heads}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            problems.append(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
-                            f"num_key_value_heads={self.num_key_value_heads}")
-        mask = self.mask_token_id
-        if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < self.vocab_size:
-            problems.append(f"mask_token_id={mask!r} must be a token id below vocab_size={self.vocab_size}")
-        for name in ("rms_norm_eps", "rope_theta"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                problems.append(f"{name}={value!r} must be a positive number")
+        problems += self.token_id_problems(("mask_token_id",))
+        problems += self.positive_number_problems(("rms_norm_eps", "rope_theta"))
         if problems:
             raise ConfigError("unsupported Dream config: " + "; ".join(problems))
-
-    # the names the decoder, the KV cache and the loader read (shared with LLaDAConfig)
-    @property
-    def n_layers(self) -> int:
-        return self.num_hidden_layers
-
-    @property
-    def n_heads(self) -> int:
-        return self.num_attention_heads
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.num_key_value_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def d_model(self) -> int:
-        return self.hidden_size
-
-    @property
-    def embedding_size(self) -> int:
-        return self.vocab_size
-
-    @property
-    def max_sequence_length(self) -> int:
-        return self.max_position_embeddings
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DreamConfig:

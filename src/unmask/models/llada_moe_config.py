@@ -9,18 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from unmask.models.config import ConfigError, config_from_dict, config_to_dict
+from unmask.models.config import ConfigError, HFStyleConfig, config_from_dict, config_to_dict, positive_int
 
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "expert_intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "num_experts", "num_experts_per_tok", "max_position_embeddings")
 
 
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 @dataclass
-class LLaDAMoEConfig:
+class LLaDAMoEConfig(HFStyleConfig):
     """Architecture of LLaDA-MoE (OLMoE-style sparse MLP in LLaDA's bidirectional mask predictor).
 
     Field names and defaults follow LLaDA-MoE-7B-A1B's ``config.json`` (16 layers, d 2048, 16 heads, 64
@@ -67,44 +63,30 @@ class LLaDAMoEConfig:
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        problems = [f"{name}={getattr(self, name)!r} must be a positive integer"
-                    for name in _POSITIVE_INTS if not _positive_int(getattr(self, name))]
+        problems = self.positive_int_problems(_POSITIVE_INTS)
         if problems:  # the checks below compare these numbers
             raise ConfigError("unsupported LLaDA-MoE config: " + "; ".join(problems))
+        problems = self.shared_problems()
         if str(self.model_type).lower() not in ("llada", "lladamoe"):
             problems.append(f"model_type={self.model_type!r} (allowed: 'llada', 'lladamoe')")
-        if self.hidden_size % self.num_attention_heads:
-            problems.append(f"hidden_size={self.hidden_size} must be a multiple of "
-                            f"num_attention_heads={self.num_attention_heads}")
-        elif self.num_attention_heads % self.num_key_value_heads:
-            problems.append(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
-                            f"num_key_value_heads={self.num_key_value_heads}")
         if self.num_experts_per_tok > self.num_experts:
             problems.append(f"num_experts_per_tok={self.num_experts_per_tok} exceeds num_experts={self.num_experts}")
-        if self.hidden_act != "silu":
-            problems.append(f"hidden_act={self.hidden_act!r} (allowed: 'silu')")
         if self.partial_rotary_factor not in (1, 1.0):
             problems.append(f"partial_rotary_factor={self.partial_rotary_factor!r} (unmask rotates whole heads: 1.0)")
-        if self.rope_scaling is not None:
-            problems.append(f"rope_scaling={self.rope_scaling!r} (only null is supported)")
         if self.attention_bias or self.clip_qkv is not None:
             problems.append("attention_bias must be false and clip_qkv null")
-        if not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 0:
-            problems.append(f"rope_theta={self.rope_theta!r} must be a positive number")
+        problems += self.positive_number_problems(("rope_theta",))
         if not self._valid_layer_freq():
             problems.append(f"moe_layer_freq={self.moe_layer_freq!r} must be null or a list of "
                             f"num_hidden_layers={self.num_hidden_layers} integers (0 = dense layer)")
         elif self.moe_layer_freq is not None and 0 in self.moe_layer_freq and \
-                not _positive_int(self.dense_intermediate_size):
+                not positive_int(self.dense_intermediate_size):
             problems.append(f"dense_intermediate_size={self.dense_intermediate_size!r} must be a positive integer "
                             "(moe_layer_freq has dense layers)")
-        if self.shared_expert_intermediate_size is not None and not _positive_int(self.shared_expert_intermediate_size):
+        if self.shared_expert_intermediate_size is not None and not positive_int(self.shared_expert_intermediate_size):
             problems.append(f"shared_expert_intermediate_size={self.shared_expert_intermediate_size!r} must be null "
                             "or a positive integer")
-        for name in ("mask_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
-                problems.append(f"{name}={value!r} must be a token id below vocab_size={self.vocab_size}")
+        problems += self.token_id_problems(("mask_token_id", "eos_token_id"))
         if problems:
             raise ConfigError("unsupported LLaDA-MoE config: " + "; ".join(problems))
 
@@ -116,31 +98,6 @@ class LLaDAMoEConfig:
     def is_moe_layer(self, layer: int) -> bool:
         """The reference's rule: layer ``i`` is sparse unless ``moe_layer_freq[i] == 0``."""
         return self.moe_layer_freq is None or self.moe_layer_freq[layer] != 0
-
-    # the names unmask's decode loop and KV cache read (shared with LLaDAConfig)
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def n_layers(self) -> int:
-        return self.num_hidden_layers
-
-    @property
-    def n_heads(self) -> int:
-        return self.num_attention_heads
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.num_key_value_heads
-
-    @property
-    def embedding_size(self) -> int:
-        return self.vocab_size
-
-    @property
-    def max_sequence_length(self) -> int:
-        return self.max_position_embeddings
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LLaDAMoEConfig:
