@@ -30,15 +30,7 @@ from torch import nn
 
 from unmask.models.cache import StaticKVCache
 from unmask.models.dream_config import DreamConfig
-from unmask.models.llada import (
-    EAGER_KERNELS,
-    BlockKernels,
-    RMSNorm,
-    compiled_kernels,
-    full_forward,
-    fuse_parameters,
-    rotary_tables,
-)
+from unmask.models.llada import EAGER_KERNELS, BlockKernels, MaskPredictor, RMSNorm, fuse_parameters, pick_rows
 
 
 class DreamAttention(nn.Module):
@@ -115,48 +107,18 @@ class DreamBaseModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-def _pick(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows of ``t`` [B, L, d] along dim 1: the same ``index`` [R] for every row, or each row's own [B, R]."""
-    if index.dim() == 1:
-        return t.index_select(1, index)
-    return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
+class DreamModel(MaskPredictor):
+    """The Dream mask predictor; ``model.*`` and ``lm_head`` match the HF checkpoint's weight names.
 
-
-class DreamModel(nn.Module):
-    """The Dream mask predictor; ``model.*`` and ``lm_head`` match the HF checkpoint's weight names."""
+    ``forward`` (``MaskPredictor.forward``) returns logits *for* each column: row c is the head of column
+    c - 1's output (row 0 of its own), Dream's shifted prediction, with the reference's ``tok_idx``
+    positions for padded rows."""
 
     def __init__(self, config: DreamConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.model = DreamBaseModel(config)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.kernels = EAGER_KERNELS
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
-
-    def fuse_projections(self) -> DreamModel:
-        """Inference layout: q/k/v (with biases) and gate/up each one matmul (weights on disk unchanged)."""
-        for layer in self.model.layers:
-            layer.fuse_projections()
-        return self
-
-    def compile_kernels(self, enabled: bool = True) -> DreamModel:
-        """Run the layer halves through ``torch.compile`` (``enabled=False``: back to eager)."""
-        self.kernels = compiled_kernels() if enabled else EAGER_KERNELS
-        return self
-
-    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables [B, 1, T, head_dim] for ``positions`` [B, T]: inv_freq_j = theta^(-2j/d), in float32
-        as the reference's ``DreamRotaryEmbedding`` (float64 for a float64 model)."""
-        table_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
-        return rotary_tables(self.config.head_dim, self.config.rope_theta, positions, table_dtype)
 
     def cached_outputs(self, cache: StaticKVCache) -> torch.Tensor:
         """The last-layer outputs [B, T, hidden_size] kept in ``cache.outputs`` (allocated on first use)."""
@@ -164,23 +126,6 @@ class DreamModel(nn.Module):
             shape = (cache.batch, cache.length, self.config.hidden_size)
             cache.outputs = torch.zeros(shape, dtype=cache.kv.dtype, device=cache.kv.device)
         return cache.outputs
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-        logits_range: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
-        """Logits [B, L, vocab_size] *for* each column of ``input_ids`` [B, L] (a full forward, no cache):
-        row c is the head of column c - 1's output (row 0 of its own), Dream's shifted prediction.
-
-        attention_mask: [B, L] (1 = token, 0 = padding): padded keys are masked out. positions: rotary
-        positions [B, L]; default ``cumsum(attention_mask) - 1`` as the reference's ``tok_idx`` (a
-        left-padded row sees the positions it has alone), ``0..L-1`` without a mask.
-        logits_range: ``(a, b)``: only rows ``a..b-1`` go through the LM head.
-        """
-        return full_forward(self, input_ids, attention_mask, positions, logits_range)
 
     def forward_window(
         self,
@@ -201,21 +146,17 @@ class DreamModel(nn.Module):
         the outputs of the window are kept beside the cache and the column before each row is read
         there (for the window's first row: as of the forward that last computed it, e.g. the refresh).
         """
-        x, mlp_out = self.model.embed_tokens(input_ids), None
-        kernels = self.kernels
-        for i, layer in enumerate(self.model.layers):
-            x, mlp_out = layer(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels)
+        x, mlp_out = self.run_layers(input_ids, cos, sin, key_mask, cache, columns)
         W = x.shape[1]
         rows = logits_rows
         if rows is None or isinstance(rows, slice):
             rows = torch.arange(W, device=x.device)[rows if rows is not None else slice(None)]
         if cache is None:  # pick the rows first: the last residual add only for them
             before = (rows - 1).clamp(min=0)
-            hidden = _pick(x, before) + _pick(mlp_out, before)
+            hidden = pick_rows(x, before) + pick_rows(mlp_out, before)
         else:
             hidden = self._cached_predecessors(x + mlp_out, cache, columns, rows)
-        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(self.model.norm(hidden), head)
+        return self.head(hidden)
 
     def _cached_predecessors(
         self, out: torch.Tensor, cache: StaticKVCache, columns: torch.Tensor | None, rows: torch.Tensor
@@ -232,4 +173,4 @@ class DreamModel(nn.Module):
         else:  # per-row columns [B, W]
             outputs.scatter_(1, columns[..., None].expand_as(out), out)
             canvas = columns.gather(1, rows) if rows.dim() == 2 else columns[:, rows]
-        return _pick(outputs, (canvas - 1).clamp(min=0))
+        return pick_rows(outputs, (canvas - 1).clamp(min=0))

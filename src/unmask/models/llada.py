@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,17 @@ COMPILE_OPTIONS = {"emulate_precision_casts": True}
 RECOMPILE_LIMIT = 64  # variants per block half: cache / columns / residual present or not, x static or dynamic shapes
 
 
+def compile_kernel(fn: Callable) -> Callable:
+    """``fn`` through ``torch.compile`` (inductor) with ``COMPILE_OPTIONS``, after raising dynamo's
+    per-function recompile limit to ``RECOMPILE_LIMIT``."""
+    # dynamo's default of 8 compiled variants per function is soon reached by the step kinds of a
+    # few decode shapes; past it, it silently runs the function eagerly (other kernels, other bits)
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(fn, options=COMPILE_OPTIONS)
+
+
 def compiled_kernels() -> BlockKernels:
     """The block halves through ``torch.compile`` (inductor), compiled once and shared by every layer.
 
@@ -147,51 +159,35 @@ def compiled_kernels() -> BlockKernels:
     """
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
-        # dynamo's default of 8 compiled variants per function is soon reached by the step kinds of a
-        # few decode shapes; past it, it silently runs the function eagerly (other kernels, other bits)
-        import torch._dynamo.config as dynamo_config
-
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-        _COMPILED_KERNELS = BlockKernels(
-            torch.compile(attention_inputs, options=COMPILE_OPTIONS),
-            torch.compile(attention_output_and_mlp, options=COMPILE_OPTIONS),
-            compiled=True,
-        )
+        _COMPILED_KERNELS = BlockKernels(compile_kernel(attention_inputs), compile_kernel(attention_output_and_mlp),
+                                         compiled=True)
     return _COMPILED_KERNELS
+
+
+def as_views(fused: torch.Tensor, params: list[tuple[nn.Module, str]]) -> None:
+    """Replace each ``module.name`` parameter by its rows of ``fused`` (consecutive, in order), frozen."""
+    row = 0
+    for module, name in params:
+        rows = getattr(module, name).shape[0]
+        setattr(module, name, nn.Parameter(fused[row : row + rows], requires_grad=False))
+        row += rows
 
 
 def fuse_parameters(modules: list[nn.Module], name: str = "weight") -> torch.Tensor:
     """The ``name`` parameters of ``modules`` concatenated along dim 0 (one matmul for all of them); each
     module's parameter becomes a view into the result, so the checkpoint's names and values are unchanged."""
     fused = torch.cat([getattr(m, name).detach() for m in modules], dim=0)
-    row = 0
-    for m in modules:
-        rows = getattr(m, name).shape[0]
-        setattr(m, name, nn.Parameter(fused[row : row + rows], requires_grad=False))
-        row += rows
+    as_views(fused, [(m, name) for m in modules])
     return fused
 
 
-def full_forward(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-    positions: torch.Tensor | None, logits_range: tuple[int, int] | None,
-) -> torch.Tensor:
-    """A full forward (no cache) through ``model.forward_window`` for every model family: rotary positions
-    default to ``cumsum(attention_mask) - 1`` (a left-padded row sees the positions it has alone) or
-    ``0..L-1`` without a mask; padded keys are masked; ``logits_range`` (a, b) picks the head's rows."""
-    B, L = input_ids.shape
-    if attention_mask is not None and attention_mask.shape != (B, L):
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, L)}")
-    if positions is None:
-        if attention_mask is None:
-            positions = torch.arange(L, device=input_ids.device).expand(B, L)
-        else:
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    cos, sin = model.rotary(positions)
-    # Pass no mask when nothing is padded: SDPA then takes its fastest (flash) path.
-    key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-    rows = None if logits_range is None else slice(*logits_range)
-    return model.forward_window(input_ids, cos, sin, key_mask, logits_rows=rows)
+def pick_rows(t: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    """Rows of ``t`` [B, L, d] along dim 1: a slice or index [R] shared by every row, or each row's own [B, R]."""
+    if isinstance(rows, slice):
+        return t[:, rows]
+    if rows.dim() == 1:
+        return t.index_select(1, rows)
+    return t.gather(1, rows[..., None].expand(-1, -1, t.shape[-1]))
 
 
 class LLaDABlock(nn.Module):
@@ -260,37 +256,57 @@ class Transformer(nn.Module):
             self.ff_out = nn.Linear(config.d_model, config.embedding_size, bias=False)
 
 
-class LLaDAModel(nn.Module):
-    """The LLaDA mask predictor; ``model.transformer.*`` matches the HF checkpoint's weight names."""
+_Model = TypeVar("_Model", bound="MaskPredictor")
 
-    def __init__(self, config: LLaDAConfig) -> None:
+
+class MaskPredictor(nn.Module):
+    """What the top-level models of every family (LLaDA, Dream, LLaDA-MoE) share: the full forward, the
+    cached window forward, device/dtype, rotary tables and the inference switches (fused projections,
+    compiled kernels). A family builds its modules under its checkpoint's names, points ``embedding``,
+    ``layers``, ``final_norm`` and ``head_weight`` at them (defaults: ``model.embed_tokens``,
+    ``model.layers``, ``model.norm``, ``lm_head``) and names its block kernels; each layer is called as
+    ``layer(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels) -> (h, mlp_out)``.
+    """
+
+    _eager_kernels: ClassVar[Any] = EAGER_KERNELS
+    _compiled_kernels: ClassVar[Callable[[], Any]] = staticmethod(compiled_kernels)
+
+    def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
-        self.model = nn.Module()
-        self.model.transformer = Transformer(config)
-        self.kernels = EAGER_KERNELS
+        self.kernels = self._eager_kernels
 
-    @property
-    def transformer(self) -> Transformer:
-        return self.model.transformer
+    # the parts; by default the Hugging Face layout of Dream and LLaDA-MoE (LLaDA's own names override)
+    def embedding(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def layers(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def final_norm(self) -> RMSNorm:
+        return self.model.norm
+
+    def head_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.wte.weight.device
+        return self.embedding().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.wte.weight.dtype
+        return self.embedding().weight.dtype
 
-    def fuse_projections(self) -> LLaDAModel:
-        """Inference layout: q/k/v and gate/up each one matmul (weights on disk unchanged)."""
-        for block in self.transformer.blocks:
-            block.fuse_projections()
+    def fuse_projections(self: _Model) -> _Model:
+        """Inference layout: each layer's projections fused into fewer matmuls (q/k/v, gate/up; MoE: the
+        experts stacked); the checkpoint's weights become views, so saving is unchanged."""
+        for layer in self.layers():
+            layer.fuse_projections()
         return self
 
-    def compile_kernels(self, enabled: bool = True) -> LLaDAModel:
-        """Run the block halves through ``torch.compile`` (``enabled=False``: back to eager)."""
-        self.kernels = compiled_kernels() if enabled else EAGER_KERNELS
+    def compile_kernels(self: _Model, enabled: bool = True) -> _Model:
+        """Run the layer halves around attention through ``torch.compile`` (``enabled=False``: back to eager)."""
+        self.kernels = self._compiled_kernels() if enabled else self._eager_kernels
         return self
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,14 +321,42 @@ class LLaDAModel(nn.Module):
         positions: torch.Tensor | None = None,
         logits_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Logits [B, L, embedding_size] for ``input_ids`` [B, L] (a full forward, no cache).
+        """Logits [B, L, embedding_size] *for* each column of ``input_ids`` [B, L] (a full forward, no cache;
+        what a row's logits are is ``forward_window``'s: Dream's are shifted).
 
-        attention_mask: [B, L] (1 = token, 0 = padding). positions: rotary positions [B, L]; default
-        ``cumsum(attention_mask) - 1`` (padding-aware, so a left-padded row sees the same relative
-        positions as alone), or ``0..L-1`` without a mask, as the reference.
+        attention_mask: [B, L] (1 = token, 0 = padding): padded keys are masked out. positions: rotary
+        positions [B, L]; default ``cumsum(attention_mask) - 1`` (padding-aware, so a left-padded row sees
+        the same relative positions as alone), or ``0..L-1`` without a mask, as the references.
         logits_range: ``(a, b)``: only rows ``a..b-1`` go through the LM head.
         """
-        return full_forward(self, input_ids, attention_mask, positions, logits_range)
+        B, L = input_ids.shape
+        if attention_mask is not None and attention_mask.shape != (B, L):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, L)}")
+        if positions is None:
+            if attention_mask is None:
+                positions = torch.arange(L, device=input_ids.device).expand(B, L)
+            else:
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.rotary(positions)
+        # Pass no mask when nothing is padded: SDPA then takes its fastest (flash) path.
+        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        rows = None if logits_range is None else slice(*logits_range)
+        return self.forward_window(input_ids, cos, sin, key_mask, logits_rows=rows)
+
+    def run_layers(
+        self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None,
+        cache: StaticKVCache | None, columns: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer's (h, mlp_out) for the window ``input_ids``; its output is their sum."""
+        x, mlp_out = self.embedding()(input_ids), None
+        kernels = self.kernels
+        for i, layer in enumerate(self.layers()):
+            x, mlp_out = layer(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels)
+        return x, mlp_out
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of last-layer outputs ``hidden`` [..., d]: the final norm, then the LM head."""
+        return F.linear(self.final_norm()(hidden), self.head_weight())
 
     def forward_window(
         self,
@@ -332,17 +376,32 @@ class LLaDAModel(nn.Module):
         ``logits_rows`` picks the rows of the window that go through the LM head (a slice, an index
         tensor [R], or per-row indices [B, R]).
         """
-        x, mlp_out = self.transformer.wte(input_ids), None
-        kernels = self.kernels
-        for i, block in enumerate(self.transformer.blocks):
-            x, mlp_out = block(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels)
-        if isinstance(logits_rows, slice):  # pick the rows first: the last residual add only for them
-            x, mlp_out = x[:, logits_rows], mlp_out[:, logits_rows]
-        elif logits_rows is not None and logits_rows.dim() == 2:  # each row's own rows [B, R]
-            index = logits_rows[..., None].expand(-1, -1, x.shape[-1])
-            x, mlp_out = x.gather(1, index), mlp_out.gather(1, index)
-        elif logits_rows is not None:
-            x, mlp_out = x.index_select(1, logits_rows), mlp_out.index_select(1, logits_rows)
-        x = self.transformer.ln_f(x + mlp_out)
-        head = self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight
-        return F.linear(x, head)
+        x, mlp_out = self.run_layers(input_ids, cos, sin, key_mask, cache, columns)
+        if logits_rows is not None:  # pick the rows first: the last residual add only for them
+            x, mlp_out = pick_rows(x, logits_rows), pick_rows(mlp_out, logits_rows)
+        return self.head(x + mlp_out)
+
+
+class LLaDAModel(MaskPredictor):
+    """The LLaDA mask predictor; ``model.transformer.*`` matches the HF checkpoint's weight names."""
+
+    def __init__(self, config: LLaDAConfig) -> None:
+        super().__init__(config)
+        self.model = nn.Module()
+        self.model.transformer = Transformer(config)
+
+    @property
+    def transformer(self) -> Transformer:
+        return self.model.transformer
+
+    def embedding(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def layers(self) -> nn.ModuleList:
+        return self.transformer.blocks
+
+    def final_norm(self) -> RMSNorm:
+        return self.transformer.ln_f
+
+    def head_weight(self) -> torch.Tensor:
+        return self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight

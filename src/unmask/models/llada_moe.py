@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unmask.models.cache import StaticKVCache, write_kv
-from unmask.models.llada import COMPILE_OPTIONS, RECOMPILE_LIMIT, RMSNorm, full_forward, rms_norm, rotary_tables
+from unmask.models.llada import MaskPredictor, RMSNorm, as_views, compile_kernel, fuse_parameters, rms_norm
 from unmask.models.llada_moe_config import LLaDAMoEConfig
 
 EXPERT_PATHS = ("auto", "grouped", "loop")
@@ -157,15 +157,6 @@ def run_experts(
 
 # ---- modules with the checkpoint's names ------------------------------------------------------------
 
-def _as_views(stacked: torch.Tensor, params: list[tuple[nn.Module, str]]) -> None:
-    """Replace each ``module.name`` parameter by its rows of ``stacked`` (consecutive, in order)."""
-    start = 0
-    for module, name in params:
-        rows = getattr(module, name).shape[0]
-        setattr(module, name, nn.Parameter(stacked[start:start + rows], requires_grad=False))
-        start += rows
-
-
 class MLP(nn.Module):
     """A SwiGLU MLP (``LLaDAMoEMLP``): a dense layer's MLP, one expert, or the shared expert."""
 
@@ -179,9 +170,7 @@ class MLP(nn.Module):
     def fuse(self) -> None:
         """One [gate; up] matrix (``gate_up_weight``); the named weights become views into it."""
         if not self.fused:
-            gate_up = self.gate_up().detach()
-            self.register_buffer("gate_up_weight", gate_up, persistent=False)
-            _as_views(gate_up, [(self.gate_proj, "weight"), (self.up_proj, "weight")])
+            self.register_buffer("gate_up_weight", fuse_parameters([self.gate_proj, self.up_proj]), persistent=False)
             self.fused = True
 
     def gate_up(self) -> torch.Tensor:
@@ -217,7 +206,7 @@ class SparseMoE(nn.Module):
         self.register_buffer("gate_up_weight", gate_up, persistent=False)
         self.register_buffer("down_weight", down, persistent=False)
         for i, expert in enumerate(self.experts):
-            _as_views(gate_up[i], [(expert.gate_proj, "weight"), (expert.up_proj, "weight")])
+            as_views(gate_up[i], [(expert.gate_proj, "weight"), (expert.up_proj, "weight")])
             expert.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
         self.fused = True
 
@@ -266,11 +255,8 @@ def compiled_kernels() -> MoEKernels:
     """The attention halves through ``torch.compile`` (options as ``llada.compiled_kernels``), compiled once."""
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
-        import torch._dynamo.config as dynamo_config
-
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-        _COMPILED_KERNELS = MoEKernels(torch.compile(attention_inputs, options=COMPILE_OPTIONS),
-                                       torch.compile(attention_output, options=COMPILE_OPTIONS), compiled=True)
+        _COMPILED_KERNELS = MoEKernels(compile_kernel(attention_inputs), compile_kernel(attention_output),
+                                       compiled=True)
     return _COMPILED_KERNELS
 
 
@@ -295,10 +281,7 @@ class DecoderLayer(nn.Module):
         if self.fused:
             return
         attn = self.self_attn
-        names = [(attn.q_proj, "weight"), (attn.k_proj, "weight"), (attn.v_proj, "weight")]
-        qkv = torch.cat([getattr(m, n).detach() for m, n in names])
-        self.register_buffer("qkv_weight", qkv, persistent=False)
-        _as_views(qkv, names)
+        self.register_buffer("qkv_weight", fuse_parameters([attn.q_proj, attn.k_proj, attn.v_proj]), persistent=False)
         self.mlp.fuse()
         if hasattr(self, "shared_expert"):
             self.shared_expert.fuse()
@@ -328,41 +311,24 @@ class DecoderLayer(nn.Module):
         return h, out
 
 
-class LLaDAMoEModel(nn.Module):
-    """The LLaDA-MoE mask predictor; ``model.*`` and ``lm_head`` match the HF checkpoint's weight names."""
+class LLaDAMoEModel(MaskPredictor):
+    """The LLaDA-MoE mask predictor; ``model.*`` and ``lm_head`` match the HF checkpoint's weight names.
+    Its kernels are the attention halves of a layer (the router and the experts always run eagerly)."""
+
+    _eager_kernels = EAGER_KERNELS
+    _compiled_kernels = staticmethod(compiled_kernels)
 
     def __init__(self, config: LLaDAMoEConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.model.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.kernels = EAGER_KERNELS
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
 
     def sparse_blocks(self) -> list[SparseMoE]:
         return [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, SparseMoE)]
-
-    def fuse_projections(self) -> LLaDAMoEModel:
-        """Inference layout: q/k/v one matmul, experts stacked (weights on disk unchanged)."""
-        for layer in self.model.layers:
-            layer.fuse_projections()
-        return self
-
-    def compile_kernels(self, enabled: bool = True) -> LLaDAMoEModel:
-        """Run the attention halves through ``torch.compile`` (``enabled=False``: back to eager)."""
-        self.kernels = compiled_kernels() if enabled else EAGER_KERNELS
-        return self
 
     def set_expert_path(self, path: str) -> LLaDAMoEModel:
         """``auto`` (default), ``grouped`` or ``loop`` for every sparse layer (see ``run_experts``)."""
@@ -371,49 +337,6 @@ class LLaDAMoEModel(nn.Module):
         for block in self.sparse_blocks():
             block.path = path
         return self
-
-    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables [B, 1, T, head_dim] for ``positions`` [B, T] (float64 for a float64 model)."""
-        table_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
-        return rotary_tables(self.config.head_dim, self.config.rope_theta, positions, table_dtype)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-        logits_range: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
-        """Logits [B, L, vocab] for ``input_ids`` [B, L] (a full forward, no cache); arguments as
-        ``LLaDAModel.forward`` (padding-aware positions ``cumsum(mask) - 1``, padded keys masked)."""
-        return full_forward(self, input_ids, attention_mask, positions, logits_range)
-
-    def forward_window(
-        self,
-        input_ids: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        key_mask: torch.Tensor | None,
-        cache: StaticKVCache | None = None,
-        columns: torch.Tensor | None = None,
-        logits_rows: slice | torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits for the canvas ``columns`` held in ``input_ids`` [B, W]; the contract of
-        ``LLaDAModel.forward_window`` (``logits_rows``: a slice, indices [R], or per-row indices [B, R])."""
-        x, mlp_out = self.model.embed_tokens(input_ids), None
-        kernels = self.kernels
-        for i, layer in enumerate(self.model.layers):
-            x, mlp_out = layer(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels)
-        if isinstance(logits_rows, slice):  # pick the rows first: the last residual add only for them
-            x, mlp_out = x[:, logits_rows], mlp_out[:, logits_rows]
-        elif logits_rows is not None and logits_rows.dim() == 2:
-            index = logits_rows[..., None].expand(-1, -1, x.shape[-1])
-            x, mlp_out = x.gather(1, index), mlp_out.gather(1, index)
-        elif logits_rows is not None:
-            x, mlp_out = x.index_select(1, logits_rows), mlp_out.index_select(1, logits_rows)
-        x = self.model.norm(x + mlp_out)
-        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(x, head)
 
     # ---- what a forward reads, for the speed floors (eval/speed.py) ---------------------------------
     def expert_parameters(self) -> int:
