@@ -85,9 +85,15 @@ class HFStyleConfig:
                 if isinstance(value := getattr(self, name), bool) or not isinstance(value, int)
                 or not 0 <= value < self.vocab_size]
 
-    def shared_problems(self) -> list[str]:
-        """Heads that split ``hidden_size`` and group evenly, SiLU, the default RoPE (sizes already checked)."""
-        problems = []
+    def common_problems(self, sizes: tuple[str, ...], family: str) -> list[str]:
+        """Defaults ``num_key_value_heads``; raises if a field of ``sizes`` is not a positive integer; else
+        returns the problems of the shared fields: heads that split ``hidden_size`` and group evenly,
+        SiLU, the default RoPE."""
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        problems = self.positive_int_problems(sizes)
+        if problems:  # the checks below compare these numbers
+            raise ConfigError(f"unsupported {family} config: " + "; ".join(problems))
         if self.hidden_size % self.num_attention_heads:
             problems.append(f"hidden_size={self.hidden_size} must be a multiple of "
                             f"num_attention_heads={self.num_attention_heads}")

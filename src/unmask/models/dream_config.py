@@ -43,12 +43,7 @@ class DreamConfig(HFStyleConfig):
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        problems = self.positive_int_problems(_POSITIVE_INTS)
-        if problems:  # the checks below need the sizes
-            raise ConfigError("unsupported Dream config: " + "; ".join(problems))
-        problems = self.shared_problems()
+        problems = self.common_problems(_POSITIVE_INTS, "Dream")
         if str(self.model_type).lower() != "dream":
             problems.append(f"model_type={self.model_type!r} (allowed: 'Dream')")
         if self.use_sliding_window:

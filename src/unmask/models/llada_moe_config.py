@@ -61,12 +61,7 @@ class LLaDAMoEConfig(HFStyleConfig):
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        problems = self.positive_int_problems(_POSITIVE_INTS)
-        if problems:  # the checks below compare these numbers
-            raise ConfigError("unsupported LLaDA-MoE config: " + "; ".join(problems))
-        problems = self.shared_problems()
+        problems = self.common_problems(_POSITIVE_INTS, "LLaDA-MoE")
         if str(self.model_type).lower() not in ("llada", "lladamoe"):
             problems.append(f"model_type={self.model_type!r} (allowed: 'llada', 'lladamoe')")
         if self.num_experts_per_tok > self.num_experts:
