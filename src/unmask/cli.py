@@ -16,10 +16,19 @@ from unmask.decoding.credit import CreditConfig
 from unmask.decoding.loop import check_lengths
 from unmask.decoding.policies import POLICY_NAMES, REGISTRY
 from unmask.eval.cli import (
-    COMPILE_HELP,
+    BLOCK_LENGTH_OPTION,
+    COMPILE_OPTION,
+    DEVICE_OPTION,
+    EARLY_STOP_OPTION,
+    MODEL_OPTION,
+    NO_COMPILE_OPTION,
+    TEMPERATURE_OPTION,
+    THREADS_OPTION,
     compare_command,
     compile_mode,
     eval_command,
+    gen_length_option,
+    load_model,
     sweep_command,
     trace_command,
     tune_command,
@@ -104,11 +113,11 @@ def build_credit(credit: bool, alpha: float | None, beta: float | None, gamma: f
 def generate(
     prompts: list[str] | None = typer.Argument(None, help="One or more prompts (the chat template is applied)."),
     file: Path | None = typer.Option(None, "--file", "-f", help="Prompts file: JSON lines {\"prompt\": ...} or text."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    model: str | None = MODEL_OPTION,
     policy: str | None = typer.Option(None, help=f"Commit policy: {', '.join(POLICY_NAMES)} (default topk)."),
     spec: str | None = typer.Option(None, "--spec", "-s", help=f"Instead of --policy/--cache/--credit: {SPEC_FORMS}."),
-    gen_length: int = typer.Option(128, "--gen-length", help="Tokens to generate (multiple of block length)."),
-    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
+    gen_length: int = gen_length_option(128),
+    block_length: int = BLOCK_LENGTH_OPTION,
     steps: int | None = typer.Option(None, help=REGISTRY["topk"].knob.help + "."),
     threshold: float | None = typer.Option(None, help=REGISTRY["threshold"].knob.help + "."),
     factor: float | None = typer.Option(None, help=REGISTRY["factor"].knob.help + "."),
@@ -122,25 +131,23 @@ def generate(
     credit_beta: float | None = typer.Option(None, "--credit-beta", help="Credit decay beta (default 0.7)."),
     credit_gamma: float | None = typer.Option(None, "--credit-gamma", help="Credit exponent gamma (default 0.2)."),
     credit_adaptive: bool = typer.Option(False, "--credit-adaptive", help="Parameter-free credit variant."),
-    temperature: float = typer.Option(0.0, help="Gumbel sampling temperature (0: greedy)."),
+    temperature: float = TEMPERATURE_OPTION,
     scorer: str = typer.Option("confidence", help="confidence, margin, entropy or random."),
     cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance scale (LLaDA)."),
     logits_eos_inf: bool = typer.Option(False, "--logits-eos-inf", help="Never propose end-of-text (LLaDA)."),
     confidence_eos_eot_inf: bool = typer.Option(False, "--confidence-eos-eot-inf", help="LLaDA's EoT confidence 0."),
-    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop rows at end-of-text."),
+    early_stop: bool = EARLY_STOP_OPTION,
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the chat template to prompts."),
     seed: int | None = typer.Option(None, help="Random seed (sampling, random scorer)."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    device: str | None = DEVICE_OPTION,
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per prompt."),
-    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
-    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
-    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    compile: str = COMPILE_OPTION,
+    no_compile: bool = NO_COMPILE_OPTION,
+    threads: int | None = THREADS_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the responses: no progress bar, no summary."),
 ) -> None:
     """Generate responses with any commit policy, cache mode and credit fusion."""
-    import unmask
-
     check_lengths(gen_length, block_length)  # before the progress bar divides one by the other
     knobs = parse_knobs(knob or [])
     for name, value in (("steps", steps), ("threshold", threshold), ("factor", factor), ("margin", margin)):
@@ -161,8 +168,7 @@ def generate(
     mode = compile_mode(compile, no_compile)
     DecodeConfig.create(gen_length=gen_length, block_length=block_length, **decoding, temperature=temperature,
                         scorer=scorer, cfg_scale=cfg_scale, seed=seed)  # every setting checked before loading
-    set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
+    lm = load_model(model, device, dtype, mode, threads)
     with Progress(TextColumn("[dim]decoding {task.fields[rows]} prompt(s)"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("blocks"), TimeElapsedColumn(), console=console, transient=True,
                   disable=as_json or quiet or not console.is_terminal) as bar:

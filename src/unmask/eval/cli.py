@@ -28,6 +28,25 @@ QUIET_HELP = "No progress bar and no closing summary line (the results table sta
 COMPILE_HELP = ("Decode step: auto (fused on CUDA, off on CPU), fused (CUDA graphs + torch.compile), "
                 "exact (CUDA graphs over the eager kernels: bitwise the eager decode), off (eager).")
 
+# Options of several commands (typer reads an option's object, it does not change it: one serves them all).
+MODEL_OPTION = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model.")
+BLOCK_LENGTH_OPTION = typer.Option(32, "--block-length", help="Semi-autoregressive block size.")
+EARLY_STOP_OPTION = typer.Option(True, "--early-stop/--no-early-stop", help="Stop rows at end-of-text.")
+TEMPERATURE_OPTION = typer.Option(0.0, help="Gumbel sampling temperature (0: greedy).")
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Discard earlier records in --out.")
+DEVICE_OPTION = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+DTYPE_OPTION = typer.Option(None, help="float32, bfloat16, float16.")
+PROGRESS_OPTION = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal).")
+COMPILE_OPTION = typer.Option("auto", "--compile", help=COMPILE_HELP)
+NO_COMPILE_OPTION = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off).")
+THREADS_OPTION = typer.Option(None, "--threads", help=THREADS_HELP)
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
+
+
+def gen_length_option(default: int) -> Any:
+    """``--gen-length``, with a command's default."""
+    return typer.Option(default, "--gen-length", help="Tokens to generate (multiple of block length).")
+
 
 def compile_mode(mode: str, no_compile: bool = False) -> bool | str | None:
     """The ``compile=`` argument of ``unmask.load`` for the CLI's ``--compile MODE`` / ``--no-compile``."""
@@ -41,6 +60,21 @@ def compile_mode(mode: str, no_compile: bool = False) -> bool | str | None:
 def show_progress(progress: bool, quiet: bool) -> bool:
     """A progress bar only if asked for, not ``--quiet``, and where stdout is a terminal (none in logs)."""
     return progress and not quiet and console.is_terminal
+
+
+def load_model(model: str | None, device: str | None, dtype: str | None, compile: bool | str | None,
+               threads: int | None) -> Any:
+    """Set torch's CPU threads, then load the model: the last step before a command decodes."""
+    import unmask
+
+    set_cpu_threads(device, threads)
+    return unmask.load(model, device=device, dtype=dtype, compile=compile)
+
+
+def print_done(generated: int, out: Path, files: dict[str, Path]) -> None:
+    """The closing summary line of an eval or sweep: what was decoded now and where the results are."""
+    console.print(f"[dim]{generated} example(s) decoded now; results in {out}/ "
+                  f"({', '.join(p.name for p in files.values())})[/]")
 
 
 def check_run(n: int, batch_size: int, gen_length: int, block_length: int, temperature: float = 0.0) -> None:
@@ -83,26 +117,25 @@ def eval_command(
     ),
     out: Path = typer.Option(Path("eval-out"), "--out", "-o", help="Output folder (records.jsonl, results.*, "
                              "pareto.png); an interrupted run resumes there."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    model: str | None = MODEL_OPTION,
     n: int = typer.Option(16, "--n", "-n", help="Examples per task (0: a benchmark's whole file)."),
     split: str = typer.Option("test", help="Split of the synthetic tasks (train, validation, test)."),
     seed: int = typer.Option(0, help="Example-sampling seed (and sampling seed if temperature > 0)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts decoded together."),
-    gen_length: int = typer.Option(256, "--gen-length", help="Tokens to generate (multiple of block length)."),
-    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
-    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop rows at end-of-text."),
-    temperature: float = typer.Option(0.0, help="Gumbel sampling temperature (0: greedy)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in --out."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
-    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
-    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
-    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    gen_length: int = gen_length_option(256),
+    block_length: int = BLOCK_LENGTH_OPTION,
+    early_stop: bool = EARLY_STOP_OPTION,
+    temperature: float = TEMPERATURE_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
+    device: str | None = DEVICE_OPTION,
+    dtype: str | None = DTYPE_OPTION,
+    progress: bool = PROGRESS_OPTION,
+    compile: str = COMPILE_OPTION,
+    no_compile: bool = NO_COMPILE_OPTION,
+    threads: int | None = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Evaluate a grid of decoding specs x tasks: accuracy, NFE, tokens/NFE, tokens/s, latency, Pareto plot."""
-    import unmask
     from unmask.eval.compare import print_report
     from unmask.eval.runner import resolve_tasks, run_eval
     from unmask.eval.spec import parse_specs
@@ -111,8 +144,7 @@ def eval_command(
     task_map = resolve_tasks(tasks)
     check_run(n, batch_size, gen_length, block_length, temperature)
     mode = compile_mode(compile, no_compile)
-    set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
+    lm = load_model(model, device, dtype, mode, threads)
     report = run_eval(lm, spec_list, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop,
                       temperature=temperature, model_name=model, overwrite=overwrite,
@@ -121,25 +153,24 @@ def eval_command(
         return
     print_report(report, console=console, title=f"unmask eval: {model or 'embedded testbed model'}")
     if not quiet:
-        console.print(f"[dim]{report.generated} example(s) decoded now; results in {out}/ "
-                      f"({', '.join(p.name for p in report.files.values())})[/]")
+        print_done(report.generated, out, report.files)
 
 
 @friendly_errors
 def compare_command(
-    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    model: str | None = MODEL_OPTION,
     n: int | None = typer.Option(None, "--n", "-n", help="Test examples per task (default 16 on GPU, 4 on CPU)."),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b",
                                           help="Prompts decoded together (default: n on GPU, 2 on CPU)."),
-    gen_length: int = typer.Option(256, "--gen-length", help="Tokens to generate (multiple of block length)."),
-    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
+    gen_length: int = gen_length_option(256),
+    block_length: int = BLOCK_LENGTH_OPTION,
     out: Path | None = typer.Option(None, "--out", "-o", help="Keep records/results/plot here (default: discard)."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
-    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
-    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
-    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    device: str | None = DEVICE_OPTION,
+    dtype: str | None = DTYPE_OPTION,
+    progress: bool = PROGRESS_OPTION,
+    compile: str = COMPILE_OPTION,
+    no_compile: bool = NO_COMPILE_OPTION,
+    threads: int | None = THREADS_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (the table stays)."),
 ) -> None:
     """Quick comparison of the commit policies (topk, threshold, factor, frechet, credit, dual cache) on math/code."""
@@ -155,22 +186,21 @@ def compare_command(
 @friendly_errors
 def trace_command(
     prompt: str = typer.Argument(..., help="The prompt to decode (the chat template is applied)."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    model: str | None = MODEL_OPTION,
     spec: str = typer.Option("threshold:0.9", "--spec", "-s", help=f"Decoding spec: {SPEC_FORMS}."),
-    gen_length: int = typer.Option(64, "--gen-length", help="Tokens to generate (multiple of block length)."),
-    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
+    gen_length: int = gen_length_option(64),
+    block_length: int = BLOCK_LENGTH_OPTION,
     out: Path = typer.Option(Path("trace.png"), "--out", "-o", help="PNG to write."),
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop at end-of-text."),
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the chat template to the prompt."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
+    device: str | None = DEVICE_OPTION,
+    dtype: str | None = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the trace summary as JSON."),
-    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
-    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
-    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    compile: str = COMPILE_OPTION,
+    no_compile: bool = NO_COMPILE_OPTION,
+    threads: int | None = THREADS_OPTION,
 ) -> None:
     """Draw when each token of one generation was committed (step x position, confidence) and print per-step counts."""
-    import unmask
     from unmask.decoding.loop import check_lengths
     from unmask.eval.spec import parse_spec
     from unmask.eval.trace import trace_generation
@@ -178,8 +208,7 @@ def trace_command(
     decode_spec = parse_spec(spec)
     check_lengths(gen_length, block_length)
     mode = compile_mode(compile, no_compile)
-    set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
+    lm = load_model(model, device, dtype, mode, threads)
     trace = trace_generation(lm, prompt, decode_spec, gen_length=gen_length, block_length=block_length,
                              early_stop=early_stop, chat=chat, out=out)
     summary = {"spec": trace.spec, "nfe": trace.nfe, "tokens": trace.length, "tokens_per_nfe": trace.tokens_per_nfe,
@@ -205,12 +234,27 @@ SWEEP_CREDIT_HELP = ("Credit coefficients crossed at each policy's default knob,
 SWEEP_VARIANTS_HELP = "Credit variants of each parallel rule: plain, credit, credit-adaptive (default: all three)."
 SWEEP_TASK_HELP = "Task (repeat), as in eval: math, code, long, or a benchmark with its local data (gsm8k=PATH)."
 
+# The options a sweep and a tune share.
+POLICY_OPTION = typer.Option(None, "--policy", "-p", help=SWEEP_POLICY_HELP)
+GRID_OPTION = typer.Option(None, "--grid", "-g", help=SWEEP_GRID_HELP)
+CREDIT_GRID_OPTION = typer.Option(None, "--credit-grid", help=SWEEP_CREDIT_HELP)
+VARIANTS_OPTION = typer.Option(None, "--variants", help=SWEEP_VARIANTS_HELP)
+CACHE_OPTION = typer.Option("none", help="KV cache of every swept setting (the topk baseline runs without).")
+SWEEP_TASK_OPTION = typer.Option(["math"], "--task", "-t", help=SWEEP_TASK_HELP)
+SWEEP_SEED_OPTION = typer.Option(0, help="Example-sampling seed.")
+SWEEP_BATCH_OPTION = typer.Option(32, "--batch-size", "-b", help="Prompts decoded together.")
+SAMPLES_OPTION = typer.Option(1000, "--samples", help="Bootstrap resamples.")
+BOOT_SEED_OPTION = typer.Option(0, "--boot-seed", help="Bootstrap seed.")
+CONFIDENCE_OPTION = typer.Option(0.95, "--confidence", help="Interval level.")
+
 
 def _sweep_grid(policies: list[str] | None, grid: list[str] | None, credit_grid: list[str] | None,
-                variants: list[str] | None, cache: str) -> Any:
+                variants: list[str] | None, cache: str, gen_length: int, block_length: int) -> tuple[Any, list[Any]]:
+    """The grid of a sweep or tune and its specs, built before loading anything (a bad grid fails first)."""
     from unmask.eval.sweep import build_grid
 
-    return build_grid(policies or (), grid or (), credit_grid or (), variants or (), cache)
+    sweep_grid = build_grid(policies or (), grid or (), credit_grid or (), variants or (), cache)
+    return sweep_grid, sweep_grid.specs(gen_length, block_length)
 
 
 def _print_specs(specs: list[Any], n: int, tasks: list[str]) -> None:
@@ -220,45 +264,43 @@ def _print_specs(specs: list[Any], n: int, tasks: list[str]) -> None:
 
 @friendly_errors
 def sweep_command(
-    policies: list[str] | None = typer.Option(None, "--policy", "-p", help=SWEEP_POLICY_HELP),
-    grid: list[str] | None = typer.Option(None, "--grid", "-g", help=SWEEP_GRID_HELP),
-    credit_grid: list[str] | None = typer.Option(None, "--credit-grid", help=SWEEP_CREDIT_HELP),
-    variants: list[str] | None = typer.Option(None, "--variants", help=SWEEP_VARIANTS_HELP),
-    cache: str = typer.Option("none", help="KV cache of every swept setting (the topk baseline runs without)."),
-    tasks: list[str] = typer.Option(["math"], "--task", "-t", help=SWEEP_TASK_HELP),
+    policies: list[str] | None = POLICY_OPTION,
+    grid: list[str] | None = GRID_OPTION,
+    credit_grid: list[str] | None = CREDIT_GRID_OPTION,
+    variants: list[str] | None = VARIANTS_OPTION,
+    cache: str = CACHE_OPTION,
+    tasks: list[str] = SWEEP_TASK_OPTION,
     out: Path = typer.Option(Path("sweep-out"), "--out", "-o", help="Output folder (records.jsonl, results.*, "
                              "sweep.json, sweep.md, frontier.png); an interrupted or widened sweep resumes there."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    model: str | None = MODEL_OPTION,
     n: int = typer.Option(512, "--n", "-n", help="Examples per task (0: a benchmark's whole file)."),
     split: str = typer.Option("dev", help="Split to sweep on: dev (= validation), train, test."),
-    seed: int = typer.Option(0, help="Example-sampling seed."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Prompts decoded together."),
-    gen_length: int = typer.Option(256, "--gen-length", help="Tokens to generate (multiple of block length)."),
-    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
-    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop rows at end-of-text."),
+    seed: int = SWEEP_SEED_OPTION,
+    batch_size: int = SWEEP_BATCH_OPTION,
+    gen_length: int = gen_length_option(256),
+    block_length: int = BLOCK_LENGTH_OPTION,
+    early_stop: bool = EARLY_STOP_OPTION,
     drop: float = typer.Option(0.01, "--drop", help="Matched accuracy = baseline accuracy - DROP."),
-    samples: int = typer.Option(1000, "--samples", help="Bootstrap resamples."),
-    boot_seed: int = typer.Option(0, "--boot-seed", help="Bootstrap seed."),
-    confidence: float = typer.Option(0.95, "--confidence", help="Interval level."),
+    samples: int = SAMPLES_OPTION,
+    boot_seed: int = BOOT_SEED_OPTION,
+    confidence: float = CONFIDENCE_OPTION,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the settings and stop."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in --out."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
-    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
-    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
-    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    overwrite: bool = OVERWRITE_OPTION,
+    device: str | None = DEVICE_OPTION,
+    dtype: str | None = DTYPE_OPTION,
+    progress: bool = PROGRESS_OPTION,
+    compile: str = COMPILE_OPTION,
+    no_compile: bool = NO_COMPILE_OPTION,
+    threads: int | None = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Sweep each policy's knob (with and without credit) on a dev split: Pareto fronts, NFE and tokens/s at
     the baseline's accuracy - 1 point, with bootstrap intervals."""
-    import unmask
     from unmask.eval.runner import resolve_tasks
     from unmask.eval.sweep import resolve_split, run_sweep
     from unmask.eval.sweep_report import print_sweep
 
-    sweep_grid = _sweep_grid(policies, grid, credit_grid, variants, cache)
-    specs = sweep_grid.specs(gen_length, block_length)  # fail on a bad grid before loading anything
+    sweep_grid, specs = _sweep_grid(policies, grid, credit_grid, variants, cache, gen_length, block_length)
     task_map = resolve_tasks(tasks)
     resolve_split(split)
     check_run(n, batch_size, gen_length, block_length)
@@ -268,8 +310,7 @@ def sweep_command(
         if is_main():
             _print_specs(specs, n, list(task_map))
         return
-    set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
+    lm = load_model(model, device, dtype, mode, threads)
     report = run_sweep(lm, sweep_grid, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                        gen_length=gen_length, block_length=block_length, early_stop=early_stop, drop=drop,
                        samples=samples, boot_seed=boot_seed, confidence=confidence, model_name=model,
@@ -278,56 +319,53 @@ def sweep_command(
         return
     print_sweep(report, console=console)
     if not quiet:
-        console.print(f"[dim]{report.eval.generated} example(s) decoded now; results in {out}/ "
-                      f"({', '.join(p.name for p in report.files.values())})[/]")
+        print_done(report.eval.generated, out, report.files)
 
 
 @friendly_errors
 def tune_command(
     eps: float = typer.Option(0.01, "--eps", help="Admissible: dev accuracy >= baseline accuracy - EPS on every "
                               "task; the cheapest (mean NFE / baseline NFE) wins."),
-    policies: list[str] | None = typer.Option(None, "--policy", "-p", help=SWEEP_POLICY_HELP),
-    grid: list[str] | None = typer.Option(None, "--grid", "-g", help=SWEEP_GRID_HELP),
-    credit_grid: list[str] | None = typer.Option(None, "--credit-grid", help=SWEEP_CREDIT_HELP),
-    variants: list[str] | None = typer.Option(None, "--variants", help=SWEEP_VARIANTS_HELP),
-    cache: str = typer.Option("none", help="KV cache of every swept setting (the topk baseline runs without)."),
-    tasks: list[str] = typer.Option(["math"], "--task", "-t", help=SWEEP_TASK_HELP),
+    policies: list[str] | None = POLICY_OPTION,
+    grid: list[str] | None = GRID_OPTION,
+    credit_grid: list[str] | None = CREDIT_GRID_OPTION,
+    variants: list[str] | None = VARIANTS_OPTION,
+    cache: str = CACHE_OPTION,
+    tasks: list[str] = SWEEP_TASK_OPTION,
     out: Path = typer.Option(Path("tune-out"), "--out", "-o", help="Output folder: dev/ (the sweep), test/, "
                              "tune.json, tune.md; resumable."),
     sweep_dir: Path | None = typer.Option(None, "--sweep-dir", help="Reuse (and complete) this sweep folder "
                                           "instead of OUT/dev; same grid options and settings."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: embedded model."),
+    model: str | None = MODEL_OPTION,
     n: int = typer.Option(512, "--n", "-n", help="Dev examples per task."),
     test_n: int | None = typer.Option(None, "--test-n", help="Test examples per task (default: --n)."),
     dev_split: str = typer.Option("dev", "--dev-split", help="Split to select on: dev (= validation), train."),
     test_split: str = typer.Option("test", "--test-split", help="Split to report on."),
-    seed: int = typer.Option(0, help="Example-sampling seed."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Prompts decoded together."),
-    gen_length: int = typer.Option(256, "--gen-length", help="Tokens to generate (multiple of block length)."),
-    block_length: int = typer.Option(32, "--block-length", help="Semi-autoregressive block size."),
-    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop rows at end-of-text."),
-    samples: int = typer.Option(1000, "--samples", help="Bootstrap resamples."),
-    boot_seed: int = typer.Option(0, "--boot-seed", help="Bootstrap seed."),
-    confidence: float = typer.Option(0.95, "--confidence", help="Interval level."),
+    seed: int = SWEEP_SEED_OPTION,
+    batch_size: int = SWEEP_BATCH_OPTION,
+    gen_length: int = gen_length_option(256),
+    block_length: int = BLOCK_LENGTH_OPTION,
+    early_stop: bool = EARLY_STOP_OPTION,
+    samples: int = SAMPLES_OPTION,
+    boot_seed: int = BOOT_SEED_OPTION,
+    confidence: float = CONFIDENCE_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in the dev and test folders."),
-    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
-    compile: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
-    no_compile: bool = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off)."),
-    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    device: str | None = DEVICE_OPTION,
+    dtype: str | None = DTYPE_OPTION,
+    progress: bool = PROGRESS_OPTION,
+    compile: str = COMPILE_OPTION,
+    no_compile: bool = NO_COMPILE_OPTION,
+    threads: int | None = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Pick the spec with the lowest NFE whose dev accuracy is >= baseline - eps, and report it on the test split."""
     from rich.table import Table
 
-    import unmask
     from unmask.eval.runner import resolve_tasks
     from unmask.eval.sweep import resolve_split
     from unmask.eval.tune import TUNE_COLUMNS, run_tune, summary_rows
 
-    sweep_grid = _sweep_grid(policies, grid, credit_grid, variants, cache)
-    sweep_grid.specs(gen_length, block_length)  # fail on a bad grid before loading anything
+    sweep_grid, _ = _sweep_grid(policies, grid, credit_grid, variants, cache, gen_length, block_length)
     task_map = resolve_tasks(tasks)
     resolve_split(dev_split)
     resolve_split(test_split)
@@ -338,8 +376,7 @@ def tune_command(
         raise ValueError(f"--test-n must be >= 0 examples per task, got {test_n}")
     check_bootstrap(samples, boot_seed, confidence)
     mode = compile_mode(compile, no_compile)
-    set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=mode)
+    lm = load_model(model, device, dtype, mode, threads)
     report = run_tune(lm, sweep_grid, task_map, out, eps=eps, n=n, test_n=test_n, dev_split=dev_split,
                       test_split=test_split, sweep_dir=sweep_dir, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop, samples=samples,
