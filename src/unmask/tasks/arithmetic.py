@@ -255,6 +255,12 @@ def _act(subj: str, pron: str, verb: str, rest: str, eq: str, op: str, text: str
                                   ing=f"{ing} {rest}".strip(), eq=eq, op=op))
 
 
+def _product(what: str, a: int, m: int, q: int, descs: tuple[str, ...], obj: str) -> Step:
+    """A ``product`` step: ``what`` (the groups) worked out as ``a * m = q``; ``descs``: noun phrases of them."""
+    eq = f"{a} * {m} = {q}"
+    return Step("product", f"{what}: {eq}.", dict(eq=eq, descs=descs, obj=obj))
+
+
 def render_problem(key: str) -> tuple[str, list[str], int]:
     """(problem text, reasoning lines without the `####` line, answer) for a math key."""
     prompt, steps, answer = problem_steps(key)
@@ -280,8 +286,7 @@ def problem_steps(key: str) -> tuple[str, list[Step], int]:
         place = rng.choice(PLACES)
         sents = [f"A {place} has {k} {cont} with {m} {obj} in each."]
         descs = (f"{k} {cont} of {m}", f"{k} {cont} with {m} {obj} each", f"the {k} {cont}")
-        steps = [Step("product", f"{k} {cont} of {m}: {k} * {m} = {x}.", dict(eq=f"{k} * {m} = {x}", descs=descs,
-                                                                               obj=obj))]
+        steps = [_product(f"{k} {cont} of {m}", k, m, x, descs, obj)]
         question = f"How many {obj} does the {place} have now?"
         subj, spron = f"the {place}", "it"
     else:
@@ -327,8 +332,7 @@ def problem_steps(key: str) -> tuple[str, list[Step], int]:
                 m = args[1]
                 sents.append(f"{c} {a} more {cont} with {m} {obj} in each arrive.")
                 descs = (f"{a} more {cont} of {m}", f"{a} more {cont} with {m} {obj} each", f"the {a} new {cont}")
-                steps += [Step("product", f"{a} more {cont} of {m}: {a} * {m} = {q}.",
-                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj=obj)),
+                steps += [_product(f"{a} more {cont} of {m}", a, m, q, descs, obj),
                           _act(subj, spron, "adds", "them", eq2, base, f"They are added: {eq2}.")]
         elif tpl == "inv":
             if op == "add":
@@ -351,15 +355,13 @@ def problem_steps(key: str) -> tuple[str, list[Step], int]:
                 m = args[1]
                 sents.append(f"{c} {pron} buys {a} {cont} with {m} {obj} in each.")
                 descs = (f"{a} {cont} of {m}", f"{a} {cont} with {m} {obj} each", f"the {a} {cont}")
-                steps += [Step("product", f"{a} {cont} of {m}: {a} * {m} = {q}.",
-                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj=obj)),
+                steps += [_product(f"{a} {cont} of {m}", a, m, q, descs, obj),
                           _act(subj, spron, "adds", "them", eq2, base, f"{P} adds them: {eq2}.")]
             else:
                 m = args[1]
                 sents.append(f"{c} {pron} gives {a} friends {m} {obj} each.")
                 descs = (f"{a} friends at {m} each", f"{m} {obj} for each of {a} friends", f"{a} gifts of {m}")
-                steps += [Step("product", f"{a} friends get {m} each: {a} * {m} = {q}.",
-                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj=obj)),
+                steps += [_product(f"{a} friends get {m} each", a, m, q, descs, obj),
                           _act(subj, spron, "gives away", "them", eq2, base, f"{P} gives them away: {eq2}.")]
         else:  # money
             if op == "add":
@@ -382,15 +384,13 @@ def problem_steps(key: str) -> tuple[str, list[Step], int]:
                 m = args[1]
                 sents.append(f"{c} {pron} works {a} days and earns {m} dollars each day.")
                 descs = (f"{a} days at {m} dollars", f"{m} dollars for each of {a} days", f"{a} days of work")
-                steps += [Step("product", f"{a} days at {m} dollars: {a} * {m} = {q}.",
-                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj="dollars")),
+                steps += [_product(f"{a} days at {m} dollars", a, m, q, descs, "dollars"),
                           _act(subj, spron, "adds", "it", eq2, base, f"{P} adds it: {eq2}.")]
             else:
                 m, item = args[1], rng.choice(ITEMS)
                 sents.append(f"{c} {pron} buys {a} {item} that cost {m} dollars each.")
                 descs = (f"{a} {item} at {m} dollars", f"{a} {item} at {m} dollars each", f"the {a} {item}")
-                steps += [Step("product", f"{a} {item} at {m} dollars: {a} * {m} = {q}.",
-                               dict(eq=f"{a} * {m} = {q}", descs=descs, obj="dollars")),
+                steps += [_product(f"{a} {item} at {m} dollars", a, m, q, descs, "dollars"),
                           _act(subj, spron, "pays for", "them", eq2, base, f"{P} pays it: {eq2}.")]
         x = y
     return " ".join([*sents, question]), steps, x
