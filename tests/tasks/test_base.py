@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from unmask.tasks import BENCHMARK_NAMES, TASK_NAMES, Example, get_task, split_of
-from unmask.tasks.base import check_split, stable_hash
+from unmask.tasks.base import SPLITS, check_split, stable_hash
 
 
 def test_example_is_frozen():
@@ -47,3 +47,18 @@ def test_split_of_is_stable_and_roughly_90_5_5():
         counts[split_of(f"key{i}")] += 1
     assert 17600 < counts["train"] < 18400
     assert 800 < counts["validation"] < 1200 and 800 < counts["test"] < 1200
+
+
+@pytest.mark.parametrize("name, n", [("math", 300), ("code", 150)])
+def test_splits_disjoint_across_seeds(name, n):
+    task = get_task(name)
+    keys = {s: set() for s in SPLITS}
+    for split in SPLITS:
+        for seed in (0, 1, 2):
+            pairs = task.keyed_examples(split, n, seed=seed)
+            assert len({k for k, _ in pairs}) == n  # deduped within a call
+            assert all(split_of(k) == split for k, _ in pairs)
+            keys[split] |= {k for k, _ in pairs}
+    assert not keys["train"] & keys["validation"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]

@@ -2,7 +2,6 @@ import re
 
 import pytest
 
-from unmask.tasks.base import SPLITS, split_of
 from unmask.tasks.code import FAMILIES, CodeTask, extract_code, first_function
 
 TASK = CodeTask()
@@ -16,19 +15,6 @@ def examples():
 def test_deterministic_per_seed():
     assert TASK.examples("train", 40, seed=1) == CodeTask().examples("train", 40, seed=1)
     assert TASK.examples("train", 40, seed=1) != TASK.examples("train", 40, seed=2)
-
-
-def test_splits_disjoint_across_seeds():
-    keys = {s: set() for s in SPLITS}
-    for split in SPLITS:
-        for seed in (0, 1, 2):
-            pairs = TASK.keyed_examples(split, 150, seed=seed)
-            assert len({k for k, _ in pairs}) == 150
-            assert all(split_of(k) == split for k, _ in pairs)
-            keys[split] |= {k for k, _ in pairs}
-    assert not keys["train"] & keys["validation"]
-    assert not keys["train"] & keys["test"]
-    assert not keys["validation"] & keys["test"]
 
 
 def test_shape_of_examples(examples):
