@@ -89,30 +89,27 @@ def frechet_count_reference(sorted_conf, delta):
     return best
 
 
-@pytest.mark.parametrize("f", [0.25, 0.5, 1.0, 2.0])
-def test_factor_matches_reference_per_row(f):
+def assert_counts_per_row(policy, count_reference):
+    """On random states, ``policy`` commits ``count_reference(sorted masked confidences)`` in each row."""
     for seed in range(4):
         conf, masked = random_state(seed=seed)
-        commit = Factor(f)(conf, masked, 0, None)
+        commit = policy(conf, masked, 0, None)
         for b in range(conf.shape[0]):
             if not masked[b].any():
                 assert not commit[b].any()
                 continue
             sorted_conf = conf[b][masked[b]].sort(descending=True).values.tolist()
-            assert int(commit[b].sum()) == factor_count_reference(sorted_conf, f)
+            assert int(commit[b].sum()) == count_reference(sorted_conf)
+
+
+@pytest.mark.parametrize("f", [0.25, 0.5, 1.0, 2.0])
+def test_factor_matches_reference_per_row(f):
+    assert_counts_per_row(Factor(f), lambda sorted_conf: factor_count_reference(sorted_conf, f))
 
 
 @pytest.mark.parametrize("delta", [0.0, 0.1, 0.25, 0.5])
 def test_frechet_matches_definition_per_row(delta):
-    for seed in range(4):
-        conf, masked = random_state(seed=seed)
-        commit = Frechet(delta)(conf, masked, 0, None)
-        for b in range(conf.shape[0]):
-            if not masked[b].any():
-                assert not commit[b].any()
-                continue
-            sorted_conf = conf[b][masked[b]].sort(descending=True).values.tolist()
-            assert int(commit[b].sum()) == frechet_count_reference(sorted_conf, delta)
+    assert_counts_per_row(Frechet(delta), lambda sorted_conf: frechet_count_reference(sorted_conf, delta))
 
 
 @pytest.mark.parametrize("f", [0.3, 0.5, 1.0, 1.5])

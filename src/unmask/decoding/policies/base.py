@@ -166,3 +166,37 @@ def commit_top_n(order: torch.Tensor, n: torch.Tensor, masked: torch.Tensor) -> 
     ranks = torch.arange(order.shape[-1], device=order.device).expand_as(order)
     chosen_sorted = ranks < n[:, None]
     return torch.zeros_like(masked).scatter(-1, order, chosen_sorted) & masked
+
+
+# --------------------------------------------------------------------------- fixed-schedule policies (topk, dream)
+
+
+def check_steps_per_block(steps_per_block: Any) -> None:
+    """A fixed schedule's forwards per block: an integer >= 1."""
+    if isinstance(steps_per_block, bool) or not isinstance(steps_per_block, int):
+        raise ValueError(f"steps per block must be an integer, got {steps_per_block!r}")
+    if steps_per_block < 1:
+        raise ValueError(f"steps per block must be >= 1, got {steps_per_block}")
+
+
+def schedule_steps(policy: str, value: int | None, gen_length: int | None,
+                   block_length: int | None) -> tuple[int, int]:
+    """(steps, blocks) of a fixed schedule: its knob ``steps`` (forwards in all, default ``gen_length``),
+    checked to be a positive multiple of the number of blocks."""
+    if gen_length is None or block_length is None:
+        raise ValueError(f"policy {policy!r} needs gen_length and block_length to place its steps")
+    num_blocks = gen_length // block_length
+    steps = gen_length if value is None else value
+    if steps <= 0 or steps % num_blocks:
+        raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({num_blocks})")
+    return steps, num_blocks
+
+
+def commit_scheduled(confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor,
+                     schedule: torch.Tensor, steps_per_block: int) -> torch.Tensor:
+    """Commit the ``schedule[b, step]`` highest-confidence masked positions of each row (``schedule``:
+    ``[B, steps_per_block]``; a step past the last, which the loop does not reach, reads the last)."""
+    _, order, _ = sorted_confidence(confidence, masked)
+    step = torch.as_tensor(step, device=schedule.device)
+    column = step.clamp(max=steps_per_block - 1).expand(schedule.shape[0], 1)
+    return commit_top_n(order, schedule.gather(1, column).squeeze(1), masked)

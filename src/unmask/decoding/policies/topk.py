@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from unmask.decoding.policies.base import CommitPolicy, Knob, commit_top_n, register, sorted_confidence
+from unmask.decoding.policies.base import (
+    CommitPolicy,
+    Knob,
+    check_steps_per_block,
+    commit_scheduled,
+    register,
+    schedule_steps,
+)
 
 
 def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
@@ -32,19 +39,11 @@ class TopK(CommitPolicy):
                 "topk: forwards in all (default gen_length: one token per step)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps_per_block, bool) or not isinstance(self.steps_per_block, int):
-            raise ValueError(f"steps per block must be an integer, got {self.steps_per_block!r}")
-        if self.steps_per_block < 1:
-            raise ValueError(f"steps per block must be >= 1, got {self.steps_per_block}")
+        check_steps_per_block(self.steps_per_block)
 
     @classmethod
     def from_knob(cls, value: int | None, gen_length: int | None = None, block_length: int | None = None) -> TopK:
-        if gen_length is None or block_length is None:
-            raise ValueError("policy 'topk' needs gen_length and block_length to place its steps")
-        num_blocks = gen_length // block_length
-        steps = gen_length if value is None else value
-        if steps <= 0 or steps % num_blocks:
-            raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({num_blocks})")
+        steps, num_blocks = schedule_steps(cls.name, value, gen_length, block_length)
         if steps > gen_length:  # a step commits at least one token
             raise ValueError(f"steps={steps} exceeds gen_length={gen_length} (at most one step per token)")
         return cls(steps // num_blocks)
@@ -55,7 +54,4 @@ class TopK(CommitPolicy):
     def __call__(
         self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor, schedule: torch.Tensor
     ) -> torch.Tensor:
-        _, order, _ = sorted_confidence(confidence, masked)
-        step = torch.as_tensor(step, device=schedule.device)
-        column = step.clamp(max=self.steps_per_block - 1).expand(schedule.shape[0], 1)  # the loop stops at the last
-        return commit_top_n(order, schedule.gather(1, column).squeeze(1), masked)
+        return commit_scheduled(confidence, masked, step, schedule, self.steps_per_block)
