@@ -47,29 +47,13 @@ def tiny_config(**overrides) -> dict:
 
 def random_weights(cfg: dict, seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:
     """Weights scaled so that the random model is confident at some positions and unsure at others."""
-    g = torch.Generator().manual_seed(seed)
-    d, f, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    hd = d // cfg["num_attention_heads"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-
-    def rand(*shape, scale):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-    w = {"model.embed_tokens.weight": rand(V, d, scale=1.0), "model.norm.weight": 1 + rand(d, scale=0.1)}
-    if not cfg.get("tie_word_embeddings"):
-        w["lm_head.weight"] = rand(V, d, scale=4 / d**0.5)
+    rand = llada_fixtures.random_source(seed, dtype)
+    d, f = cfg["hidden_size"], cfg["intermediate_size"]
+    w = llada_fixtures.hf_outer_weights(rand, cfg, head_scale=4)
     for i in range(cfg["num_hidden_layers"]):
         b = f"model.layers.{i}."
+        w.update(llada_fixtures.hf_attention_weights(rand, b, cfg, bias=True))
         w.update({
-            b + "input_layernorm.weight": 1 + rand(d, scale=0.1),
-            b + "post_attention_layernorm.weight": 1 + rand(d, scale=0.1),
-            b + "self_attn.q_proj.weight": rand(q, d, scale=1.5 / d**0.5),
-            b + "self_attn.q_proj.bias": rand(q, scale=0.5),
-            b + "self_attn.k_proj.weight": rand(kv, d, scale=1.5 / d**0.5),
-            b + "self_attn.k_proj.bias": rand(kv, scale=0.5),
-            b + "self_attn.v_proj.weight": rand(kv, d, scale=1 / d**0.5),
-            b + "self_attn.v_proj.bias": rand(kv, scale=0.5),
-            b + "self_attn.o_proj.weight": rand(d, q, scale=1 / d**0.5),
             b + "mlp.gate_proj.weight": rand(f, d, scale=1 / d**0.5),
             b + "mlp.up_proj.weight": rand(f, d, scale=1 / d**0.5),
             b + "mlp.down_proj.weight": rand(d, f, scale=1 / f**0.5),

@@ -2,11 +2,13 @@
 
 The checkpoint is written here with safetensors directly (not with unmask's writer), with a real
 ``tokenizers`` tokenizer and LLaDA-8B-Instruct's chat template, so loading it tests the loader.
+Also the random-weight helpers the other families' fixtures share (``random_source``, ``hf_*``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,16 +43,49 @@ def tiny_config(**overrides) -> dict:
     return cfg
 
 
+def random_source(seed: int, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+    """``rand(*shape, scale)``: float64 normal draws times ``scale`` cast to ``dtype``, all from one generator
+    seeded ``seed`` (so a checkpoint's weights depend on the order they are drawn in)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    return rand
+
+
+def hf_outer_weights(rand: Callable[..., torch.Tensor], cfg: dict, head_scale: float) -> dict[str, torch.Tensor]:
+    """The embedding, final norm and (untied) LM head of the Hugging Face layout (Dream, LLaDA-MoE)."""
+    d, V = cfg["hidden_size"], cfg["vocab_size"]
+    w = {"model.embed_tokens.weight": rand(V, d, scale=1.0), "model.norm.weight": 1 + rand(d, scale=0.1)}
+    if not cfg.get("tie_word_embeddings"):
+        w["lm_head.weight"] = rand(V, d, scale=head_scale / d**0.5)
+    return w
+
+
+def hf_attention_weights(rand: Callable[..., torch.Tensor], prefix: str, cfg: dict,
+                         bias: bool = False) -> dict[str, torch.Tensor]:
+    """A layer's two norms and ``self_attn.{q,k,v,o}_proj`` (with q/k/v biases if ``bias``) in the Hugging
+    Face layout, drawn in that order."""
+    d = cfg["hidden_size"]
+    hd = d // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    w = {prefix + "input_layernorm.weight": 1 + rand(d, scale=0.1),
+         prefix + "post_attention_layernorm.weight": 1 + rand(d, scale=0.1)}
+    for name, rows, scale in (("q_proj", q, 1.5), ("k_proj", kv, 1.5), ("v_proj", kv, 1.0)):
+        w[f"{prefix}self_attn.{name}.weight"] = rand(rows, d, scale=scale / d**0.5)
+        if bias:
+            w[f"{prefix}self_attn.{name}.bias"] = rand(rows, scale=0.5)
+    w[prefix + "self_attn.o_proj.weight"] = rand(d, q, scale=1 / d**0.5)
+    return w
+
+
 def random_weights(cfg: dict, seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:
     """Weights scaled so that the random model is confident at some positions and unsure at others."""
-    g = torch.Generator().manual_seed(seed)
+    rand = random_source(seed, dtype)
     d, f, V = cfg["d_model"], cfg["mlp_hidden_size"], cfg["embedding_size"]
     kv = cfg["n_kv_heads"] * (d // cfg["n_heads"])
     p = "model.transformer."
-
-    def rand(*shape, scale):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
     w = {p + "wte.weight": rand(V, d, scale=1.0), p + "ln_f.weight": 1 + rand(d, scale=0.1)}
     if not cfg.get("weight_tying"):
         w[p + "ff_out.weight"] = rand(V, d, scale=2.5 / d**0.5)

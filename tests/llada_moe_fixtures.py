@@ -8,7 +8,7 @@ tokenizer of ``llada_fixtures`` (whose mask/eos ids the config names), so loadin
 from __future__ import annotations
 
 import torch
-from llada_fixtures import SPECIALS, WORDS
+from llada_fixtures import SPECIALS, WORDS, hf_attention_weights, hf_outer_weights, random_source
 
 MASK_ID = len(WORDS) + 6  # <|mdm_mask|> in llada_fixtures' tokenizer
 EOS_ID = len(WORDS) + 2  # <|endoftext|>
@@ -37,32 +37,19 @@ def tiny_moe_config(**overrides) -> dict:
 def random_moe_weights(cfg: dict, seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:
     """Weights scaled so that the random model is confident at some positions and unsure at others, and
     the router's top-k differs from token to token."""
-    g = torch.Generator().manual_seed(seed)
-    d, V, E = cfg["hidden_size"], cfg["vocab_size"], cfg["num_experts"]
+    rand = random_source(seed, dtype)
+    d, E = cfg["hidden_size"], cfg["num_experts"]
     hd = d // cfg["num_attention_heads"]
-    kv = cfg["num_key_value_heads"] * hd
-
-    def rand(*shape, scale):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
     def mlp(prefix: str, hidden: int) -> dict[str, torch.Tensor]:
         return {prefix + "gate_proj.weight": rand(hidden, d, scale=1 / d**0.5),
                 prefix + "up_proj.weight": rand(hidden, d, scale=1 / d**0.5),
                 prefix + "down_proj.weight": rand(d, hidden, scale=1 / hidden**0.5)}
 
-    w = {"model.embed_tokens.weight": rand(V, d, scale=1.0), "model.norm.weight": 1 + rand(d, scale=0.1)}
-    if not cfg.get("tie_word_embeddings"):
-        w["lm_head.weight"] = rand(V, d, scale=2.5 / d**0.5)
+    w = hf_outer_weights(rand, cfg, head_scale=2.5)
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        w.update({
-            p + "input_layernorm.weight": 1 + rand(d, scale=0.1),
-            p + "post_attention_layernorm.weight": 1 + rand(d, scale=0.1),
-            p + "self_attn.q_proj.weight": rand(d, d, scale=1.5 / d**0.5),
-            p + "self_attn.k_proj.weight": rand(kv, d, scale=1.5 / d**0.5),
-            p + "self_attn.v_proj.weight": rand(kv, d, scale=1 / d**0.5),
-            p + "self_attn.o_proj.weight": rand(d, d, scale=1 / d**0.5),
-        })
+        w.update(hf_attention_weights(rand, p, cfg))
         if cfg.get("qk_layernorm"):
             w[p + "self_attn.q_norm.weight"] = 1 + rand(hd, scale=0.3)
             w[p + "self_attn.k_norm.weight"] = 1 + rand(hd, scale=0.3)

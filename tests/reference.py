@@ -23,13 +23,29 @@ def rms_norm(x, w, eps):
 
 
 def rope(t, positions, theta):
+    """t [B, H, n, d] rotated at ``positions`` [n] or [B, n] (rotate-half convention)."""
     d = t.shape[-1]
     inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    ang = positions.double()[:, None] * inv[None, :]
+    ang = positions.double()[..., None] * inv
     ang = torch.cat([ang, ang], -1)
-    half = d // 2
-    rot = torch.cat([-t[..., half:], t[..., :half]], -1)
+    if ang.dim() == 3:
+        ang = ang[:, None]
+    rot = torch.cat([-t[..., d // 2:], t[..., : d // 2]], -1)
     return t * ang.cos() + rot * ang.sin()
+
+
+def with_past(past, k, v, replace=None):
+    """A layer's keys/values [B, kv_heads, *, hd] with Fast-dLLM's cache ``past`` = (k, v) of the cached
+    columns: the new ones appended (prefix cache), or with ``replace`` = (a, b) written over columns
+    [a, b) of a copy (dual cache); ``past`` None: the new ones alone."""
+    if past is None:
+        return k, v
+    pk, pv = past
+    if replace is None:
+        return torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+    pk, pv = pk.clone(), pv.clone()
+    pk[:, :, replace[0]:replace[1]], pv[:, :, replace[0]:replace[1]] = k, v
+    return pk, pv
 
 
 def ref_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=None):
@@ -52,14 +68,7 @@ def ref_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=None
         q = (a @ w[b + "q_proj.weight"].T).view(B, n, H, hd).transpose(1, 2)
         k = (a @ w[b + "k_proj.weight"].T).view(B, n, kvH, hd).transpose(1, 2)
         v = (a @ w[b + "v_proj.weight"].T).view(B, n, kvH, hd).transpose(1, 2)
-        if past is not None:
-            pk, pv = past[layer]
-            if replace is None:
-                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
-            else:
-                pk, pv = pk.clone(), pv.clone()
-                pk[:, :, replace[0]:replace[1]], pv[:, :, replace[0]:replace[1]] = k, v
-                k, v = pk, pv
+        k, v = with_past(None if past is None else past[layer], k, v, replace)
         present.append((k, v))
         total = k.shape[2]
         qpos = torch.arange(query_start, query_start + n)
@@ -131,13 +140,19 @@ def ref_llada_generate(w, cfg, prompt, steps, gen_length, block_length, mask_id,
     return x
 
 
-def _transfer_threshold(logits, mask_index, x, threshold):
+def _candidates(logits, mask_index, x):
+    """The start of Fast-dLLM's transfer rules: (x0, confidence, transfer): the argmax at masked positions
+    (the tokens elsewhere), its probability there (-inf elsewhere) and no position transferred yet."""
     x0 = logits.argmax(-1)
     p = torch.softmax(logits.double(), -1)
     x0_p = p.gather(-1, x0[..., None]).squeeze(-1)
     x0 = torch.where(mask_index, x0, x)
     confidence = torch.where(mask_index, x0_p, torch.tensor(-float("inf"), dtype=x0_p.dtype))
-    transfer = torch.zeros_like(x0, dtype=torch.bool)
+    return x0, confidence, torch.zeros_like(x0, dtype=torch.bool)
+
+
+def _transfer_threshold(logits, mask_index, x, threshold):
+    x0, confidence, transfer = _candidates(logits, mask_index, x)
     k_all = mask_index.sum(1)
     for j in range(confidence.shape[0]):
         _, idx = torch.topk(confidence[j], k=int(k_all[j]))
@@ -149,12 +164,7 @@ def _transfer_threshold(logits, mask_index, x, threshold):
 
 
 def _transfer_factor(logits, mask_index, x, factor):
-    x0 = logits.argmax(-1)
-    p = torch.softmax(logits.double(), -1)
-    x0_p = p.gather(-1, x0[..., None]).squeeze(-1)
-    x0 = torch.where(mask_index, x0, x)
-    confidence = torch.where(mask_index, x0_p, torch.tensor(-float("inf"), dtype=x0_p.dtype))
-    transfer = torch.zeros_like(x0, dtype=torch.bool)
+    x0, confidence, transfer = _candidates(logits, mask_index, x)
     counts = mask_index.sum(1)
     for j in range(confidence.shape[0]):
         n_masked = int(counts[j])

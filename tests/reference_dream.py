@@ -17,19 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
-from reference import rms_norm
-
-
-def rope(t, positions, theta):
-    """t [B, H, n, d] rotated at ``positions`` [n] or [B, n] (rotate-half convention)."""
-    d = t.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    ang = positions.double()[..., None] * inv
-    ang = torch.cat([ang, ang], -1)
-    if ang.dim() == 3:
-        ang = ang[:, None]
-    rot = torch.cat([-t[..., d // 2:], t[..., : d // 2]], -1)
-    return t * ang.cos() + rot * ang.sin()
+from reference import rms_norm, rope, with_past
 
 
 def shift(logits):
@@ -59,14 +47,7 @@ def ref_forward(w, cfg, x, attention_mask=None, tok_idx=None, past=None, query_s
         q = q.view(B, n, H, hd).transpose(1, 2)
         k = k.view(B, n, kvH, hd).transpose(1, 2)
         v = v.view(B, n, kvH, hd).transpose(1, 2)
-        if past is not None:
-            pk, pv = past[layer]
-            if replace is None:
-                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
-            else:
-                pk, pv = pk.clone(), pv.clone()
-                pk[:, :, replace[0]:replace[1]], pv[:, :, replace[0]:replace[1]] = k, v
-                k, v = pk, pv
+        k, v = with_past(None if past is None else past[layer], k, v, replace)
         present.append((k, v))
         if past is None:
             qpos = kpos = tok_idx if tok_idx is not None else torch.arange(n)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
-from reference import rms_norm, rope
+from reference import rms_norm, rope, with_past
 
 
 def swiglu(w, prefix, x):
@@ -63,14 +63,7 @@ def ref_moe_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=
             q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
             k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        if past is not None:
-            pk, pv = past[layer]
-            if replace is None:
-                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
-            else:
-                pk, pv = pk.clone(), pv.clone()
-                pk[:, :, replace[0]:replace[1]], pv[:, :, replace[0]:replace[1]] = k, v
-                k, v = pk, pv
+        k, v = with_past(None if past is None else past[layer], k, v, replace)
         present.append((k, v))
         qr = rope(q, torch.arange(query_start, query_start + n), cfg["rope_theta"])
         kr = rope(k, torch.arange(k.shape[2]), cfg["rope_theta"]).repeat_interleave(H // kvH, dim=1)

@@ -24,15 +24,6 @@ from unmask.models.loading import load_state_dict, read_config
 BUILT_IN_POLICIES = ("topk", "threshold", "factor", "frechet", "dream", "dream_lead", "threshold_lead")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny float64 matmuls: two threads on a shared 2-core machine spin far longer than they compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cfg():
     return tiny_config()
