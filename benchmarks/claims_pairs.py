@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
+
+import numpy as np
+
+from unmask.eval.frontier import bootstrap_counts, percentile_ci, resampled_mean, resampled_ratio
+from unmask.eval.records import read_run_records
 
 DEFAULT_PAIRS = [
     ("threshold:0.9", "topk"),  # Fast-dLLM's threshold rule against LLaDA's baseline
@@ -27,33 +31,24 @@ DEFAULT_PAIRS = [
 
 
 def load(run: Path) -> dict[str, dict[str, tuple[float, int, int]]]:
-    """spec -> example id -> (score, nfe, tokens) from ``run/records.jsonl``."""
+    """spec -> example id -> (score, nfe, tokens) from the run's records (every rank's file, as the sweep)."""
     by: dict[str, dict[str, tuple[float, int, int]]] = {}
-    with open(run / "records.jsonl") as f:
-        for line in f:
-            r = json.loads(line)
-            by.setdefault(r["spec"], {})[r["id"]] = (r["score"], r["nfe"], r["tokens"])
+    for r in read_run_records(run):
+        by.setdefault(r["spec"], {})[r["id"]] = (r["score"], r["nfe"], r["tokens"])
     return by
 
 
-def compare(a: list[tuple[float, int, int]], b: list[tuple[float, int, int]], samples: int, seed: int,
-            level: float = 0.95) -> dict:
-    n = len(a)
-    rng = random.Random(seed)
-
-    def stat(idx: list[int]) -> tuple[float, float]:
-        diff = (sum(a[i][0] for i in idx) - sum(b[i][0] for i in idx)) / n
-        return diff, sum(b[i][1] for i in idx) / sum(a[i][1] for i in idx)
-
-    point = stat(list(range(n)))
-    boots = [stat([rng.randrange(n) for _ in range(n)]) for _ in range(samples)]
-    lo, hi = int((1 - level) / 2 * samples), int((1 + level) / 2 * samples) - 1
-    diffs, ratios = sorted(x[0] for x in boots), sorted(x[1] for x in boots)
-    return {"n": n, "acc_a": sum(x[0] for x in a) / n, "acc_b": sum(x[0] for x in b) / n,
-            "nfe_a": sum(x[1] for x in a) / n, "nfe_b": sum(x[1] for x in b) / n,
-            "acc_diff": point[0], "acc_diff_ci": [diffs[lo], diffs[hi]],
-            "nfe_ratio": point[1], "nfe_ratio_ci": [ratios[lo], ratios[hi]],
-            "tokens_per_forward_a": sum(x[2] for x in a) / sum(x[1] for x in a)}
+def compare(a: np.ndarray, b: np.ndarray, samples: int, seed: int, level: float = 0.95) -> dict:
+    """``a``, ``b`` [n, 3] (score, nfe, tokens) of the same examples: A - B accuracy and B's NFE over A's,
+    with the sweep's paired percentile bootstrap (``eval/frontier.py``)."""
+    counts = bootstrap_counts(len(a), samples, seed)
+    acc = resampled_mean(counts, np.stack([a[:, 0], b[:, 0]]))  # [samples, 2]
+    ratio = resampled_ratio(counts, b[None, :, 1], a[None, :, 1])[:, 0]
+    (diff_lo, ratio_lo), (diff_hi, ratio_hi) = percentile_ci(np.stack([acc[:, 0] - acc[:, 1], ratio], -1), level)
+    return {"n": len(a), "acc_a": a[:, 0].mean(), "acc_b": b[:, 0].mean(), "nfe_a": a[:, 1].mean(),
+            "nfe_b": b[:, 1].mean(), "acc_diff": a[:, 0].mean() - b[:, 0].mean(), "acc_diff_ci": [diff_lo, diff_hi],
+            "nfe_ratio": b[:, 1].sum() / a[:, 1].sum(), "nfe_ratio_ci": [ratio_lo, ratio_hi],
+            "tokens_per_forward_a": a[:, 2].sum() / a[:, 1].sum()}
 
 
 def main() -> None:
@@ -73,8 +68,9 @@ def main() -> None:
                 print(f"{run.name}: {a} or {b} not swept, skipped")
                 continue
             ids = sorted(set(by[a]) & set(by[b]))
-            row = {"run": run.name, "a": a, "b": b,
-                   **compare([by[a][i] for i in ids], [by[b][i] for i in ids], args.samples, args.seed)}
+            a_rows, b_rows = (np.array([by[s][i] for i in ids], dtype=float) for s in (a, b))
+            stats = compare(a_rows, b_rows, args.samples, args.seed)
+            row = {"run": run.name, "a": a, "b": b, **{k: np.asarray(v).tolist() for k, v in stats.items()}}
             out.append(row)
             print(f"{run.name:22} {a:22} vs {b:16}: acc {row['acc_a']:.3f} vs {row['acc_b']:.3f}, diff "
                   f"{row['acc_diff'] * 100:+.1f} pts [{row['acc_diff_ci'][0] * 100:+.1f}, "
