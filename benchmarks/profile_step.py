@@ -11,6 +11,7 @@ each cache mode asked (``--sdpa`` forces an attention backend for the experiment
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -30,6 +31,13 @@ def summarise(prof, steps: int) -> tuple[str, dict]:
     return table, {"kernels_per_step": kernels, "gpu_busy_ms_per_step": gpu_ms}
 
 
+def kernel_sequence(prof) -> list[dict]:
+    """The profiled GPU kernels in launch order: name, start and duration in microseconds."""
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda e: e.time_range.start)
+    return [{"name": e.name, "start_us": e.time_range.start, "us": e.time_range.elapsed_us()} for e in kernels]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -39,6 +47,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--modes", default="eager,exact,fused", help="comma-separated: eager, exact, fused")
     parser.add_argument("--sdpa", default=None, help="force an attention backend: flash, efficient, cudnn")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also write each profiled step's kernel sequence (name, start, duration) as JSON")
     args = parser.parse_args()
     device = torch.device("cuda")
     model = random_model(SHAPES[args.shape], dtype=torch.bfloat16, device=device).fuse_projections()
@@ -65,6 +75,8 @@ def main() -> None:
                 torch.cuda.synchronize()
             wall = (time.perf_counter() - tic) * 1e3 / args.steps
             table, stats = summarise(prof, args.steps)
+            if args.kernels:
+                (args.out / f"kernels_{cache}_{mode}.json").write_text(json.dumps(kernel_sequence(prof)))
             head = (f"## batch {args.batch}, cache {cache}, {mode}: {stats['kernels_per_step']:.0f} kernels per step, "
                     f"GPU busy {stats['gpu_busy_ms_per_step']:.2f} ms per step, wall {wall:.2f} ms per step "
                     f"(under the profiler)")

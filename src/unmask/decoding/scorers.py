@@ -62,8 +62,28 @@ def _unchunked_log_normaliser(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.double(), dim=-1)  # under torch.compile: fused, no float64 copy in memory
 
 
+SPLIT_CHUNKS = (256, 128, 64, 32, 16)  # vocabulary chunks of the two-stage greedy reductions
+
+
 def _fused_argmax_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return argmax_confidence(logits, _unchunked_log_normaliser)
+    """Greedy candidate c = argmax_v l_v and p(c) = exp(l_c - logsumexp(l)) = 1 / sum_v exp(l_v - l_c), in
+    float64, both reduced in two stages over vocabulary chunks (a reduction over 126k entries with one
+    output per position would run on as many GPU programs as positions: 32 at batch 1).
+
+    The candidate is the first maximum, as ``argmax``: the first chunk holding the largest chunk maximum,
+    then the first maximum inside it.
+    """
+    V = logits.shape[-1]
+    chunks = next((c for c in SPLIT_CHUNKS if V % c == 0 and V // c >= 64), None)
+    if chunks is None:
+        return argmax_confidence(logits, _unchunked_log_normaliser)
+    parts = logits.unflatten(-1, (chunks, V // chunks))
+    part_max, part_arg = parts.max(dim=-1)
+    best = part_max.argmax(dim=-1, keepdim=True)
+    candidates = (best * (V // chunks) + part_arg.gather(-1, best)).squeeze(-1)
+    top = part_max.gather(-1, best).double()  # l_c
+    total = (parts.double() - top[..., None]).exp().sum(-1).sum(-1)
+    return candidates, total.reciprocal()
 
 
 _COMPILED_ARGMAX_CONFIDENCE = None

@@ -27,6 +27,7 @@ from torch import nn
 
 from unmask.models.cache import StaticKVCache, write_kv
 from unmask.models.config import LLaDAConfig
+from unmask.models.skinny import fast_linear
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -74,7 +75,7 @@ def attention_inputs(
     x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
     qkv_weights: tuple[torch.Tensor, ...], n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
     cache: torch.Tensor | None = None, columns: torch.Tensor | None = None,
-    qkv_biases: tuple[torch.Tensor, ...] | None = None,
+    qkv_biases: tuple[torch.Tensor, ...] | None = None, linear: Callable[..., torch.Tensor] = F.linear,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The block input x + mlp_out (the previous block's last residual add, done here so that it fuses
     with this norm), and q, k (after RoPE), v [B, heads, L, head_dim] from it.
@@ -82,7 +83,8 @@ def attention_inputs(
     ``qkv_weights`` is one fused [q; k; v] matrix or the three separate ones; ``qkv_biases`` the matching
     biases (Qwen2-style models such as Dream) or ``None``. With a layer's ``cache`` buffer
     [2, B, kv_heads, T, head_dim], the fresh keys/values are written at ``columns`` (all if ``None``)
-    and the returned k, v are the whole cached canvas.
+    and the returned k, v are the whole cached canvas. ``linear`` computes the projections (``F.linear``, or
+    the compiled kernels' ``skinny.fast_linear``).
     """
     if mlp_out is not None:
         x = x + mlp_out
@@ -91,10 +93,10 @@ def attention_inputs(
     hd = cos.shape[-1]
     biases = qkv_biases or (None,) * len(qkv_weights)
     if len(qkv_weights) == 1:
-        qkv = F.linear(h, qkv_weights[0], biases[0])
+        qkv = linear(h, qkv_weights[0], biases[0])
         q, k, v = qkv.split([n_heads * hd, n_kv_heads * hd, n_kv_heads * hd], dim=-1)
     else:
-        q, k, v = (F.linear(h, w, b) for w, b in zip(qkv_weights, biases, strict=True))
+        q, k, v = (linear(h, w, b) for w, b in zip(qkv_weights, biases, strict=True))
     q = q.reshape(B, L, n_heads, hd).transpose(1, 2)
     k = k.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
     v = v.reshape(B, L, n_kv_heads, hd).transpose(1, 2)
@@ -108,6 +110,7 @@ def attention_inputs(
 def attention_output_and_mlp(
     x: torch.Tensor, attended: torch.Tensor, out_weight: torch.Tensor, norm_weight: torch.Tensor, eps: float,
     gate_up_weights: tuple[torch.Tensor, ...], down_weight: torch.Tensor,
+    linear: Callable[..., torch.Tensor] = F.linear,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h = x + attn_out(attended) and the MLP's output ff_out(silu(gate(m)) * up(m)), m = ff_norm(h).
 
@@ -115,18 +118,54 @@ def attention_output_and_mlp(
     final norm), where it fuses with the norm that reads it.
     """
     B, L, _ = x.shape
-    h = x + F.linear(attended.transpose(1, 2).reshape(B, L, -1), out_weight)
+    h = x + linear(attended.transpose(1, 2).reshape(B, L, -1), out_weight)
     m = rms_norm(h, norm_weight, eps)
     if len(gate_up_weights) == 1:
-        gate, up = F.linear(m, gate_up_weights[0]).chunk(2, dim=-1)
+        gate, up = linear(m, gate_up_weights[0]).chunk(2, dim=-1)
     else:
-        gate, up = (F.linear(m, w) for w in gate_up_weights)
-    return h, F.linear(F.silu(gate) * up, down_weight)
+        gate, up = (linear(m, w) for w in gate_up_weights)
+    return h, linear(F.silu(gate) * up, down_weight)
+
+
+def fast_attention_inputs(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+    """``attention_inputs`` with the projections through ``skinny.fast_linear`` (compiled kernels)."""
+    return attention_inputs(*args, **kwargs, linear=fast_linear)
+
+
+def fast_attention_output_and_mlp(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention_output_and_mlp`` with the projections through ``skinny.fast_linear`` (compiled kernels)."""
+    return attention_output_and_mlp(*args, **kwargs, linear=fast_linear)
+
+
+def final_logits(
+    x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, head_weight: torch.Tensor,
+    linear: Callable[..., torch.Tensor] = F.linear,
+) -> torch.Tensor:
+    """Logits of the last layer's outputs x + mlp_out: the final RMSNorm, then the LM head."""
+    if mlp_out is not None:
+        x = x + mlp_out
+    return linear(rms_norm(x, norm_weight, eps), head_weight)
+
+
+def fast_final_logits(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """``final_logits`` with the LM head through ``skinny.fast_linear`` (compiled kernels)."""
+    return final_logits(*args, **kwargs, linear=fast_linear)
+
+
+_COMPILED_FINAL_LOGITS: Callable[..., torch.Tensor] | None = None
+
+
+def compiled_final_logits() -> Callable[..., torch.Tensor]:
+    global _COMPILED_FINAL_LOGITS
+    if _COMPILED_FINAL_LOGITS is None:
+        _COMPILED_FINAL_LOGITS = compile_kernel(fast_final_logits)
+    return _COMPILED_FINAL_LOGITS
 
 
 @dataclass(frozen=True)
 class BlockKernels:
-    """The two halves of a block around attention: eager functions or their ``torch.compile`` versions."""
+    """The two halves of a block around attention: eager functions or their ``torch.compile`` versions
+    (whose projections go through ``skinny.fast_linear``)."""
 
     attention_inputs: Callable[..., tuple[torch.Tensor, ...]] = attention_inputs
     attention_output_and_mlp: Callable[..., tuple[torch.Tensor, torch.Tensor]] = attention_output_and_mlp
@@ -159,8 +198,8 @@ def compiled_kernels() -> BlockKernels:
     """
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
-        _COMPILED_KERNELS = BlockKernels(compile_kernel(attention_inputs), compile_kernel(attention_output_and_mlp),
-                                         compiled=True)
+        _COMPILED_KERNELS = BlockKernels(compile_kernel(fast_attention_inputs),
+                                         compile_kernel(fast_attention_output_and_mlp), compiled=True)
     return _COMPILED_KERNELS
 
 
@@ -354,9 +393,12 @@ class MaskPredictor(nn.Module):
             x, mlp_out = layer(x, mlp_out, cos, sin, key_mask, cache, i, columns, kernels)
         return x, mlp_out
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits of last-layer outputs ``hidden`` [..., d]: the final norm, then the LM head."""
-        return F.linear(self.final_norm()(hidden), self.head_weight())
+    def head(self, hidden: torch.Tensor, mlp_out: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of last-layer outputs ``hidden`` (+ ``mlp_out``) [..., d]: the final norm, then the LM head
+        (compiled, the head through ``skinny.fast_linear``, with the compiled kernels)."""
+        norm = self.final_norm()
+        logits = compiled_final_logits() if self.kernels.compiled else final_logits
+        return logits(hidden, mlp_out, norm.weight, norm.eps, self.head_weight())
 
     def forward_window(
         self,
@@ -379,7 +421,7 @@ class MaskPredictor(nn.Module):
         x, mlp_out = self.run_layers(input_ids, cos, sin, key_mask, cache, columns)
         if logits_rows is not None:  # pick the rows first: the last residual add only for them
             x, mlp_out = pick_rows(x, logits_rows), pick_rows(mlp_out, logits_rows)
-        return self.head(x + mlp_out)
+        return self.head(x, mlp_out)
 
 
 class LLaDAModel(MaskPredictor):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from torch import nn
 from unmask.models.cache import StaticKVCache, write_kv
 from unmask.models.llada import MaskPredictor, RMSNorm, as_views, compile_kernel, fuse_parameters, rms_norm
 from unmask.models.llada_moe_config import LLaDAMoEConfig
+from unmask.models.skinny import fast_linear
 
 EXPERT_PATHS = ("auto", "grouped", "loop")
 
@@ -56,7 +58,7 @@ def attention_inputs(
     x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
     qkv_weights: tuple[torch.Tensor, ...], qk_norm: tuple[torch.Tensor, torch.Tensor] | None, n_heads: int,
     n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor | None = None,
-    columns: torch.Tensor | None = None,
+    columns: torch.Tensor | None = None, linear: Callable[..., torch.Tensor] = F.linear,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The layer input x + mlp_out and its q, k (per-head RMSNorm, then RoPE) and v [B, heads, L, hd].
 
@@ -69,9 +71,9 @@ def attention_inputs(
     h = rms_norm(x, norm_weight, eps)
     hd = cos.shape[-1]
     if len(qkv_weights) == 1:
-        q, k, v = F.linear(h, qkv_weights[0]).split([n_heads * hd, n_kv_heads * hd, n_kv_heads * hd], dim=-1)
+        q, k, v = linear(h, qkv_weights[0]).split([n_heads * hd, n_kv_heads * hd, n_kv_heads * hd], dim=-1)
     else:
-        q, k, v = (F.linear(h, w) for w in qkv_weights)
+        q, k, v = (linear(h, w) for w in qkv_weights)
     q, k = q.reshape(B, L, n_heads, hd), k.reshape(B, L, n_kv_heads, hd)
     if qk_norm is not None:
         q, k = rms_norm(q, qk_norm[0], eps), rms_norm(k, qk_norm[1], eps)
@@ -85,10 +87,11 @@ def attention_inputs(
 
 def attention_output(
     x: torch.Tensor, attended: torch.Tensor, out_weight: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+    linear: Callable[..., torch.Tensor] = F.linear,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h = x + o_proj(attended) and the MLP's input m = post_attention_layernorm(h)."""
     B, L, _ = x.shape
-    h = x + F.linear(attended.transpose(1, 2).reshape(B, L, -1), out_weight)
+    h = x + linear(attended.transpose(1, 2).reshape(B, L, -1), out_weight)
     return h, rms_norm(h, norm_weight, eps)
 
 
@@ -237,6 +240,16 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(hd, config.rms_norm_eps)
 
 
+def fast_attention_inputs(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+    """``attention_inputs`` with the projections through ``skinny.fast_linear`` (compiled kernels)."""
+    return attention_inputs(*args, **kwargs, linear=fast_linear)
+
+
+def fast_attention_output(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention_output`` with the projection through ``skinny.fast_linear`` (compiled kernels)."""
+    return attention_output(*args, **kwargs, linear=fast_linear)
+
+
 @dataclass(frozen=True)
 class MoEKernels:
     """The attention halves of a layer: eager functions or their ``torch.compile`` versions (the router
@@ -255,7 +268,7 @@ def compiled_kernels() -> MoEKernels:
     """The attention halves through ``torch.compile`` (options as ``llada.compiled_kernels``), compiled once."""
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
-        _COMPILED_KERNELS = MoEKernels(compile_kernel(attention_inputs), compile_kernel(attention_output),
+        _COMPILED_KERNELS = MoEKernels(compile_kernel(fast_attention_inputs), compile_kernel(fast_attention_output),
                                        compiled=True)
     return _COMPILED_KERNELS
 
