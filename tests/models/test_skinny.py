@@ -1,0 +1,100 @@
+"""The Triton skinny matmul of the fused decode step (``unmask.models.skinny``): where it applies, that it
+computes x @ W^T (every split of the reduction, ragged row counts), that a compiled bf16 model decodes with
+it and its CUDA graphs replay what its kernels compute, and the two-stage greedy scorer of the fused step."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unmask.decoding import Threshold, TopK
+from unmask.decoding.loop import DecodeOptions, DecodeProgram, run_program
+from unmask.decoding.scorers import Scorer, _fused_argmax_confidence, argmax_confidence
+from unmask.models import skinny
+from unmask.models.config import LLaDAConfig
+from unmask.models.loading import random_model
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or skinny.triton is None, reason="Triton kernels need CUDA")
+
+
+def test_cpu_and_float32_inputs_take_f_linear():
+    x, w = torch.randn(32, 256), torch.randn(128, 256)
+    assert not skinny.applies(x, w) and not skinny.applies(x.bfloat16(), w.bfloat16())  # CPU
+    assert torch.equal(skinny.fast_linear(x, w), F.linear(x, w))
+
+
+def test_default_config_splits_narrow_outputs():
+    assert skinny.default_config(4096, 4096).split_k == 4  # 64 programs: split so that every SM streams
+    assert skinny.default_config(24576, 4096).split_k == 1
+    assert skinny.default_config(4096, 384).split_k == 1  # K too short to split in chunks of 128
+    assert skinny.config_for(12288, 4096) == skinny.TUNED[(12288, 4096)]
+
+
+@pytest.mark.parametrize("V", [126464, 4096, 1000, 37])
+def test_two_stage_greedy_scorer_equals_argmax_and_float64_probability(V):
+    """Candidate = the first maximum (ties to the lowest position, as argmax); p(c) = the float64 softmax."""
+    logits = torch.randn(2, 5, V, generator=torch.Generator().manual_seed(V)).bfloat16()
+    logits[0, 0, 7] = logits[0, 0, V - 1] = 9.0  # a tie across chunks
+    logits[1, 2, 3] = logits[1, 2, 4] = 9.0  # a tie inside a chunk
+    candidates, confidence = _fused_argmax_confidence(logits)
+    ref_candidates, ref_confidence = argmax_confidence(logits)
+    assert torch.equal(candidates, ref_candidates) and candidates[0, 0] == 7 and candidates[1, 2] == 3
+    assert confidence.dtype == torch.float64
+    torch.testing.assert_close(confidence, ref_confidence, rtol=1e-12, atol=0)
+    exact = torch.softmax(logits.double(), -1).gather(-1, candidates[..., None]).squeeze(-1)
+    torch.testing.assert_close(confidence, exact, rtol=1e-12, atol=0)
+
+
+@cuda
+@pytest.mark.parametrize("rows", [1, 7, 32, 64])
+@pytest.mark.parametrize("n,k,split", [(256, 512, 1), (256, 512, 2), (512, 1024, 4), (128, 384, 1)])
+@pytest.mark.parametrize("swap", [True, False])
+def test_skinny_partials_compute_x_at_w_transposed(rows, n, k, split, swap):
+    g = torch.Generator(device="cuda").manual_seed(rows * n + k)
+    x = torch.randn(rows, k, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(n, k, device="cuda", generator=g) * 0.05).bfloat16()
+    out = skinny.skinny_partials(x, w, skinny.SkinnyConfig(64, 128, split, 3, 4, swap))
+    assert out.shape == ((rows, n) if split == 1 else (split, rows, n))
+    y = out.float() if split == 1 else out.sum(0)
+    ref = x.double() @ w.double().T
+    torch.testing.assert_close(y.double(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+
+
+@cuda
+def test_fast_linear_takes_the_kernel_and_matches_cublas():
+    x = torch.randn(2, 16, 4096, device="cuda").bfloat16()
+    for n, k in [(4096, 4096), (4096, 12288)]:
+        w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
+        xk = x if k == 4096 else torch.randn(2, 16, k, device="cuda").bfloat16()
+        assert skinny.applies(xk, w)
+        y = skinny.fast_linear(xk, w)
+        assert y.shape == (2, 16, n) and y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), F.linear(xk, w).float(), rtol=2e-2, atol=2e-2)
+    big = torch.randn(65, 4096, device="cuda").bfloat16()
+    assert not skinny.applies(big, w[:, :4096].contiguous())  # more rows than MAX_ROWS: cuBLAS
+
+
+@cuda
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("policy", [TopK(8), Threshold(0.3)], ids=repr)
+def test_bf16_fused_graphs_replay_the_skinny_kernels(cache, policy):
+    """A bf16 model whose projections take the Triton kernel (dims tiled by it): the captured fused step
+    gives what the same compiled kernels give eagerly, and the fused logits stay within bf16 noise of eager."""
+    config = LLaDAConfig(d_model=256, n_heads=4, n_layers=2, mlp_hidden_size=512, vocab_size=1024,
+                         embedding_size=1024, mask_token_id=1023, eos_token_id=1022, pad_token_id=1022)
+    model = random_model(config, dtype=torch.bfloat16, device=torch.device("cuda")).fuse_projections()
+    x = torch.randint(0, 1000, (2, 16), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    eager_logits = model(x)
+    model.compile_kernels(True)
+    try:
+        assert skinny.applies(torch.zeros(32, 256, device="cuda", dtype=torch.bfloat16), model.layers()[0].qkv_weight)
+        fused_logits = model(x)
+        torch.testing.assert_close(fused_logits.float(), eager_logits.float(), rtol=0.05, atol=0.05)
+        opts = DecodeOptions(2, 16, 32, 16, False, config.mask_token_id, cache, 0.0, False, None, (), False)
+        eager = DecodeProgram(model, policy, Scorer(), None, opts)
+        graph = DecodeProgram(model, policy, Scorer(), None, opts, graphs=True)
+        for program in (eager, graph):
+            program.load(x, None)
+            run_program(program, early_stop=False)
+        assert torch.equal(eager.x, graph.x) and torch.equal(eager.commit_step, graph.commit_step)
+    finally:
+        model.compile_kernels(False)
