@@ -4,9 +4,11 @@ Each variant builds its own captured ``DecodeProgram`` (dual or prefix cache, ba
 256, block 32, a block in the middle) and the variants' steps and refreshes are timed in interleaved
 rounds, so drift of the GPU's clocks hits them alike. Variants:
 
-- ``cublas``: every projection through cuBLAS (``skinny.ENABLED = False``), the attention backend SDPA picks;
-- ``skinny``: the dense projections and the LM head through the Triton skinny matmul (the default);
-- ``skinny_flash``: as ``skinny``, attention forced to FlashAttention.
+- ``cublas``: every projection through cuBLAS (``skinny.ENABLED = False``), RoPE and the cache write by
+  inductor (``rope_kv.ENABLED = False``);
+- ``skinny``: the dense projections and the LM head through the Triton skinny matmul;
+- ``skinny_rope``: and RoPE + cache write in one Triton kernel (the default);
+- ``skinny_rope_flash``: as ``skinny_rope``, attention forced to FlashAttention.
 
     python benchmarks/step_ab.py [--cache dual --cache prefix] [--rounds 3] [--out DIR]
 """
@@ -22,16 +24,17 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from unmask.eval.speed import SHAPES, build_program, timed
-from unmask.models import skinny
+from unmask.models import rope_kv, skinny
 from unmask.models.loading import random_model
 
-VARIANTS = {"cublas": (False, None), "skinny": (True, None), "skinny_flash": (True, SDPBackend.FLASH_ATTENTION)}
+VARIANTS = {"cublas": (False, False, None), "skinny": (True, False, None), "skinny_rope": (True, True, None),
+            "skinny_rope_flash": (True, True, SDPBackend.FLASH_ATTENTION)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache", action="append", default=None)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="cublas,skinny,skinny_rope")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
@@ -44,13 +47,12 @@ def main() -> None:
     for cache in args.cache or ["dual"]:
         programs = {}
         for name in args.variants.split(","):
-            enabled, backend = VARIANTS[name]
-            skinny.ENABLED = enabled
+            skinny.ENABLED, rope_kv.ENABLED, backend = VARIANTS[name]
             with sdpa_kernel([backend]) if backend else contextlib.nullcontext():
                 program = build_program(model, prompts, cache, 256, 32, graphs=True)
             program.begin_block(4)
             programs[name] = program
-        skinny.ENABLED = True
+        skinny.ENABLED = rope_kv.ENABLED = True
         for r in range(args.rounds):
             for name, program in programs.items():
                 step = timed(lambda p=program: p.run_step(p.step_kind(4, first=False)), device, repeats=20)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unmask.models import rope_kv
 from unmask.models.cache import StaticKVCache, write_kv
 from unmask.models.config import LLaDAConfig
 from unmask.models.skinny import fast_linear
@@ -132,6 +133,40 @@ def fast_attention_inputs(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]
     return attention_inputs(*args, **kwargs, linear=fast_linear)
 
 
+def fast_norm_and_qkv(
+    x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block input x + mlp_out and the fused q/k/v projection of its norm (``skinny.fast_linear``)."""
+    if mlp_out is not None:
+        x = x + mlp_out
+    return x, fast_linear(rms_norm(x, norm_weight, eps), qkv_weight, qkv_bias)
+
+
+class FusedAttentionInputs:
+    """``attention_inputs`` of the compiled kernels: with a layer cache and fused q/k/v on CUDA, the norm and
+    projection compiled, then RoPE and the cache write in one Triton kernel (``rope_kv``); otherwise the
+    whole of ``attention_inputs`` compiled."""
+
+    def __init__(self) -> None:
+        self.whole = compile_kernel(fast_attention_inputs)
+        self.norm_and_qkv = compile_kernel(fast_norm_and_qkv)
+
+    def __call__(
+        self, x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+        qkv_weights: tuple[torch.Tensor, ...], n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+        cache: torch.Tensor | None = None, columns: torch.Tensor | None = None,
+        qkv_biases: tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        if len(qkv_weights) == 1 and rope_kv.applies(x, cos, cache, columns):
+            bias = None if qkv_biases is None else qkv_biases[0]
+            x, qkv = self.norm_and_qkv(x, mlp_out, norm_weight, eps, qkv_weights[0], bias)
+            q = rope_kv.rope_write_kv(qkv, cos, sin, cache, columns, n_heads, n_kv_heads)
+            return x, q, cache[0], cache[1]
+        return self.whole(x, mlp_out, norm_weight, eps, qkv_weights, n_heads, n_kv_heads, cos, sin, cache, columns,
+                          qkv_biases)
+
+
 def fast_attention_output_and_mlp(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``attention_output_and_mlp`` with the projections through ``skinny.fast_linear`` (compiled kernels)."""
     return attention_output_and_mlp(*args, **kwargs, linear=fast_linear)
@@ -198,7 +233,7 @@ def compiled_kernels() -> BlockKernels:
     """
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
-        _COMPILED_KERNELS = BlockKernels(compile_kernel(fast_attention_inputs),
+        _COMPILED_KERNELS = BlockKernels(FusedAttentionInputs(),
                                          compile_kernel(fast_attention_output_and_mlp), compiled=True)
     return _COMPILED_KERNELS
 

@@ -1,0 +1,57 @@
+"""RoPE + KV-cache write in one Triton kernel (``unmask.models.rope_kv``): the same q and cache as the
+compiled step's ``apply_rotary`` + ``write_kv`` (shared or no columns, grouped-query heads, per-row
+rotary tables); where it does not apply the compiled kernels keep their own path."""
+
+import pytest
+import torch
+
+from unmask.models import rope_kv
+from unmask.models.cache import write_kv
+from unmask.models.llada import apply_rotary, rotary_tables
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or rope_kv.triton is None, reason="Triton kernels need CUDA")
+
+
+def reference(qkv, cos, sin, cache, columns, H, Hkv):
+    B, W, _ = qkv.shape
+    hd = cache.shape[-1]
+    q, k, v = qkv.split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+    q, k, v = (t.reshape(B, W, -1, hd).transpose(1, 2) for t in (q, k, v))
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if columns is None:
+        cache[:, :, :, :W] = torch.stack((k, v))
+    else:
+        write_kv(cache, k, v, columns)
+    return q
+
+
+def test_does_not_apply_on_cpu_or_to_per_row_columns():
+    cache = torch.zeros(2, 1, 4, 16, 8)
+    cos = torch.zeros(1, 1, 4, 8)
+    assert not rope_kv.applies(torch.zeros(1, 4, 96), cos, cache, torch.arange(4))
+    assert not rope_kv.applies(torch.zeros(1, 4, 96), cos, None, None)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("B,W,H,Hkv,T,shared,per_row_tables", [
+    (1, 32, 32, 32, 512, True, False), (2, 8, 4, 2, 40, True, True), (3, 12, 4, 4, 12, False, False),
+    (2, 7, 6, 1, 30, True, False)])
+def test_rope_write_kv_equals_rotary_and_write(dtype, B, W, H, Hkv, T, shared, per_row_tables):
+    g = torch.Generator(device="cuda").manual_seed(B * W + H)
+    hd = 128 if H == 32 else 16
+    qkv = torch.randn(B, W, (H + 2 * Hkv) * hd, device="cuda", generator=g).to(dtype)
+    columns = torch.randperm(T, device="cuda", generator=g)[:W] if shared else None
+    positions = (columns if shared else torch.arange(W, device="cuda"))[None]
+    if per_row_tables:  # a ragged batch: each row its own positions
+        positions = positions + torch.arange(B, device="cuda")[:, None]
+    cos, sin = rotary_tables(hd, 10000.0, positions)
+    cache = torch.randn(2, B, Hkv, T, hd, device="cuda", generator=g).to(dtype)
+    expected_cache = cache.clone()
+    expected_q = reference(qkv, cos, sin, expected_cache, columns, H, Hkv)
+    assert rope_kv.applies(qkv, cos, cache, columns)
+    q = rope_kv.rope_write_kv(qkv, cos, sin, cache, columns, H, Hkv)
+    assert q.shape == (B, H, W, hd) and q.is_contiguous()
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    torch.testing.assert_close(q, expected_q, **tol)  # float32: fused multiply-adds may differ in the last bit
+    torch.testing.assert_close(cache, expected_cache, **tol)
