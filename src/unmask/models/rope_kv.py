@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
     tl = None
 
-HEADS_PER_PROGRAM = 4
+HEADS_PER_PROGRAM = 8
 ENABLED = True  # False: the compiled step keeps inductor's RoPE and cache write (for A/B measurements)
 
 if triton is not None:
@@ -53,7 +53,7 @@ if triton is not None:
         y2 = tl.where(rotate[:, None], x2 * c2 + x1 * s2, x2)
         dtype = q_ptr.dtype.element_ty
         is_q = h < n_heads
-        q_base = q_ptr + ((b * n_heads + h[:, None]) * W + l_idx) * HEAD_DIM + d[None, :]
+        q_base = q_ptr + ((b * W + l_idx) * n_heads + h[:, None]) * HEAD_DIM + d[None, :]  # [B, W, H, hd] in memory
         q_mask = (is_q & live)[:, None]
         tl.store(q_base, y1.to(dtype), mask=q_mask)
         tl.store(q_base + half, y2.to(dtype), mask=q_mask)
@@ -98,7 +98,9 @@ def rope_write_kv(
     flat = qkv.reshape(B * W, -1)
     if flat.stride(-1) != 1:
         flat = flat.contiguous()
-    q = torch.empty((B, n_heads, W, hd), device=qkv.device, dtype=qkv.dtype)
+    # q is [B, H, W, hd] over [B, W, H, hd] memory: the attention's output then comes in that layout too, so
+    # the output projection reads it without a copy (as after the reference's reshape + transpose)
+    q = torch.empty((B, W, n_heads, hd), device=qkv.device, dtype=qkv.dtype)
     if sin.stride() != cos.stride():
         cos, sin = cos.contiguous(), sin.contiguous()
     cos_b = cos.stride(0) if cos.shape[0] > 1 else 0
@@ -107,6 +109,6 @@ def rope_write_kv(
         flat, cos, sin, cache, columns if columns is not None else flat, q,
         W, n_heads, n_kv_heads, flat.stride(0), cos_b, cos.stride(2), cache.stride(0), cache.stride(1),
         cache.stride(2), cache.stride(3),
-        HEAD_DIM=hd, HEADS=HEADS_PER_PROGRAM, HAS_COLUMNS=columns is not None, num_warps=2,
+        HEAD_DIM=hd, HEADS=HEADS_PER_PROGRAM, HAS_COLUMNS=columns is not None, num_warps=4,
     )
-    return q
+    return q.transpose(1, 2)
