@@ -12,7 +12,10 @@ Attention is bidirectional (no causal mask); padded keys are masked out.
 For inference, ``fuse_projections()`` concatenates q/k/v into one matrix and gate/up into another
 (one matmul each; the checkpoint's separate weights stay as views, so saving is unchanged), and
 ``compile_kernels()`` runs the two pointwise-heavy halves of a block (norm + projections + RoPE;
-output projection + norm + MLP) through ``torch.compile`` so their elementwise work is fused.
+output projection + norm + MLP) and the final norm + LM head through ``torch.compile`` so their
+elementwise work is fused; on CUDA their projections go through the Triton skinny matmul
+(``skinny.fast_linear``, at most 64 rows) and a cached forward's RoPE + cache write through one Triton
+kernel (``rope_kv``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unmask.models import rope_kv
+from unmask.models import rope_kv, skinny
 from unmask.models.cache import StaticKVCache, write_kv
 from unmask.models.config import LLaDAConfig
 from unmask.models.skinny import fast_linear
@@ -381,6 +384,8 @@ class MaskPredictor(nn.Module):
     def compile_kernels(self: _Model, enabled: bool = True) -> _Model:
         """Run the layer halves around attention through ``torch.compile`` (``enabled=False``: back to eager)."""
         self.kernels = self._compiled_kernels() if enabled else self._eager_kernels
+        if enabled:
+            skinny.prepare(self.device)
         return self
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

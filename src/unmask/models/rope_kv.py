@@ -74,7 +74,7 @@ if triton is not None:
 def applies(qkv: torch.Tensor, cos: torch.Tensor, cache: torch.Tensor | None, columns: torch.Tensor | None) -> bool:
     """Whether ``rope_write_kv`` can take this step: CUDA, a layer cache [2, B, H_kv, T, hd] in the
     projection's dtype, columns shared by the rows ([W]) or none (the whole canvas), tables [1 or B, 1, W, hd]."""
-    if not ENABLED or triton is None or cache is None or not qkv.is_cuda:
+    if not ENABLED or triton is None or cache is None or not qkv.is_cuda or torch.version.hip is not None:
         return False
     if cache.dtype != qkv.dtype or cache.stride(-1) != 1:
         return False
@@ -105,10 +105,11 @@ def rope_write_kv(
         cos, sin = cos.contiguous(), sin.contiguous()
     cos_b = cos.stride(0) if cos.shape[0] > 1 else 0
     grid = (B * W, triton.cdiv(n_heads + 2 * n_kv_heads, HEADS_PER_PROGRAM))
-    _rope_write_kv_kernel[grid](
-        flat, cos, sin, cache, columns if columns is not None else flat, q,
-        W, n_heads, n_kv_heads, flat.stride(0), cos_b, cos.stride(2), cache.stride(0), cache.stride(1),
-        cache.stride(2), cache.stride(3),
-        HEAD_DIM=hd, HEADS=HEADS_PER_PROGRAM, HAS_COLUMNS=columns is not None, num_warps=4,
-    )
+    with torch.cuda.device(qkv.device):  # Triton launches on the current device
+        _rope_write_kv_kernel[grid](
+            flat, cos, sin, cache, columns if columns is not None else flat, q,
+            W, n_heads, n_kv_heads, flat.stride(0), cos_b, cos.stride(2), cache.stride(0), cache.stride(1),
+            cache.stride(2), cache.stride(3),
+            HEAD_DIM=hd, HEADS=HEADS_PER_PROGRAM, HAS_COLUMNS=columns is not None, num_warps=4,
+        )
     return q.transpose(1, 2)

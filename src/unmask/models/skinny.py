@@ -107,19 +107,20 @@ def skinny_partials(x: torch.Tensor, weight: torch.Tensor, config: SkinnyConfig)
     out = torch.empty((split, M, N), device=x.device, dtype=dtype)
     block_m = max(16, triton.next_power_of_2(min(M, 64)))
     grid = (N // config.block_n, split, triton.cdiv(M, block_m))
-    _skinny_mm_kernel[grid](
-        x, weight, out, M, N, K, k_per_split, x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
-        BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWAP=config.swap,
-        EVEN_K=K % (split * config.block_k) == 0 and k_per_split * split == K,
-        num_warps=config.warps, num_stages=config.stages,
-    )
+    with torch.cuda.device(x.device):  # Triton launches on the current device
+        _skinny_mm_kernel[grid](
+            x, weight, out, M, N, K, k_per_split, x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
+            BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWAP=config.swap,
+            EVEN_K=K % (split * config.block_k) == 0 and k_per_split * split == K,
+            num_warps=config.warps, num_stages=config.stages,
+        )
     return out[0] if split == 1 else out
 
 
 ENABLED = True  # False: fast_linear is F.linear everywhere (for A/B measurements; set before compiling)
 MAX_ROWS = 64  # above this the projections are no longer weight-bound at 8B shapes: cuBLAS's tiles win
-# Tuned on one H100 (sm90) at 32 rows by benchmarks/skinny_probe.py, keyed by (N, K); other shapes take
-# ``default_config``.
+# Tuned on one H100 (sm90) at 32 rows by benchmarks/skinny_probe.py, keyed by (N, K); other shapes and
+# other GPUs take ``default_config`` (74 KiB of shared memory: fits every GPU from sm80 on).
 TUNED: dict[tuple[int, int], SkinnyConfig] = {
     (12288, 4096): SkinnyConfig(64, 128, 1, 3, 4),  # LLaDA-8B q/k/v
     (4096, 4096): SkinnyConfig(64, 128, 2, 5, 4),  # attention output
@@ -138,21 +139,39 @@ def default_config(n: int, k: int, multiprocessors: int = 132) -> SkinnyConfig:
     return SkinnyConfig(64, 128, split, 3, 4)
 
 
-def config_for(n: int, k: int) -> SkinnyConfig:
-    return TUNED.get((n, k)) or default_config(n, k)
+_SUPPORTED: dict[int, bool] = {}  # CUDA device index -> the kernel runs there (``prepare``)
+_HOPPER: dict[int, bool] = {}  # CUDA device index -> an sm90 GPU, where ``TUNED`` was measured
+
+
+def prepare(device: torch.device) -> None:
+    """Read ``device``'s compute capability once, outside torch.compile's tracing (the compiled kernels
+    call this when they are switched on). Triton's bf16 MMA needs sm80 or newer (A100, H100, ...);
+    NVIDIA only. Until a device is prepared, ``fast_linear`` is ``F.linear`` there."""
+    if triton is None or device.type != "cuda" or torch.version.hip is not None:
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    capability = torch.cuda.get_device_capability(index)
+    _SUPPORTED[index] = capability >= (8, 0)
+    _HOPPER[index] = capability == (9, 0)
+
+
+def config_for(n: int, k: int, device: torch.device | None = None) -> SkinnyConfig:
+    """The tuned configuration of (N, K) on an sm90 GPU (H100/H200), else ``default_config``."""
+    hopper = device is not None and _HOPPER.get(device.index, False)
+    return (TUNED.get((n, k)) if hopper else None) or default_config(n, k)
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``fast_linear(x, weight)`` takes the Triton kernel: CUDA, bf16/fp16, at most ``MAX_ROWS``
     rows, a weight [N, K] with K contiguous and N, K tiled by the kernel's configuration."""
-    if not ENABLED or triton is None or not x.is_cuda:
+    if not ENABLED or not x.is_cuda or not _SUPPORTED.get(x.device.index, False):
         return False
     if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
         return False
     if weight.dim() != 2 or weight.stride(1) != 1 or x.shape[-1] != weight.shape[1]:
         return False
     n, k = weight.shape
-    cfg = config_for(n, k)
+    cfg = config_for(n, k, x.device)
     return x.numel() // k <= MAX_ROWS and n % cfg.block_n == 0 and k % (cfg.split_k * cfg.block_k) == 0
 
 
@@ -178,7 +197,7 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if not applies(x, weight):
         return F.linear(x, weight, bias)
     n, k = weight.shape
-    cfg = config_for(n, k)
+    cfg = config_for(n, k, x.device)
     x2 = x.reshape(-1, k)
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
