@@ -20,6 +20,7 @@ kernel (``rope_kv``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -75,6 +76,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (xf * cos.to(xf.dtype) + rotated * sin.to(xf.dtype)).to(dtype)
 
 
+def residual_norm(
+    x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block input x + mlp_out (the previous block's last residual add) and its RMSNorm."""
+    if mlp_out is not None:
+        x = x + mlp_out
+    return x, rms_norm(x, norm_weight, eps)
+
+
 def attention_inputs(
     x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
     qkv_weights: tuple[torch.Tensor, ...], n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
@@ -90,10 +100,8 @@ def attention_inputs(
     and the returned k, v are the whole cached canvas. ``linear`` computes the projections (``F.linear``, or
     the compiled kernels' ``skinny.fast_linear``).
     """
-    if mlp_out is not None:
-        x = x + mlp_out
+    x, h = residual_norm(x, mlp_out, norm_weight, eps)
     B, L, _ = x.shape
-    h = rms_norm(x, norm_weight, eps)
     hd = cos.shape[-1]
     biases = qkv_biases or (None,) * len(qkv_weights)
     if len(qkv_weights) == 1:
@@ -131,9 +139,9 @@ def attention_output_and_mlp(
     return h, linear(F.silu(gate) * up, down_weight)
 
 
-def fast_attention_inputs(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
-    """``attention_inputs`` with the projections through ``skinny.fast_linear`` (compiled kernels)."""
-    return attention_inputs(*args, **kwargs, linear=fast_linear)
+def with_fast_linear(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with its ``linear`` (the projections) set to ``skinny.fast_linear``: the compiled kernels'."""
+    return functools.partial(fn, linear=fast_linear)
 
 
 def fast_norm_and_qkv(
@@ -141,9 +149,8 @@ def fast_norm_and_qkv(
     qkv_bias: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The block input x + mlp_out and the fused q/k/v projection of its norm (``skinny.fast_linear``)."""
-    if mlp_out is not None:
-        x = x + mlp_out
-    return x, fast_linear(rms_norm(x, norm_weight, eps), qkv_weight, qkv_bias)
+    x, h = residual_norm(x, mlp_out, norm_weight, eps)
+    return x, fast_linear(h, qkv_weight, qkv_bias)
 
 
 class FusedAttentionInputs:
@@ -152,7 +159,7 @@ class FusedAttentionInputs:
     whole of ``attention_inputs`` compiled."""
 
     def __init__(self) -> None:
-        self.whole = compile_kernel(fast_attention_inputs)
+        self.whole = compile_kernel(with_fast_linear(attention_inputs))
         self.norm_and_qkv = compile_kernel(fast_norm_and_qkv)
 
     def __call__(
@@ -170,24 +177,12 @@ class FusedAttentionInputs:
                           qkv_biases)
 
 
-def fast_attention_output_and_mlp(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``attention_output_and_mlp`` with the projections through ``skinny.fast_linear`` (compiled kernels)."""
-    return attention_output_and_mlp(*args, **kwargs, linear=fast_linear)
-
-
 def final_logits(
     x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, head_weight: torch.Tensor,
     linear: Callable[..., torch.Tensor] = F.linear,
 ) -> torch.Tensor:
     """Logits of the last layer's outputs x + mlp_out: the final RMSNorm, then the LM head."""
-    if mlp_out is not None:
-        x = x + mlp_out
-    return linear(rms_norm(x, norm_weight, eps), head_weight)
-
-
-def fast_final_logits(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """``final_logits`` with the LM head through ``skinny.fast_linear`` (compiled kernels)."""
-    return final_logits(*args, **kwargs, linear=fast_linear)
+    return linear(residual_norm(x, mlp_out, norm_weight, eps)[1], head_weight)
 
 
 _COMPILED_FINAL_LOGITS: Callable[..., torch.Tensor] | None = None
@@ -196,7 +191,7 @@ _COMPILED_FINAL_LOGITS: Callable[..., torch.Tensor] | None = None
 def compiled_final_logits() -> Callable[..., torch.Tensor]:
     global _COMPILED_FINAL_LOGITS
     if _COMPILED_FINAL_LOGITS is None:
-        _COMPILED_FINAL_LOGITS = compile_kernel(fast_final_logits)
+        _COMPILED_FINAL_LOGITS = compile_kernel(with_fast_linear(final_logits))
     return _COMPILED_FINAL_LOGITS
 
 
@@ -237,7 +232,7 @@ def compiled_kernels() -> BlockKernels:
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
         _COMPILED_KERNELS = BlockKernels(FusedAttentionInputs(),
-                                         compile_kernel(fast_attention_output_and_mlp), compiled=True)
+                                         compile_kernel(with_fast_linear(attention_output_and_mlp)), compiled=True)
     return _COMPILED_KERNELS
 
 

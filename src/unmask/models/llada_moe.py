@@ -33,16 +33,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from unmask.models.cache import StaticKVCache, write_kv
-from unmask.models.llada import MaskPredictor, RMSNorm, as_views, compile_kernel, fuse_parameters, rms_norm
+from unmask.models.llada import (
+    MaskPredictor,
+    RMSNorm,
+    as_views,
+    compile_kernel,
+    fuse_parameters,
+    residual_norm,
+    rms_norm,
+    with_fast_linear,
+)
 from unmask.models.llada_moe_config import LLaDAMoEConfig
-from unmask.models.skinny import fast_linear
 
 EXPERT_PATHS = ("auto", "grouped", "loop")
 
@@ -65,10 +72,8 @@ def attention_inputs(
     As ``llada.attention_inputs`` plus the q/k norms; with a layer's ``cache`` buffer the fresh keys and
     values are written at ``columns`` and the whole cached canvas is returned.
     """
-    if mlp_out is not None:
-        x = x + mlp_out
+    x, h = residual_norm(x, mlp_out, norm_weight, eps)
     B, L, _ = x.shape
-    h = rms_norm(x, norm_weight, eps)
     hd = cos.shape[-1]
     if len(qkv_weights) == 1:
         q, k, v = linear(h, qkv_weights[0]).split([n_heads * hd, n_kv_heads * hd, n_kv_heads * hd], dim=-1)
@@ -240,16 +245,6 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(hd, config.rms_norm_eps)
 
 
-def fast_attention_inputs(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
-    """``attention_inputs`` with the projections through ``skinny.fast_linear`` (compiled kernels)."""
-    return attention_inputs(*args, **kwargs, linear=fast_linear)
-
-
-def fast_attention_output(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``attention_output`` with the projection through ``skinny.fast_linear`` (compiled kernels)."""
-    return attention_output(*args, **kwargs, linear=fast_linear)
-
-
 @dataclass(frozen=True)
 class MoEKernels:
     """The attention halves of a layer: eager functions or their ``torch.compile`` versions (the router
@@ -268,8 +263,8 @@ def compiled_kernels() -> MoEKernels:
     """The attention halves through ``torch.compile`` (options as ``llada.compiled_kernels``), compiled once."""
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
-        _COMPILED_KERNELS = MoEKernels(compile_kernel(fast_attention_inputs), compile_kernel(fast_attention_output),
-                                       compiled=True)
+        _COMPILED_KERNELS = MoEKernels(compile_kernel(with_fast_linear(attention_inputs)),
+                                       compile_kernel(with_fast_linear(attention_output)), compiled=True)
     return _COMPILED_KERNELS
 
 

@@ -139,8 +139,7 @@ def default_config(n: int, k: int, multiprocessors: int = 132) -> SkinnyConfig:
     return SkinnyConfig(64, 128, split, 3, 4)
 
 
-_SUPPORTED: dict[int, bool] = {}  # CUDA device index -> the kernel runs there (``prepare``)
-_HOPPER: dict[int, bool] = {}  # CUDA device index -> an sm90 GPU, where ``TUNED`` was measured
+_CAPABILITY: dict[int, tuple[int, int]] = {}  # CUDA device index -> compute capability (``prepare``)
 
 
 def prepare(device: torch.device) -> None:
@@ -150,29 +149,36 @@ def prepare(device: torch.device) -> None:
     if triton is None or device.type != "cuda" or torch.version.hip is not None:
         return
     index = device.index if device.index is not None else torch.cuda.current_device()
-    capability = torch.cuda.get_device_capability(index)
-    _SUPPORTED[index] = capability >= (8, 0)
-    _HOPPER[index] = capability == (9, 0)
+    _CAPABILITY[index] = torch.cuda.get_device_capability(index)
 
 
 def config_for(n: int, k: int, device: torch.device | None = None) -> SkinnyConfig:
-    """The tuned configuration of (N, K) on an sm90 GPU (H100/H200), else ``default_config``."""
-    hopper = device is not None and _HOPPER.get(device.index, False)
+    """The tuned configuration of (N, K) on an sm90 GPU (H100/H200), where ``TUNED`` was measured, else
+    ``default_config``."""
+    hopper = device is not None and _CAPABILITY.get(device.index) == (9, 0)
     return (TUNED.get((n, k)) if hopper else None) or default_config(n, k)
 
 
-def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``fast_linear(x, weight)`` takes the Triton kernel: CUDA, bf16/fp16, at most ``MAX_ROWS``
-    rows, a weight [N, K] with K contiguous and N, K tiled by the kernel's configuration."""
-    if not ENABLED or not x.is_cuda or not _SUPPORTED.get(x.device.index, False):
-        return False
+def _launch_config(x: torch.Tensor, weight: torch.Tensor) -> SkinnyConfig | None:
+    """The kernel's configuration for ``x @ weight^T``, or ``None`` where it does not apply: it needs a
+    prepared sm80+ CUDA device, bf16/fp16, at most ``MAX_ROWS`` rows, a weight [N, K] with K contiguous
+    and N, K tiled by the configuration."""
+    if not ENABLED or not x.is_cuda or _CAPABILITY.get(x.device.index, (0, 0)) < (8, 0):
+        return None
     if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
-        return False
+        return None
     if weight.dim() != 2 or weight.stride(1) != 1 or x.shape[-1] != weight.shape[1]:
-        return False
+        return None
     n, k = weight.shape
     cfg = config_for(n, k, x.device)
-    return x.numel() // k <= MAX_ROWS and n % cfg.block_n == 0 and k % (cfg.split_k * cfg.block_k) == 0
+    if x.numel() // k > MAX_ROWS or n % cfg.block_n or k % (cfg.split_k * cfg.block_k):
+        return None
+    return cfg
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``fast_linear(x, weight)`` takes the Triton kernel (``_launch_config``)."""
+    return _launch_config(x, weight) is not None
 
 
 @torch.library.custom_op("unmask::skinny_mm", mutates_args=(), device_types="cuda")
@@ -194,10 +200,10 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     With a split reduction the float32 partials are added here, in PyTorch, so that under torch.compile
     the sum fuses into the kernel that consumes y.
     """
-    if not applies(x, weight):
+    cfg = _launch_config(x, weight)
+    if cfg is None:
         return F.linear(x, weight, bias)
     n, k = weight.shape
-    cfg = config_for(n, k, x.device)
     x2 = x.reshape(-1, k)
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
