@@ -1,9 +1,22 @@
 """Policy definitions against plain per-row restatements, and their stated properties."""
 
+import math
+from fractions import Fraction
+
 import pytest
 import torch
+from reference_policies import frechet_count
 
-from unmask.decoding import Factor, Frechet, Threshold, TopK, make_policy, num_transfer_tokens
+from unmask.decoding import (
+    CreditConfig,
+    CreditState,
+    Factor,
+    Frechet,
+    Threshold,
+    TopK,
+    make_policy,
+    num_transfer_tokens,
+)
 
 
 def random_state(B=64, L=16, seed=0, equal=False):
@@ -131,6 +144,60 @@ def test_frechet_commits_at_least_as_many_as_factor(f):
         assert not (fac & ~fre).any()  # same ranking: factor's set is a subset
         strictly_more += int((fre.sum(-1) > fac.sum(-1)).sum())
     assert strictly_more > 0  # the heterogeneity bonus shows up on unequal confidences
+
+
+def planted_row(sorted_conf, seed=0):
+    """One row holding ``sorted_conf`` at shuffled positions, plus two unmasked positions: (confidence, masked)."""
+    n = len(sorted_conf)
+    perm = torch.randperm(n + 2, generator=torch.Generator().manual_seed(seed))
+    conf = torch.full((1, n + 2), -torch.inf, dtype=torch.float64)
+    conf[0, perm[:n]] = torch.tensor(sorted_conf, dtype=torch.float64)
+    return conf, torch.isfinite(conf)
+
+
+@pytest.mark.parametrize("f,m", [(1.0, 3), (1.0, 7), (2.0, 3), (2.0, 7), (0.5, 3)])
+def test_factor_admits_a_confidence_exactly_at_its_threshold(f, m):
+    """c_(m) = 1 - f / (m + 1) exactly passes: the reference stops on ``c < 1 - f/(n+1)``. m + 1 is a power of
+    two and f dyadic, so the threshold is exact in float64 (checked) whatever the order of operations."""
+    at = 1 - f / (m + 1)
+    assert Fraction(at) == 1 - Fraction(f) / (m + 1)
+    sorted_conf = [0.99] * (m - 1) + [at] + [0.1] * 3  # m + 3 masked: the end-of-list quirk stays out of it
+    assert factor_count_reference(sorted_conf, f) == m
+    conf, masked = planted_row(sorted_conf)
+    commit = Factor(f)(conf, masked, 0, None)
+    assert int(commit.sum()) == m
+    assert torch.equal(commit, masked & (conf >= at))
+
+
+@pytest.mark.parametrize("margin,expect", [(0.375, 1), (-0.125, 2)])
+def test_frechet_excludes_a_score_exactly_at_the_margin(margin, expect):
+    """G_n = margin is not admitted: Fast-dLLM++'s ``get_transfer_index_frechet_profile`` counts
+    ``score > margin`` (strict). Dyadic confidences: G_1..G_5 = 0.75, 0.375, -0.125, -0.75, -1.5 exactly."""
+    sorted_conf = [0.875, 0.75, 0.625, 0.5, 0.375]
+    exact = [sum(Fraction(c) for c in sorted_conf[:n]) - (n - 1) - (1 - Fraction(sorted_conf[n - 1]))
+             for n in range(1, 6)]
+    assert exact == [Fraction(g) for g in (0.75, 0.375, -0.125, -0.75, -1.5)]
+    assert frechet_count(sorted_conf, margin) == expect == frechet_count_reference(sorted_conf, margin)
+    conf, masked = planted_row(sorted_conf, seed=1)
+    commit = Frechet(margin)(conf, masked, 0, None)
+    assert int(commit.sum()) == expect
+    assert torch.equal(commit, masked & (conf >= sorted_conf[expect - 1]))
+
+
+def test_credit_slots_evict_the_smallest_credit():
+    """With ``slots=2`` a third distinct top-1 token takes the slot of the smallest credit. Top-1 A (p 0.9), then
+    B (p 0.4), then C (p 0.45): before C, A holds 0.9 * 0.9^2 = 0.729 and B 0.4 * 0.9 = 0.36, so B goes.
+    A's kept credit then lifts it over the raw top-1 C; evicting A (the largest) would leave C on top."""
+    state = CreditState(CreditConfig(alpha=1.0, beta=0.9, gamma=1.0, slots=2), 1, 1, torch.device("cpu"))
+    masked = torch.ones(1, 1, dtype=torch.bool)
+    for probs in ([0.9, 0.05, 0.05], [0.25, 0.4, 0.35], [0.4, 0.15, 0.45]):
+        raw = torch.tensor(probs, dtype=torch.float64).log()[None, None]
+        fused = state.update_and_fuse(raw, masked)
+    expect = raw.clone()
+    expect[0, 0, 0] += math.log1p(0.729)  # A kept
+    expect[0, 0, 2] += math.log1p(0.45)  # C new; B (0.36) evicted: no bonus
+    torch.testing.assert_close(fused, expect, rtol=1e-6, atol=1e-6)
+    assert int(fused.argmax()) == 0 and int(raw.argmax()) == 2
 
 
 def test_make_policy_errors_name_the_value():
