@@ -1,11 +1,17 @@
 """The command line: generate with each policy, JSON output, and clear errors for bad input."""
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from llada_fixtures import random_weights, tiny_config, write_checkpoint
 from typer.testing import CliRunner
 
+import unmask
 from unmask.cli import app
+from unmask.decoding import CreditConfig
 
 runner = CliRunner()
 
@@ -148,3 +154,115 @@ def test_python_api_rejects_a_dict_of_prompts(tiny_ckpt):
     lm = unmask.load(tiny_ckpt, dtype="float32", device="cpu")
     with pytest.raises(ValueError, match="prompts must be a string, a list of strings or a token tensor, got dict"):
         lm.generate({"a": 1}, gen_length=8, block_length=8)
+
+
+# ---- every decoding flag of `unmask generate` reaches the decoder ----------------------------------------
+PROMPTS = ["w65 w62 w13", "w87", "w63 w42 w31 world w41", "w62"]  # stop after 11, 13, 5 and no tokens
+BASE = {"gen_length": 32, "block_length": 8}
+
+
+@pytest.fixture(scope="module")
+def stop_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with end-of-text and end-of-turn frequent candidates: rows stop early (so the early-stop,
+    logits_eos_inf and confidence_eos_eot_inf switches change the outcome)."""
+    cfg = tiny_config()
+    weights = random_weights(cfg)
+    head = weights["model.transformer.ff_out.weight"]
+    eos = cfg["eos_token_id"]
+    head[eos] = head[76] * 1.06
+    head[eos + 3] = head[10] * 1.2  # <|eot_id|>
+    return write_checkpoint(tmp_path_factory.mktemp("cli") / "stop", cfg, weights)
+
+
+@pytest.fixture(scope="module")
+def stop_lm(stop_ckpt: Path) -> unmask.DiffusionLM:
+    return unmask.load(stop_ckpt)  # as the CLI loads it: unmask.load(model, device=None, dtype=None, ...)
+
+
+def api_records(lm: unmask.DiffusionLM, **settings: Any) -> list[tuple[str, int, int, int]]:
+    """(response, tokens, nfe, batch_nfe) per prompt, from the Python API."""
+    chat = settings.pop("chat", True)
+    out = lm.generate(PROMPTS, **{**BASE, **settings}, chat=chat)
+    return [(text, int(n), int(nfe), out.nfe) for text, n, nfe in zip(out.texts, out.lengths, out.nfe_per_row,
+                                                                         strict=True)]
+
+
+# (CLI flags, the same settings through the API, the settings without the flag: the flag must change the result)
+FLAG_CASES = {
+    "steps": (["--steps", "16"], {"steps": 16}, {}),
+    "policy-threshold": (["--policy", "threshold", "--threshold", "0.3"], {"policy": "threshold", "threshold": 0.3},
+                         {"policy": "threshold"}),
+    "policy-factor": (["--policy", "factor", "--factor", "2.0"], {"policy": "factor", "factor": 2.0},
+                      {"policy": "factor"}),
+    "policy-frechet": (["--policy", "frechet", "--margin", "-0.5"], {"policy": "frechet", "margin": -0.5},
+                       {"policy": "frechet"}),
+    "knob": (["--policy", "threshold", "--knob", "threshold=0.3"], {"policy": "threshold", "threshold": 0.3},
+             {"policy": "threshold"}),
+    "spec": (["--spec", "threshold:0.3+credit(alpha=3)@prefix"],
+             {"policy": "threshold", "threshold": 0.3, "credit": CreditConfig(alpha=3.0), "cache": "prefix"},
+             {"policy": "threshold", "threshold": 0.3}),
+    "cache-prefix": (["--cache", "prefix"], {"cache": "prefix"}, {}),
+    "cache-dual": (["--cache", "dual"], {"cache": "dual"}, {}),
+    "credit": (["--credit"], {"credit": True}, {}),
+    "credit-alpha": (["--credit", "--credit-alpha", "3"], {"credit": CreditConfig(alpha=3.0)}, {"credit": True}),
+    "credit-beta": (["--credit", "--credit-beta", "1.0"], {"credit": CreditConfig(beta=1.0)}, {"credit": True}),
+    "credit-gamma": (["--credit", "--credit-gamma", "2.0"], {"credit": CreditConfig(gamma=2.0)}, {"credit": True}),
+    "credit-adaptive": (["--credit", "--credit-adaptive"], {"credit": CreditConfig(adaptive=True)},
+                        {"credit": True}),
+    "temperature": (["--temperature", "1.0", "--seed", "0"], {"temperature": 1.0, "seed": 0}, {}),
+    "seed": (["--temperature", "1.0", "--seed", "1"], {"temperature": 1.0, "seed": 1},
+             {"temperature": 1.0, "seed": 0}),
+    "scorer-margin": (["--scorer", "margin"], {"scorer": "margin"}, {}),
+    "scorer-entropy": (["--scorer", "entropy"], {"scorer": "entropy"}, {}),
+    "scorer-random": (["--scorer", "random", "--seed", "0"], {"scorer": "random", "seed": 0}, {}),
+    "cfg-scale": (["--cfg-scale", "1.0"], {"cfg_scale": 1.0}, {}),
+    "gen-length": (["--gen-length", "16"], {"gen_length": 16}, {}),
+    "block-length": (["--block-length", "16"], {"block_length": 16}, {}),
+    "no-early-stop": (["--no-early-stop"], {"early_stop": False}, {}),
+    "logits-eos-inf": (["--logits-eos-inf"], {"logits_eos_inf": True}, {}),
+    "confidence-eos-eot-inf": (["--confidence-eos-eot-inf"], {"confidence_eos_eot_inf": True}, {}),
+    "raw": (["--raw"], {"chat": False}, {}),
+}
+
+
+@pytest.mark.parametrize("case", FLAG_CASES)
+def test_generate_flag_reaches_the_decoder(stop_ckpt: Path, stop_lm: unmask.DiffusionLM, case: str) -> None:
+    flags, settings, without = FLAG_CASES[case]
+    result = run("generate", *PROMPTS, "-m", stop_ckpt, "--gen-length", BASE["gen_length"], "--block-length",
+                 BASE["block_length"], "--json", *flags)  # a later --gen-length/--block-length wins
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["prompt"] for r in records] == PROMPTS
+    got = [(r["response"], r["tokens"], r["nfe"], r["batch_nfe"]) for r in records]
+    expected = api_records(stop_lm, **settings)
+    assert got == expected
+    assert expected != api_records(stop_lm, **without), f"{case}: the fixture does not show the flag's effect"
+
+
+def test_generate_passes_model_options_to_load(stop_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device, --dtype, --compile / --no-compile reach unmask.load, and the CLI decodes with the model loaded
+    so (on the CPU the compile modes leave the tokens as they are: exact runs eagerly there)."""
+    calls = []
+    real_load = unmask.load
+
+    def spy(*args: Any, **kwargs: Any) -> unmask.DiffusionLM:
+        lm = real_load(*args, **kwargs)
+        calls.append((args, kwargs, lm.model.dtype))
+        return lm
+
+    monkeypatch.setattr(unmask, "load", spy)
+    for flags, expected, dtype in [
+        ([], {"device": None, "dtype": None, "compile": None}, torch.float32),
+        (["--device", "cpu", "--dtype", "float64", "--compile", "exact"],
+         {"device": "cpu", "dtype": "float64", "compile": "exact"}, torch.float64),
+        (["--dtype", "bfloat16", "--no-compile"], {"device": None, "dtype": "bfloat16", "compile": False},
+         torch.bfloat16),
+    ]:
+        calls.clear()
+        result = run("generate", *PROMPTS, "-m", stop_ckpt, "--gen-length", 16, "--block-length", 8, "--json",
+                     *flags)
+        assert result.exit_code == 0, result.output
+        assert calls == [((str(stop_ckpt),), expected, dtype)]
+        lm = real_load(stop_ckpt, **expected)
+        assert [json.loads(line)["response"] for line in result.stdout.splitlines()] == \
+            lm.generate(PROMPTS, gen_length=16, block_length=8).texts

@@ -18,6 +18,15 @@ def eos_model(tmp_path, tiny_cfg, tiny_weights):
     return unmask.load(write_checkpoint(tmp_path / "eos", tiny_cfg, tiny_weights), dtype="float64")
 
 
+@pytest.fixture
+def mid_stop_model(tmp_path, tiny_cfg, tiny_weights):
+    """The tiny model with end-of-text's logit 1.06x token 76's, so rows stop mid-answer, in different blocks,
+    and some commit end-of-text before every token ahead of it is decoded."""
+    head = tiny_weights["model.transformer.ff_out.weight"]
+    head[tiny_cfg["eos_token_id"]] = head[76] * 1.06
+    return unmask.load(write_checkpoint(tmp_path / "mid-stop", tiny_cfg, tiny_weights), dtype="float64")
+
+
 CASES = [
     (TopK(4), "none", None), (Threshold(0.4), "none", None), (Factor(1.0), "prefix", None),
     (Frechet(0.25), "dual", None), (Threshold(0.4), "dual", CreditConfig()), (TopK(8), "prefix", CreditConfig()),
@@ -47,18 +56,30 @@ def test_batch_equals_one_by_one(eos_model, policy, cache, credit, early_stop):
 
 
 @pytest.mark.parametrize("policy", [TopK(8), Threshold(0.5), Frechet(0.25)], ids=repr)
-def test_early_stop_keeps_text_up_to_first_stop_and_saves_forwards(eos_model, policy):
-    lm = eos_model
-    x = torch.randint(0, 100, (4, 6), generator=torch.Generator().manual_seed(1))
-    kw = dict(mask_id=lm.mask_id, gen_length=64, block_length=8, stop_ids=lm.tokenizer.stop_ids)
+def test_early_stop_keeps_text_up_to_first_stop_and_saves_forwards(mid_stop_model, policy):
+    """Rows stop mid-answer in different blocks; each keeps the no-early-stop text up to its first stop token,
+    including rows whose stop token is committed while tokens ahead of it are still masked."""
+    lm = mid_stop_model
+    gen_length, block_length = 64, 8
+    x = torch.randint(0, 100, (32, 6), generator=torch.Generator().manual_seed(0))[[0, 2, 13, 19]]
+    kw = dict(mask_id=lm.mask_id, gen_length=gen_length, block_length=block_length, stop_ids=lm.tokenizer.stop_ids)
     full = decode(lm.model, x, policy, early_stop=False, **kw)
     fast = decode(lm.model, x, policy, early_stop=True, **kw)
-    assert torch.equal(full.lengths, fast.lengths)
-    for b in range(4):
-        n = int(fast.lengths[b])
+    lengths = full.lengths.tolist()
+    assert len(set(lengths)) == len(lengths), lengths  # the fixture is not degenerate: lengths all differ,
+    assert all(block_length < n < gen_length for n in lengths), lengths  # every row stops mid-answer,
+    assert len({(n - 1) // block_length for n in lengths}) == len(lengths), lengths  # each in its own block,
+    early = [b for b, n in enumerate(lengths) if full.commit_step[b, n - 1] < full.commit_step[b, :n - 1].max()]
+    assert early, "some row must commit its stop token before the tokens ahead of it"
+    assert torch.equal(fast.lengths, full.lengths)
+    for b, n in enumerate(lengths):
         assert torch.equal(fast.tokens[b, :n], full.tokens[b, :n])
+        assert torch.equal(fast.commit_step[b, :n], full.commit_step[b, :n])
         filled = fast.commit_step[b] == FILLED_BY_EARLY_STOP
+        assert filled[n:].any() and not filled[:n].any()
         assert (fast.tokens[b][filled] == lm.tokenizer.eos_id).all()
+        if (n - 1) // block_length < gen_length // block_length - 1:  # stopped before the last block
+            assert fast.nfe_per_row[b] < full.nfe_per_row[b]
     assert fast.nfe < full.nfe
     assert (fast.tokens != lm.mask_id).all()
 
