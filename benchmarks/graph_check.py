@@ -19,20 +19,19 @@ from pathlib import Path
 import torch
 
 from unmask.decoding import CreditConfig, Factor, Frechet, Scorer, Threshold, TopK
-from unmask.decoding.loop import DecodeOptions, DecodeProgram, run_program
+from unmask.decoding.engine import engine_decode
 from unmask.eval.speed import SHAPES
 from unmask.models.loading import parse_dtype, random_model
 
 
 def run(model, prompts, mask, policy, cache, credit, early_stop, stop_ids, graphs, cfg=0.0, temperature=0.0, seed=0):
-    B, P = prompts.shape
-    opts = DecodeOptions(B, P, 64, 16, mask is not None, model.config.mask_token_id, cache, cfg, False, None,
-                         stop_ids, early_stop)
     gen = torch.Generator(device=prompts.device).manual_seed(seed)
-    program = DecodeProgram(model, policy, Scorer(temperature=temperature, generator=gen), credit, opts, graphs=graphs)
-    program.load(prompts, mask)
-    nfe, _ = run_program(program, early_stop)
-    return program.x.clone(), program.commit_step.clone(), nfe
+    rows, steps, _, _ = engine_decode(
+        model, prompts, policy, mask_id=model.config.mask_token_id, attention_mask=mask, gen_length=64,
+        block_length=16, scorer=Scorer(temperature=temperature, generator=gen), credit=credit, cache=cache,
+        cfg_scale=cfg, logits_eos_inf=False, eos_id=None, stop_ids=tuple(stop_ids), early_stop=early_stop,
+        time_steps=False, graphs=graphs)
+    return torch.stack([r.tokens for r in rows]), torch.stack([r.commit_step for r in rows]), steps
 
 
 def main() -> None:

@@ -141,6 +141,8 @@ class DiffusionLM:
         attention_mask: torch.Tensor | None = None,
         time_steps: bool = False,
         on_block: Callable[[int, int], None] | None = None,
+        slots: int | None = None,
+        on_row: Callable[[int, Any], None] | None = None,
         **settings: Any,
     ) -> GenerateOutput:
         """Decode a response for each prompt.
@@ -154,13 +156,22 @@ class DiffusionLM:
             object; ``credit``: True or a ``CreditConfig``; ``cache``: none | prefix | dual; ``compile``:
             ``True``/``"fused"`` (CUDA graphs + ``torch.compile``), ``"exact"`` (CUDA graphs over the eager
             kernels) or ``False``, default the ``load(compile=...)`` setting. Every value is checked first.
-        on_block: called as ``on_block(blocks_done, blocks)`` after each block (a progress display).
+        on_block: called as ``on_block(blocks_done, blocks)`` as rows finish blocks (a progress display).
+        slots: rows decoding at once (default: all of them). With fewer slots than prompts the prompts go
+            through the engine in order with continuous batching: a row leaves as soon as it is finished and the
+            next prompt takes its slot; every row's answer is the one it gets decoded alone.
+        on_row: called as ``on_row(i, RowResult)`` when prompt ``i`` is finished (its tokens, commit steps and
+            forwards), before the others are done.
         """
         config = DecodeConfig.create(config, **settings)
         if not isinstance(chat, bool):
             raise ValueError(f"chat must be True or False, got {chat!r}")
         if on_block is not None and not callable(on_block):
             raise ValueError(f"on_block must be a function (blocks_done, blocks) or None, got {on_block!r}")
+        if on_row is not None and not callable(on_row):
+            raise ValueError(f"on_row must be a function (row, result) or None, got {on_row!r}")
+        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
+            raise ValueError(f"slots must be a positive integer (rows decoding at once) or None, got {slots!r}")
         if attention_mask is not None and not isinstance(prompts, torch.Tensor):
             raise ValueError("attention_mask goes with token prompts only (text prompts are padded here)")
         if isinstance(prompts, torch.Tensor):
@@ -190,7 +201,7 @@ class DiffusionLM:
             cache=config.cache, cfg_scale=config.cfg_scale, logits_eos_inf=config.logits_eos_inf,
             eos_id=self.tokenizer.eos_id, stop_ids=self.tokenizer.stop_ids, early_stop=config.early_stop,
             time_steps=time_steps, compile=self.compile if config.compile is None else config.compile,
-            on_block=on_block,
+            on_block=on_block, slots=slots, on_row=on_row,
         )
         texts = [
             self.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True).strip()

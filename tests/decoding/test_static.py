@@ -1,6 +1,6 @@
-"""The static decode step: compiled kernels give the reference-checked tokens, buffers are allocated once
-and reused, a fixed schedule never reads back from the device, compile modes are validated, and on a
-GPU the captured CUDA graphs replay exactly what the eager step computes."""
+"""The static decode step: compiled kernels give the reference-checked tokens, engines (buffers) are allocated
+once and reused, compile modes are validated, and on a GPU the captured CUDA graphs replay exactly what the
+eager step computes."""
 
 import pytest
 import torch
@@ -8,7 +8,8 @@ from reference import ref_fastdllm_generate
 
 import unmask
 from unmask.decoding import CreditConfig, Factor, Frechet, Scorer, Threshold, TopK, decode
-from unmask.decoding.loop import DecodeOptions, DecodeProgram, resolve_compile, run_program
+from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, run_queue
+from unmask.decoding.loop import resolve_compile
 from unmask.decoding.scorers import CHUNK_ELEMENTS, argmax_confidence
 from unmask.models import load_model
 
@@ -74,52 +75,40 @@ def test_compiled_kernels_equal_fastdllm(model, tiny_cfg, tiny_weights, cache):
         assert out.nfe == ref_nfe
 
 
-def test_programs_are_reused_and_leave_no_state_behind(model):
+def test_engines_are_reused_and_leave_no_state_behind(model):
     mask_id = model.config.mask_token_id
-    model.__dict__.pop("_decode_programs", None)
+    model.__dict__.pop("_decode_engines", None)
     kw = dict(mask_id=mask_id, gen_length=16, block_length=8, cache="dual", early_stop=False)
     a, b = prompts(2, 7, seed=0), prompts(2, 7, seed=1)
     first = decode(model, a, Threshold(0.3), **kw)
-    (program,) = model._decode_programs.values()
-    pointers = (program.x.data_ptr(), program.kv.kv.data_ptr(), program.commit_step.data_ptr())
-    decode(model, b, Threshold(0.3), **kw)  # same shape: same program, same buffers
+    (engine,) = model._decode_engines.values()
+    pointers = (engine.x.data_ptr(), engine.kv.kv.data_ptr(), engine.commit_step.data_ptr())
+    decode(model, b, Threshold(0.3), **kw)  # same shape: same engine, same buffers
     again = decode(model, a, Threshold(0.3), **kw)
-    assert list(model._decode_programs.values()) == [program]
-    assert (program.x.data_ptr(), program.kv.kv.data_ptr(), program.commit_step.data_ptr()) == pointers
+    assert list(model._decode_engines.values()) == [engine]
+    assert (engine.x.data_ptr(), engine.kv.kv.data_ptr(), engine.commit_step.data_ptr()) == pointers
     assert torch.equal(first.sequences, again.sequences) and torch.equal(first.commit_step, again.commit_step)
-    decode(model, prompts(2, 5), Threshold(0.3), **kw)  # another prompt length: another program
-    assert len(model._decode_programs) == 2
+    decode(model, prompts(2, 5), Threshold(0.3), **kw)  # another prompt length: another engine
+    assert len(model._decode_engines) == 2
 
 
-class NoReadBack:
-    """Stands in for a device flag: the step may write it, the host must not read it."""
+def test_the_host_reads_one_status_per_step(model, monkeypatch):
+    """The only read-back of a step is the slots' status bytes (the scheduler needs them)."""
+    opts = EngineOptions(2, 7 + 16, 16, 8, False, model.config.mask_token_id, "dual", 0.0, False, None, (), False)
+    engine = DecodeEngine(model, Threshold(0.3), Scorer(), None, opts)
+    reads = []
+    original = torch.Tensor.tolist
 
-    def copy_(self, value):
-        return self
+    def counting(tensor):
+        reads.append(tensor.shape)
+        return original(tensor)
 
-    def fill_(self, value):
-        return self
-
-    def __bool__(self):
-        raise AssertionError("the host read a device flag during a fixed-schedule decode")
-
-
-def test_fixed_schedule_reads_nothing_back(model):
-    opts = DecodeOptions(2, 7, 16, 8, False, model.config.mask_token_id, "dual", 0.0, False, None, (), False)
-    program = DecodeProgram(model, TopK(8), Scorer(), None, opts)
-    program.load(prompts(), None)
-    program.active = NoReadBack()
-    nfe, _ = run_program(program, early_stop=False)
-    assert nfe == 16
-
-
-def test_dynamic_policy_reads_one_flag_per_step(model):
-    opts = DecodeOptions(2, 7, 16, 8, False, model.config.mask_token_id, "none", 0.0, False, None, (), False)
-    program = DecodeProgram(model, Threshold(0.3), Scorer(), None, opts)
-    program.load(prompts(), None)
-    program.active = NoReadBack()
-    with pytest.raises(AssertionError, match="read a device flag"):
-        run_program(program, early_stop=False)
+    monkeypatch.setattr(torch.Tensor, "tolist", counting)
+    steps, _ = run_queue(engine, [RowRequest(p, 16, key=i) for i, p in enumerate(prompts())], lambda r: None)
+    monkeypatch.undo()
+    status_reads = [s for s in reads if s == torch.Size([engine.hi]) or s == torch.Size([2])]
+    assert steps > 2 and len(reads) == steps + 2 * 1  # one status per step, plus nfe/finished at the retirement
+    assert len(status_reads) >= steps
 
 
 def test_policy_step_as_device_tensor_equals_int():
@@ -171,21 +160,18 @@ def test_graph_replay_equals_eager_on_cuda(model, policy, cache, credit):
               early_stop=False)
     for mode in ("exact", "fused"):
         cuda_model.compile_kernels(mode == "fused")
-        opts = DecodeOptions(3, 9, 24, 8, False, kw["mask_id"], cache, 0.0, False, None, (), False)
-        eager = DecodeProgram(cuda_model, policy, Scorer(), credit, opts)
-        graph = DecodeProgram(cuda_model, policy, Scorer(), credit, opts, graphs=True)
-        for program in (eager, graph):
-            program.load(x, None)
-            run_program(program, early_stop=False)
+        opts = EngineOptions(3, 9 + 24, 24, 8, False, kw["mask_id"], cache, 0.0, False, None, (), False)
+        engines = [DecodeEngine(cuda_model, policy, Scorer(), credit, opts, graphs=g) for g in (False, True)]
+        for engine in engines:
+            run_queue(engine, [RowRequest(p, 24, key=i) for i, p in enumerate(x)], lambda r: None)
+        eager, graph = engines
+        assert graph.graphs and not eager.graphs
         assert torch.equal(eager.x, graph.x) and torch.equal(eager.commit_step, graph.commit_step)
 
 
 @pytest.mark.parametrize("early_stop", [False, True])
 def test_batch_buckets_share_programs_and_keep_tokens(model, early_stop):
-    """In fused mode a batch of 3 runs in the bucket of 4 (the first row repeated): same tokens, NFE."""
-    from unmask.decoding.loop import batch_bucket
-
-    assert [batch_bucket(b) for b in (1, 2, 3, 5, 33, 64, 65, 130)] == [1, 2, 4, 8, 64, 64, 128, 192]
+    """In fused mode a batch of 3 runs in an engine of 4 slots: same tokens, NFE."""
     mask_id = model.config.mask_token_id
     x = prompts(3, 9, seed=5)
     attn = torch.ones_like(x)
@@ -193,14 +179,14 @@ def test_batch_buckets_share_programs_and_keep_tokens(model, early_stop):
     stop = (model.config.eos_token_id,)
     kw = dict(mask_id=mask_id, attention_mask=attn, gen_length=16, block_length=8, cache="dual", early_stop=early_stop,
               stop_ids=stop)
-    model.__dict__.pop("_decode_programs", None)
+    model.__dict__.pop("_decode_engines", None)
     eager = decode(model, x, Frechet(0.25), compile=False, **kw)
     fused = decode(model, x, Frechet(0.25), compile="fused", **kw)
     assert fused.sequences.shape == eager.sequences.shape
     assert torch.equal(eager.sequences, fused.sequences) and torch.equal(eager.nfe_per_row, fused.nfe_per_row)
     assert eager.nfe == fused.nfe
-    four = [p for p in model._decode_programs.values() if p.B == 4]
-    assert len(four) == 1  # the fused program holds 4 rows
+    four = [e for e in model._decode_engines.values() if e.S == 4]
+    assert len(four) == 1  # the fused engine holds 4 slots
 
 
 @pytest.mark.parametrize("policy", [TopK(8), Threshold(0.3)], ids=repr)
@@ -208,4 +194,5 @@ def test_on_block_reports_progress(model, policy):
     seen = []
     decode(model, prompts(), policy, mask_id=model.config.mask_token_id, gen_length=32, block_length=8,
            early_stop=False, on_block=lambda done, total: seen.append((done, total)))
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert seen[-1] == (8, 8) and {total for _, total in seen} == {8}  # 2 rows x 4 blocks
+    assert [done for done, _ in seen] == sorted(set(done for done, _ in seen))

@@ -12,7 +12,7 @@ from reference_dream import ref_dream_generate, ref_fastdllm_dream_generate, ref
 
 import unmask
 from unmask.decoding import CreditConfig, Scorer, decode
-from unmask.decoding.loop import DecodeOptions, DecodeProgram, run_program
+from unmask.decoding.engine import DecodeEngine, EngineOptions, run_rows
 from unmask.decoding.policies import REGISTRY, make_policy
 from unmask.decoding.policies.dream import dream_schedule
 from unmask.models import CheckpointError, StaticKVCache, load_model, random_model, save_pretrained
@@ -337,12 +337,11 @@ def test_cuda_graph_replay_equals_eager(model, policy, cache):
     x = prompts(3, 9, seed=2).cuda()
     for mode in ("exact", "fused"):
         cuda_model.compile_kernels(mode == "fused")
-        opts = DecodeOptions(3, 9, 24, 8, False, model.config.mask_token_id, cache, 0.0, False, None, (), False)
-        programs = [DecodeProgram(cuda_model, make_policy(policy, gen_length=24, block_length=8), Scorer(), None,
+        opts = EngineOptions(3, 9 + 24, 24, 8, False, model.config.mask_token_id, cache, 0.0, False, None, (), False)
+        programs = [DecodeEngine(cuda_model, make_policy(policy, gen_length=24, block_length=8), Scorer(), None,
                                   opts, graphs=graphs) for graphs in (False, True)]
         for program in programs:
-            program.load(x, None)
-            run_program(program, early_stop=False)
+            run_rows(program, x, program.G)
         assert torch.equal(programs[0].x, programs[1].x)
         assert torch.equal(programs[0].commit_step, programs[1].commit_step)
 

@@ -14,7 +14,7 @@ from reference_moe import ref_moe_forward, ref_route
 
 import unmask
 from unmask.decoding import CreditConfig, Factor, Frechet, Threshold, TopK, decode
-from unmask.decoding.loop import DecodeOptions, DecodeProgram, run_program
+from unmask.decoding.engine import DecodeEngine, EngineOptions, run_rows
 from unmask.decoding.scorers import Scorer
 from unmask.models import CheckpointError, LLaDAModel, StaticKVCache, load_model, save_pretrained
 from unmask.models.cache import recompute_columns
@@ -352,12 +352,11 @@ def test_graph_replay_equals_eager_on_cuda(model, policy, cache, credit):
     x = prompts(3, 9, seed=2).cuda()
     for mode in ("exact", "fused"):
         gpu.compile_kernels(mode == "fused")
-        opts = DecodeOptions(3, 9, 24, 8, False, MASK_ID, cache, 0.0, False, None, (), False)
-        eager = DecodeProgram(gpu, policy, Scorer(), credit, opts)
-        graph = DecodeProgram(gpu, policy, Scorer(), credit, opts, graphs=True)
+        opts = EngineOptions(3, 9 + 24, 24, 8, False, MASK_ID, cache, 0.0, False, None, (), False)
+        eager = DecodeEngine(gpu, policy, Scorer(), credit, opts)
+        graph = DecodeEngine(gpu, policy, Scorer(), credit, opts, graphs=True)
         assert graph.graphs
         for program in (eager, graph):
-            program.load(x, None)
-            run_program(program, early_stop=False)
+            run_rows(program, x, eager.G)
         assert torch.equal(eager.x, graph.x) and torch.equal(eager.commit_step, graph.commit_step)
     gpu.compile_kernels(False)

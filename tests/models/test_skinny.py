@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from unmask.decoding import Threshold, TopK
-from unmask.decoding.loop import DecodeOptions, DecodeProgram, run_program
+from unmask.decoding.engine import DecodeEngine, EngineOptions, run_rows
 from unmask.decoding.scorers import Scorer, _fused_argmax_confidence, argmax_confidence
 from unmask.models import skinny
 from unmask.models.config import LLaDAConfig
@@ -96,12 +96,11 @@ def test_bf16_fused_graphs_replay_the_skinny_kernels(cache, policy):
         assert skinny.applies(torch.zeros(32, 256, device="cuda", dtype=torch.bfloat16), model.layers()[0].qkv_weight)
         fused_logits = model(x)
         torch.testing.assert_close(fused_logits.float(), eager_logits.float(), rtol=0.05, atol=0.05)
-        opts = DecodeOptions(2, 16, 32, 16, False, config.mask_token_id, cache, 0.0, False, None, (), False)
-        eager = DecodeProgram(model, policy, Scorer(), None, opts)
-        graph = DecodeProgram(model, policy, Scorer(), None, opts, graphs=True)
+        opts = EngineOptions(2, 16 + 32, 32, 16, False, config.mask_token_id, cache, 0.0, False, None, (), False)
+        eager = DecodeEngine(model, policy, Scorer(), None, opts)
+        graph = DecodeEngine(model, policy, Scorer(), None, opts, graphs=True)
         for program in (eager, graph):
-            program.load(x, None)
-            run_program(program, early_stop=False)
+            run_rows(program, x, eager.G)
         assert torch.equal(eager.x, graph.x) and torch.equal(eager.commit_step, graph.commit_step)
     finally:
         model.compile_kernels(False)

@@ -86,6 +86,19 @@ class CreditState:
         self.tokens[rows] = -1
         self.credit[rows] = 0.0
 
+    def head(self, rows: int) -> CreditState:
+        """A view of the first ``rows`` rows: updates through it land here."""
+        if rows == self.tokens.shape[0]:
+            return self
+        sub = object.__new__(CreditState)
+        sub.config, sub.tokens, sub.credit = self.config, self.tokens[:rows], self.credit[:rows]
+        return sub
+
+    def reset_where(self, rows: torch.Tensor) -> None:
+        """Reset the credit of the rows where ``rows`` [B] is True (rows starting a block), in place, no sync."""
+        self.tokens.masked_fill_(rows[:, None, None], -1)
+        self.credit.masked_fill_(rows[:, None, None], 0.0)
+
     def select(self, rows: torch.Tensor) -> CreditState:
         """A copy holding the state of ``rows``; ``store`` writes it back after ``update_and_fuse``."""
         sub = object.__new__(CreditState)

@@ -5,13 +5,10 @@ forward (with or without the block KV cache), optional classifier-free guidance 
 a scorer gives (candidate, confidence) for the block, the policy says which masked positions to
 commit. The loop owns the canvas, the cache and the stopping rule; it knows no policy by name.
 
-The step is static (gpt-fast's recipe): a ``DecodeProgram`` allocates every buffer once per decode
-shape (canvas, KV cache, rotary tables, credit, counters), and a step only reads and writes them in
-place at index tensors, so its shapes are fixed per (cache mode, window) and the step can be captured
-once in a CUDA graph and replayed for every block. The whole step runs on the device (forward, CFG,
-credit, scorer, policy, commit, early-stop bookkeeping); the host reads back one flag per step only
-where the loop may end early (dynamic policies, early stop), none for a fixed schedule, and one per
-block for early stop.
+``decode`` is the batch front end of the one decode engine (``decoding/engine.py``): the rows go
+through a fixed number of slots with continuous batching (each row at its own block and step; a
+finished row leaves at once and the next waiting row takes its slot), every step kind static and, on
+CUDA, captured as a CUDA graph. Every row decodes exactly as it does alone, whatever the rows beside it.
 
 With ``cache="none"``, temperature 0 and ``early_stop=False`` the tokens equal the reference code's
 (LLaDA ``generate`` for ``topk``, Fast-dLLM ``generate`` for ``threshold``/``factor``). Early stop
@@ -24,21 +21,19 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from unmask.decoding.credit import CreditConfig, CreditState
+from unmask.decoding.credit import CreditConfig
+from unmask.decoding.engine import FILLED_BY_EARLY_STOP, NOT_COMMITTED, RowResult, engine_decode
 from unmask.decoding.policies import Policy, TopK
 from unmask.decoding.scorers import Scorer
-from unmask.models.cache import StaticKVCache, check_cache_mode
+from unmask.models.cache import check_cache_mode
 from unmask.models.llada import LLaDAModel
 
-NOT_COMMITTED = -1
-FILLED_BY_EARLY_STOP = -2
-MAX_PREFIX_GRAPHS = 64  # prefix windows differ per block: above this many blocks, prefix steps run eagerly
+__all__ = ["FILLED_BY_EARLY_STOP", "NOT_COMMITTED", "DecodeResult", "decode", "check_lengths", "resolve_compile"]
 
 
 @dataclass
@@ -55,6 +50,8 @@ class DecodeResult:
     elapsed_s: float
     step_times_s: list[float] = field(default_factory=list)
     graphs: bool = False  # whether the steps ran as CUDA graph replays
+    forwards: int = 0  # model forwards launched (a step with rows at a block start and rows inside one: two)
+    slot_efficiency: float = 1.0  # row-steps needed / row-steps computed (slots stepped, buckets included)
 
 
 def check_lengths(gen_length: object, block_length: object) -> None:
@@ -66,254 +63,10 @@ def check_lengths(gen_length: object, block_length: object) -> None:
         raise ValueError(f"gen_length={gen_length} must be a positive multiple of block_length={block_length}")
 
 
-def first_stop_finished(gen: torch.Tensor, mask_id: int, stop_ids: torch.Tensor) -> torch.Tensor:
-    """Rows where some stop token is committed and every position before it is decoded."""
-    decoded_prefix = (gen != mask_id).long().cumprod(dim=-1).bool()
-    return (torch.isin(gen, stop_ids) & decoded_prefix).any(dim=-1)
-
-
 def stop_lengths(gen: torch.Tensor, stop_ids: torch.Tensor) -> torch.Tensor:
     """Generated tokens up to and including the first stop token (all of them if none)."""
     is_stop = torch.isin(gen, stop_ids)
     return torch.where(is_stop.any(-1), is_stop.int().argmax(-1) + 1, gen.shape[-1])
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """Everything that fixes a decode's step function besides the data (the key of a cached program)."""
-
-    batch: int
-    prompt_length: int
-    gen_length: int
-    block_length: int
-    padded: bool
-    mask_id: int
-    cache: str
-    cfg_scale: float
-    logits_eos_inf: bool
-    eos_id: int | None
-    stop_ids: tuple[int, ...]
-    early_stop: bool
-
-
-class DecodeProgram:
-    """Static buffers and step functions of one decode shape; on CUDA, optionally CUDA-graph captured.
-
-    Step kinds: ``full`` (a forward over the whole canvas: every step without a cache, and the block
-    refresh that rewrites the whole cache), ``block`` (the dual cache's window, one graph for every
-    block) and ``prefix`` (the window from the block to the end, one graph per block).
-    """
-
-    def __init__(
-        self, model: LLaDAModel, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions,
-        graphs: bool = False,
-    ) -> None:
-        self.model, self.policy, self.scorer, self.opts = model, policy, scorer, opts
-        device = model.device
-        B, P, G, BL = opts.batch, opts.prompt_length, opts.gen_length, opts.block_length
-        self.B, self.P, self.T = B, P, P + G
-        self.num_blocks = G // BL
-        self.Bm = 2 * B if opts.cfg_scale > 0 else B  # rows through the model (CFG adds the unconditional copy)
-        T, mask_id = self.T, opts.mask_id
-        longs = {"dtype": torch.long, "device": device}
-        self.x = torch.full((B, T), mask_id, **longs)
-        self.prompt_index = torch.zeros((B, T), dtype=torch.bool, device=device)
-        if opts.padded:
-            self.key_mask = torch.ones((self.Bm, 1, 1, T), dtype=torch.bool, device=device)
-            self.cos, self.sin = model.rotary(torch.zeros((self.Bm, T), **longs))
-        else:  # nothing padded: no key mask (SDPA's flash path), one table for every row
-            self.key_mask = None
-            self.cos, self.sin = model.rotary(torch.arange(T, **longs)[None])
-        self.kv = None
-        if opts.cache != "none":
-            self.kv = StaticKVCache.for_model(model.config, self.Bm, T, model.dtype, device)
-        self.block_table = P + torch.arange(self.num_blocks, **longs)[:, None] * BL + torch.arange(BL, **longs)
-        self.block_columns = self.block_table[0].clone()
-        self.block_rows = torch.arange(BL, **longs)  # the block's rows inside a cached window
-        self.prefix_columns = [torch.arange(P + b * BL, T, **longs) for b in range(self.num_blocks)]
-        self.step_index = torch.zeros((), **longs)
-        self.block_masked = torch.ones((B, BL), dtype=torch.bool, device=device)
-        self.active = torch.ones((), dtype=torch.bool, device=device)
-        self.commit_step = torch.full((B, G), NOT_COMMITTED, **longs)
-        self.commit_confidence = torch.zeros((B, G), dtype=torch.float32, device=device)
-        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
-        self.nfe_per_row = torch.zeros(B, **longs)
-        self.stop_tensor = torch.tensor(opts.stop_ids or (-1,), **longs)
-        self.schedule = None
-        if policy.steps_per_block is not None:
-            self.schedule = torch.zeros((B, policy.steps_per_block), **longs)
-        self.credit = None if credit is None else CreditState(credit, B, BL, device)
-        self.noise = scorer.allocate_noise(B, BL, model.config.embedding_size, device)
-        self.graphs: dict[object, torch.cuda.CUDAGraph] = {}
-        self.graph_pool = None
-        if graphs:
-            self.capture()
-
-    # ---- data in -----------------------------------------------------------------------------------
-    def load(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        """Copy a batch of left-padded prompts into the static buffers and reset every counter."""
-        P = self.P
-        self.x[:, :P].copy_(input_ids)
-        self.x[:, P:].fill_(self.opts.mask_id)
-        self.prompt_index.copy_(self.x != self.opts.mask_id)
-        if self.opts.padded:
-            mask = torch.ones((self.B, self.T), dtype=torch.long, device=self.x.device)
-            mask[:, :P] = attention_mask
-            rows = 2 if self.Bm > self.B else 1
-            self.key_mask.copy_(mask.bool().repeat(rows, 1)[:, None, None, :])
-            cos, sin = self.model.rotary((mask.cumsum(-1) - 1).clamp(min=0).repeat(rows, 1))
-            self.cos.copy_(cos)
-            self.sin.copy_(sin)
-        self.commit_step.fill_(NOT_COMMITTED)
-        self.commit_confidence.zero_()
-        self.finished.zero_()
-        self.nfe_per_row.zero_()
-
-    def begin_block(self, block: int) -> None:
-        """Point the step at ``block`` and reset its per-block state (device work only, no sync)."""
-        self.block_columns.copy_(self.block_table[block])
-        self.step_index.zero_()
-        self.block_masked.copy_(self.x.index_select(1, self.block_columns) == self.opts.mask_id)
-        self.active.fill_(True)
-        if self.schedule is not None:
-            self.schedule.copy_(self.policy.start_block(self.block_masked))
-        if self.credit is not None:
-            self.credit.reset()
-
-    # ---- the step ----------------------------------------------------------------------------------
-    def _forward(self, kind: object) -> torch.Tensor:
-        """Logits [B, BL, V] of the current block, from a forward over the window of ``kind``."""
-        x = self.x
-        if self.Bm > self.B:  # LLaDA's unsupervised CFG: the unconditional copy has the prompt masked
-            x = torch.cat([x, x.masked_fill(self.prompt_index, self.opts.mask_id)], dim=0)
-        if kind == "full":
-            logits = self.model.forward_window(x, self.cos, self.sin, self.key_mask, self.kv, None,
-                                               self.block_columns)
-        else:
-            columns = self.block_columns if kind == "block" else self.prefix_columns[kind[1]]
-            cos, sin = self.cos.index_select(2, columns), self.sin.index_select(2, columns)
-            logits = self.model.forward_window(x.index_select(1, columns), cos, sin, self.key_mask, self.kv,
-                                               columns, self.block_rows)
-        if self.Bm > self.B:
-            cond, uncond = logits.chunk(2, dim=0)
-            logits = uncond + (self.opts.cfg_scale + 1) * (cond - uncond)
-        return logits
-
-    def _step(self, kind: object) -> None:
-        """One decoding step, entirely on the device: forward, scoring, commit, bookkeeping."""
-        opts, masked, columns = self.opts, self.block_masked, self.block_columns
-        logits = self._forward(kind)
-        self.nfe_per_row.add_(masked.any(dim=-1).long())  # a row waiting on others costs it nothing
-        if opts.logits_eos_inf:
-            logits[..., opts.eos_id] = -torch.inf
-        if self.credit is not None:
-            logits = self.credit.update_and_fuse(logits, masked)
-        candidates, confidence = self.scorer(logits, self.noise, fused=self.model.kernels.compiled)
-        confidence = torch.where(masked, confidence, -torch.inf)
-        commit = self.policy(confidence, masked, self.step_index, self.schedule)
-        self.x.index_copy_(1, columns, torch.where(commit, candidates, self.x.index_select(1, columns)))
-        gen_columns = columns - self.P
-        step = (self.nfe_per_row - 1)[:, None]
-        self.commit_step.index_copy_(1, gen_columns, torch.where(
-            commit, step, self.commit_step.index_select(1, gen_columns)))
-        self.commit_confidence.index_copy_(1, gen_columns, torch.where(
-            commit, confidence.float(), self.commit_confidence.index_select(1, gen_columns)))
-        if opts.early_stop:
-            gen = self.x[:, self.P:]
-            newly = first_stop_finished(gen, opts.mask_id, self.stop_tensor) & ~self.finished
-            fill = newly[:, None] & (gen == opts.mask_id)
-            gen.copy_(torch.where(fill, opts.stop_ids[0], gen))
-            self.commit_step.copy_(torch.where(fill, FILLED_BY_EARLY_STOP, self.commit_step))
-            self.finished.logical_or_(newly)
-        masked.copy_(self.x.index_select(1, columns) == opts.mask_id)
-        self.active.copy_(masked.any())
-        self.step_index.add_(1)
-
-    def step_kind(self, block: int, first: bool) -> object:
-        if self.opts.cache == "none" or first:
-            return "full"
-        return "block" if self.opts.cache == "dual" else ("prefix", block)
-
-    def run_step(self, kind: object) -> None:
-        """Draw the step's noise, then replay the captured step (or run it eagerly)."""
-        if self.scorer.random:
-            self.scorer.draw(self.noise)
-        graph = self.graphs.get(kind)
-        if graph is not None:
-            graph.replay()
-        else:
-            self._step(kind)
-
-    # ---- CUDA graphs -------------------------------------------------------------------------------
-    def capture(self) -> None:
-        """Capture every step kind this decode shape uses (warm-up runs first; ``load`` resets the state)."""
-        kinds: list[object] = ["full"]
-        if self.opts.cache == "dual":
-            kinds.append("block")
-        elif self.opts.cache == "prefix" and self.num_blocks <= MAX_PREFIX_GRAPHS:
-            kinds += [("prefix", b) for b in range(self.num_blocks)]
-        side = torch.cuda.Stream(self.x.device)
-        side.wait_stream(torch.cuda.current_stream(self.x.device))
-        with torch.cuda.stream(side):  # warm-up: compiles kernels, picks cuBLAS/attention algorithms
-            for kind in kinds:
-                for _ in range(2):
-                    self._step(kind)
-        torch.cuda.current_stream(self.x.device).wait_stream(side)
-        for kind in kinds:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.graph_pool):
-                self._step(kind)
-            self.graph_pool = graph.pool()
-            self.graphs[kind] = graph
-
-
-def run_program(
-    program: DecodeProgram, early_stop: bool, time_steps: bool = False,
-    on_block: Callable[[int, int], None] | None = None,
-) -> tuple[int, list[float]]:
-    """The host side of a decode: blocks in order, steps until the block is decoded; (NFE, step seconds).
-
-    ``on_block(done, total)`` is called after each block (progress display; it costs no device sync).
-    """
-    device = program.x.device
-    sync = device.type == "cuda"
-    fixed_steps = program.policy.steps_per_block
-    nfe, step_times = 0, []
-
-    def step(kind: object) -> None:
-        nonlocal nfe
-        tic = time.perf_counter()
-        program.run_step(kind)
-        nfe += 1
-        if time_steps:
-            if sync:
-                torch.cuda.synchronize(device)
-            step_times.append(time.perf_counter() - tic)
-
-    for block in range(program.num_blocks):
-        if early_stop and block > 0 and bool(program.finished.all()):  # one read-back per block
-            break
-        program.begin_block(block)
-        step(program.step_kind(block, first=True))
-        kind = program.step_kind(block, first=False)
-        if fixed_steps is not None and not early_stop:  # the schedule alone decides: no read-back
-            for _ in range(fixed_steps - 1):
-                step(kind)
-        else:
-            i = 1
-            while (fixed_steps is None or i < fixed_steps) and bool(program.active):  # one read-back per step
-                step(kind)
-                i += 1
-        if on_block is not None:
-            on_block(block + 1, program.num_blocks)
-    if sync:
-        torch.cuda.synchronize(device)
-    return nfe, step_times
-
-
-def _program_key(policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions) -> tuple:
-    scorer_key = (scorer.kind, scorer.temperature, tuple(scorer.confidence_exclude))
-    return (repr(policy), scorer_key, repr(credit), opts)
 
 
 COMPILE_MODES: tuple[str, ...] = ("fused", "exact", "off")
@@ -337,31 +90,6 @@ def resolve_compile(compile: bool | str | None, device: torch.device) -> str:
     if compile not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {compile!r} (allowed: True, False, None, {', '.join(COMPILE_MODES)})")
     return compile
-
-
-def batch_bucket(batch: int) -> int:
-    """Batch sizes share captured graphs by bucket: the next power of two up to 64, then multiples of 64."""
-    return 1 << (batch - 1).bit_length() if batch <= 64 else -(-batch // 64) * 64
-
-
-def cached_program(
-    model: LLaDAModel, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: DecodeOptions,
-    graphs: bool, capacity: int = 2,
-) -> DecodeProgram:
-    """The program of this decode shape from the model's small LRU (built, and captured, on first use)."""
-    programs: OrderedDict = model.__dict__.setdefault("_decode_programs", OrderedDict())
-    key = (_program_key(policy, scorer, credit, opts), graphs, model.kernels.compiled)
-    program = programs.get(key)
-    if program is None:
-        while len(programs) >= capacity:
-            programs.popitem(last=False)
-            if graphs:
-                torch.cuda.empty_cache()
-        program = DecodeProgram(model, policy, scorer, credit, opts, graphs=graphs)
-        programs[key] = program
-    programs.move_to_end(key)
-    program.scorer = scorer  # the call's generator draws the noise
-    return program
 
 
 def _is_int(value: object) -> bool:
@@ -439,15 +167,19 @@ def decode(
     time_steps: bool = False,
     compile: bool | str | None = False,
     on_block: Callable[[int, int], None] | None = None,
+    slots: int | None = None,
+    on_row: Callable[[int, RowResult], None] | None = None,
 ) -> DecodeResult:
     """Decode ``gen_length`` tokens after left-padded prompts ``input_ids`` [B, P].
 
-    ``model.forward_window`` computes logits; NFE counts forwards. ``compile`` (see ``resolve_compile``):
-    ``True``/``"fused"`` captures the steps in CUDA graphs and fuses the block's elementwise work with
-    ``torch.compile``; ``"exact"`` captures the eager kernels; ``None`` = fused on CUDA, eager on the
-    CPU; ``False`` = eager. Buffers (and graphs) are kept per decode shape on the model and reused by
-    later calls; in ``fused`` mode batch sizes share them by bucket (``batch_bucket``). ``time_steps``
-    synchronises after each step to record its latency; ``on_block(done, total)`` reports progress.
+    ``model.forward_window`` computes logits. ``compile`` (see ``resolve_compile``): ``True``/``"fused"``
+    captures the steps in CUDA graphs and fuses the block's elementwise work with ``torch.compile``;
+    ``"exact"`` captures the eager kernels; ``None`` = fused on CUDA, eager on the CPU; ``False`` = eager.
+    ``slots``: rows decoding at once (default: all; fewer gives continuous batching over the rows in
+    order); the engine (buffers, graphs) is kept per decode signature on the model and reused by later
+    calls. ``nfe`` counts engine steps (every row in a slot advances one forward per step),
+    ``nfe_per_row`` each row's own forwards. ``time_steps`` records each step's latency; ``on_block(done,
+    total)`` reports blocks decoded over all rows; ``on_row(i, RowResult)`` is called as row ``i`` finishes.
     """
     check_decode_args(model, input_ids, policy, attention_mask=attention_mask, gen_length=gen_length,
                       block_length=block_length, scorer=scorer, credit=credit, cache=cache, cfg_scale=cfg_scale,
@@ -458,37 +190,31 @@ def decode(
     if early_stop and not stop_ids:
         raise ValueError("early_stop needs stop_ids (end-of-text / end-of-turn token ids)")
     scorer = scorer or Scorer()
-    device = input_ids.device
     start_time = time.perf_counter()
-    mode = resolve_compile(compile, device)
-    B, P = input_ids.shape
-    if mode == "fused" and batch_bucket(B) > B:
-        # share graphs across batch sizes: fill the bucket with copies of the first row, which decode
-        # exactly as it does (never adding a step) and are dropped below
-        extra = batch_bucket(B) - B
-        input_ids = torch.cat([input_ids, input_ids[:1].expand(extra, P)])
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask, attention_mask[:1].expand(extra, P)])
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    opts = DecodeOptions(input_ids.shape[0], P, gen_length, block_length, padded, mask_id, cache, float(cfg_scale),
-                         logits_eos_inf, eos_id, tuple(stop_ids), early_stop)
+    mode = resolve_compile(compile, input_ids.device)
     model.compile_kernels(mode == "fused")
-    graphs = mode != "off" and device.type == "cuda"
+    graphs = mode != "off" and input_ids.device.type == "cuda"
+    kw = dict(mask_id=mask_id, attention_mask=attention_mask, gen_length=gen_length, block_length=block_length,
+              scorer=scorer, credit=credit, cache=cache, cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
+              eos_id=eos_id, stop_ids=tuple(stop_ids), early_stop=early_stop, time_steps=time_steps, slots=slots,
+              bucket=mode == "fused", on_row=on_row, on_block=on_block)
     try:
-        program = cached_program(model, policy, scorer, credit, opts, graphs)
+        rows, steps, step_times, engine = engine_decode(model, input_ids, policy, graphs=graphs, **kw)
     except Exception as err:  # capture is an optimisation: fall back to eager steps, never to wrong tokens
-        if not graphs:
+        if not graphs or on_row is not None:
             raise
         warnings.warn(f"CUDA graph capture failed, decoding eagerly ({type(err).__name__}: {err})", stacklevel=2)
+        model.__dict__.pop("_decode_engines", None)
         model.compile_kernels(False)
-        program = cached_program(model, policy, scorer, credit, opts, graphs=False)
-    program.load(input_ids, attention_mask)
-    nfe, step_times = run_program(program, early_stop, time_steps, on_block)
-    x = program.x[:B].clone()
-    gen = x[:, P:]
+        rows, steps, step_times, engine = engine_decode(model, input_ids, policy, graphs=False, **kw)
+    tokens = torch.stack([r.tokens for r in rows]).to(input_ids.device)
+    stop_tensor = torch.tensor(tuple(stop_ids) or (-1,), device=tokens.device)
     return DecodeResult(
-        sequences=x, tokens=gen, commit_step=program.commit_step[:B].clone(),
-        commit_confidence=program.commit_confidence[:B].clone(), nfe=nfe, nfe_per_row=program.nfe_per_row[:B].clone(),
-        lengths=stop_lengths(gen, program.stop_tensor), elapsed_s=time.perf_counter() - start_time,
-        step_times_s=step_times, graphs=bool(program.graphs),
+        sequences=torch.cat([input_ids, tokens], dim=1), tokens=tokens,
+        commit_step=torch.stack([r.commit_step for r in rows]).to(input_ids.device),
+        commit_confidence=torch.stack([r.commit_confidence for r in rows]).to(input_ids.device),
+        nfe=steps, nfe_per_row=torch.tensor([r.nfe for r in rows], device=input_ids.device),
+        lengths=stop_lengths(tokens, stop_tensor), elapsed_s=time.perf_counter() - start_time,
+        step_times_s=step_times, graphs=bool(engine.graphs), forwards=engine.stats.forwards,
+        slot_efficiency=engine.stats.slot_efficiency,
     )

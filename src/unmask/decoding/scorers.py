@@ -105,6 +105,11 @@ class Noise:
     uniform: torch.Tensor | None = None  # [B, L, V] float64 for the Gumbel-max candidate (temperature > 0)
     random_confidence: torch.Tensor | None = None  # [B, L] for the ``random`` scorer
 
+    def head(self, start: int, stop: int) -> Noise:
+        """The draws of rows ``[start, stop)`` (views: filling them fills these)."""
+        return Noise(None if self.uniform is None else self.uniform[start:stop],
+                     None if self.random_confidence is None else self.random_confidence[start:stop])
+
 
 @dataclass
 class Scorer:
@@ -143,12 +148,14 @@ class Scorer:
             torch.empty((batch, length), dtype=torch.float32, device=device) if self.kind == "random" else None,
         )
 
-    def draw(self, noise: Noise) -> Noise:
-        """Fill ``noise`` in place: the Gumbel uniforms first, then the random confidences."""
+    def draw(self, noise: Noise, generator: torch.Generator | None = None) -> Noise:
+        """Fill ``noise`` in place from ``generator`` (default the scorer's): the Gumbel uniforms first, then
+        the random confidences."""
+        generator = generator or self.generator
         if noise.uniform is not None:
-            noise.uniform.uniform_(generator=self.generator)
+            noise.uniform.uniform_(generator=generator)
         if noise.random_confidence is not None:
-            noise.random_confidence.uniform_(generator=self.generator)
+            noise.random_confidence.uniform_(generator=generator)
         return noise
 
     def __call__(

@@ -4,7 +4,7 @@ For each batch size, cache mode and execution mode (``eager``: the step launched
 Python; ``exact``: the same kernels captured in a CUDA graph; ``fused``: the step captured in a CUDA
 graph with the block's elementwise work fused by ``torch.compile``) this measures with CUDA events
 (wall clock on the CPU), warm-up excluded, median of repeats, a *whole decode step* of a
-``DecodeProgram`` (forward, scorer, policy, commit, bookkeeping) for a block in the middle of the
+decode engine's step (forward, scorer, policy, commit, bookkeeping) for a block in the middle of the
 generation:
 
 - the steady-state step: ``none`` = a forward over the whole canvas [prompt | generation];
@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from unmask.decoding.loop import DecodeOptions, DecodeProgram, check_lengths, decode, run_program
+from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, run_rows
+from unmask.decoding.loop import check_lengths, decode
 from unmask.decoding.policies import Policy, TopK
 from unmask.decoding.scorers import Scorer
 from unmask.models.cache import CACHE_MODES, recompute_columns
@@ -122,16 +123,63 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 8192) -> f
     return 2 * size**3 / (max(ms, 1e-6) / 1e3)
 
 
+class StepBench:
+    """A decode engine loaded with a batch and placed at a block, with verbs to time one step kind of it:
+    ``step_kind(block, first)`` (the refresh or the full forward at a block start, else the window step)
+    and ``run_step(kind)`` (the kind's forward and the commit, replayed as graphs where captured)."""
+
+    def __init__(self, engine: DecodeEngine, prompts: torch.Tensor, gen_length: int) -> None:
+        self.engine = engine
+        for i, row in enumerate(prompts):
+            engine.admit(RowRequest(row, gen_length, key=i))
+        self.rows = prompts.shape[0]
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.engine.x
+
+    def begin_block(self, block: int) -> None:
+        """Every row at the start of ``block`` (its answer still masked)."""
+        engine, n = self.engine, self.rows
+        engine.block[:n] = block
+        engine.step_index[:n] = 0
+        for slot in engine.slots[:n]:
+            slot.block, slot.refresh = block, True
+        engine.block_masked[:n] = engine.x[:n].gather(1, engine._block_columns(n)) == engine.opts.mask_id
+        if engine.schedule is not None:
+            engine.schedule[:n] = engine.policy.start_block(engine.block_masked[:n])
+        engine.refresh_slots[:n] = torch.arange(n, device=engine.device)
+
+    def step_kind(self, block: int, first: bool) -> tuple[tuple, ...]:
+        engine = self.engine
+        hi, cache = engine.hi, engine.opts.cache
+        if cache == "none":
+            forward = ("full", hi)
+        elif first:
+            forward = ("refresh", self.rows)
+        else:
+            forward = ("window", hi, engine.BL if cache == "dual" else engine.G - block * engine.BL)
+        return forward, ("commit", hi)
+
+    def run_step(self, kinds: tuple[tuple, ...]) -> None:
+        self.engine._draw_noise()
+        for kind in kinds:
+            self.engine._run(kind)
+
+    def _forward(self, kinds: tuple[tuple, ...]) -> None:
+        self.engine._function(kinds[0])()
+
+
 def build_program(
     model: LLaDAModel, prompts: torch.Tensor, cache: str, gen_length: int, block_length: int, graphs: bool,
     policy: Policy | None = None,
-) -> DecodeProgram:
-    """A decode program with the LLaDA schedule (one token per step), loaded with ``prompts``."""
-    opts = DecodeOptions(prompts.shape[0], prompts.shape[1], gen_length, block_length, False,
-                         model.config.mask_token_id, cache, 0.0, False, None, (), False)
-    program = DecodeProgram(model, policy or TopK(block_length), Scorer(), None, opts, graphs=graphs)
-    program.load(prompts, None)
-    return program
+) -> StepBench:
+    """A decode engine with the LLaDA schedule (one token per step), loaded with ``prompts``."""
+    B, P = prompts.shape
+    opts = EngineOptions(B, P + gen_length, gen_length, block_length, False, model.config.mask_token_id, cache, 0.0,
+                         False, None, (), False)
+    engine = DecodeEngine(model, policy or TopK(block_length), Scorer(), None, opts, graphs=graphs)
+    return StepBench(engine, prompts, gen_length)
 
 
 def weights_read(
@@ -246,13 +294,15 @@ def bench_model(
                                                             {"eager": False}.get(mode, mode))
                     if graphs:  # the captured step must replay exactly what its kernels compute eagerly
                         model.compile_kernels(mode == "fused")
-                        program = build_program(model, prompts, cache, gen_length, block_length, graphs=False)
-                        run_program(program, early_stop=False)
-                        agree = bool(torch.equal(program.x[:, prompt_length:], tokens_out))
-                        del program
+                        opts = EngineOptions(batch, prompt_length + gen_length, gen_length, block_length, False,
+                                             model.config.mask_token_id, cache, 0.0, False, None, (), False)
+                        engine = DecodeEngine(model, TopK(block_length), Scorer(), None, opts)
+                        eager_tokens = torch.stack([r.tokens for r in run_rows(engine, prompts, gen_length)])
+                        agree = bool(torch.equal(eager_tokens, tokens_out.cpu()))
+                        del engine
                         if not agree:
                             raise AssertionError(f"graph and eager tokens differ (batch {batch}, cache {cache})")
-                model.__dict__.pop("_decode_programs", None)  # free this configuration's buffers and graphs
+                model.__dict__.pop("_decode_engines", None)  # free this configuration's buffers and graphs
                 if on_gpu:
                     torch.cuda.empty_cache()
                 row = BenchRow(mode, cache, batch, prompt_length, gen_length, block_length, step_ms, refresh_ms,

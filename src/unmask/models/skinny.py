@@ -155,7 +155,10 @@ def prepare(device: torch.device) -> None:
 def config_for(n: int, k: int, device: torch.device | None = None) -> SkinnyConfig:
     """The tuned configuration of (N, K) on an sm90 GPU (H100/H200), where ``TUNED`` was measured, else
     ``default_config``."""
-    hopper = device is not None and _CAPABILITY.get(device.index) == (9, 0)
+    index = None
+    if device is not None and device.type == "cuda":  # torch.device("cuda") names no index: the current one
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    hopper = _CAPABILITY.get(index) == (9, 0)
     return (TUNED.get((n, k)) if hopper else None) or default_config(n, k)
 
 

@@ -1,0 +1,625 @@
+"""The decode engine: continuous batching over a fixed number of slots, every step kind graph-capturable.
+
+One engine decodes every batch of unmask (``decode``/``generate``, the eval runner and so sweep,
+compare and tune, and ``unmask serve``), as vLLM's one engine sits under its offline and server front
+ends. It holds ``slots`` rows in static buffers; every row is at its own block, step, cache columns
+and credit, a finished row leaves at once and a waiting row takes its slot before the next step
+(continuous batching), so no row waits for the slowest row of its batch.
+
+Canvas layout: row ``s`` holds ``[prompt (P_s) | answer (G_s) | unused]`` in ``x[s]`` (right-padded);
+rotary positions are the column index and, where some row is shorter than the capacity, keys past a
+row's canvas are masked out, so a row decodes exactly as it does alone. One engine step:
+
+1. the forward(s): without a cache, one full forward over the slots ``[0, hi)``; with a cache, a
+   window forward (dual: the block; prefix: from the block to the end) over the slots ``[0, hi)``
+   whose rows are inside a block, then one full forward (the *refresh*, which rewrites the whole KV
+   cache of its rows) over the rows at a block start, gathered into a bucket of row counts;
+2. the commit: CFG, credit, scorer, policy and commit for every slot at its own step index, then each
+   row's bookkeeping on the device (early stop, next block, credit reset, the schedule of the next
+   block) and a one-byte status per slot, the only read-back of a step.
+
+Every step kind is a function of static buffers only, so on CUDA each is captured once per bucket as
+a CUDA graph and replayed (window per slot bucket ``hi`` (and prefix width), refresh per row-count
+bucket, commit per slot bucket). Slots are kept compact (active rows in ``[0, count)``; a row moves
+down when the count drops), so the window and commit run over ``bucket(count)`` slots, not all.
+
+Exactness: at temperature 0 every row's tokens, commit steps and forwards equal the same prompt
+decoded alone (tests/decoding/test_engine.py), whatever the rows beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from unmask.decoding.credit import CreditConfig, CreditState
+from unmask.decoding.policies import Policy
+from unmask.decoding.scorers import Scorer
+from unmask.models.cache import StaticKVCache
+
+NOT_COMMITTED = -1
+FILLED_BY_EARLY_STOP = -2
+ACTIVE, ADVANCED, DONE = 1, 2, 4  # status bits of a slot after a step
+
+
+def slot_bucket(n: int, slots: int) -> int:
+    """Slot counts share captured graphs by bucket: powers of two up to 8, multiples of 8 up to 64, then
+    multiples of 32; never above ``slots``."""
+    if n <= 8:
+        b = 1 << max(n - 1, 0).bit_length()
+    elif n <= 64:
+        b = -(-n // 8) * 8
+    else:
+        b = -(-n // 32) * 32
+    return min(b, slots)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything that fixes the engine's step functions besides the data (the key of a cached engine)."""
+
+    slots: int
+    capacity: int  # canvas columns T of every slot
+    max_gen: int  # the longest answer a row may have (a multiple of block_length)
+    block_length: int
+    padded: bool  # some row is shorter than the capacity: keys past a row's canvas are masked
+    mask_id: int
+    cache: str
+    cfg_scale: float
+    logits_eos_inf: bool
+    eos_id: int | None
+    stop_ids: tuple[int, ...]
+    early_stop: bool
+
+
+@dataclass
+class RowRequest:
+    """A row waiting for a slot: its prompt token ids (no padding) and answer length."""
+
+    prompt: torch.Tensor  # [P] long
+    gen_length: int
+    key: object = None  # the caller's handle (a row index, a server ticket)
+    generator: torch.Generator | None = None  # the row's own noise (sampling); None: the engine's scorer's
+
+
+@dataclass
+class RowResult:
+    """A finished row: its answer and bookkeeping (positions over its ``gen_length`` answer columns)."""
+
+    key: object
+    tokens: torch.Tensor  # [G]
+    commit_step: torch.Tensor  # [G] the row's own step that committed each token (-2: early-stop fill)
+    commit_confidence: torch.Tensor  # [G]
+    nfe: int  # forwards the row took part in
+    finished_early: bool  # stopped at a stop token (early stop)
+    admitted_s: float = 0.0  # time.perf_counter() at admission / retirement
+    retired_s: float = 0.0
+
+
+@dataclass
+class _Slot:
+    """Host-side view of an occupied slot."""
+
+    request: RowRequest
+    prompt_length: int
+    gen_length: int
+    block: int = 0
+    refresh: bool = True  # at a block start: the next step refreshes its cache
+    admitted_s: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class EngineStats:
+    """Work counters: row-steps computed (slots through a forward) against row-steps needed."""
+
+    steps: int = 0
+    forwards: int = 0  # model forwards launched (window, refresh, full)
+    useful_row_steps: int = 0  # active rows stepped, summed over steps
+    computed_row_steps: int = 0  # rows through the step's forwards (buckets included), summed over steps
+
+    @property
+    def slot_efficiency(self) -> float:
+        return self.useful_row_steps / self.computed_row_steps if self.computed_row_steps else 1.0
+
+
+class DecodeEngine:
+    """Static buffers and step functions of one decode signature (see the module docstring)."""
+
+    def __init__(
+        self, model, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: EngineOptions,
+        graphs: bool = False,
+    ) -> None:
+        self.model, self.policy, self.scorer, self.opts = model, policy, scorer, opts
+        device = self.device = model.device
+        S, T, G, BL = opts.slots, opts.capacity, opts.max_gen, opts.block_length
+        self.S, self.T, self.G, self.BL = S, T, G, BL
+        self.cfg = opts.cfg_scale > 0
+        self.Bm = 2 * S if self.cfg else S  # rows through the model (CFG adds the unconditional copy)
+        longs = {"dtype": torch.long, "device": device}
+        self.x = torch.full((S, T), opts.mask_id, **longs)
+        self.prompt_length = torch.zeros(S, **longs)
+        self.gen_length = torch.full((S,), BL, **longs)
+        self.canvas_length = torch.full((S,), T, **longs)  # keys visible to a row (a free slot sees all)
+        self.block = torch.zeros(S, **longs)
+        self.step_index = torch.zeros(S, **longs)
+        self.nfe = torch.zeros(S, **longs)
+        self.active = torch.zeros(S, dtype=torch.bool, device=device)
+        self.finished = torch.zeros(S, dtype=torch.bool, device=device)
+        self.block_masked = torch.zeros((S, BL), dtype=torch.bool, device=device)
+        self.commit_step = torch.full((S, G), NOT_COMMITTED, **longs)
+        self.commit_confidence = torch.zeros((S, G), dtype=torch.float32, device=device)
+        self.status = torch.zeros(S, dtype=torch.uint8, device=device)
+        self.status_host = torch.zeros(S, dtype=torch.uint8, pin_memory=device.type == "cuda")
+        self.refresh_slots = torch.zeros(S, **longs)
+        self.stop_tensor = torch.tensor(opts.stop_ids or (-1,), **longs)
+        self.offsets = torch.arange(BL, **longs)
+        self.gen_offsets = torch.arange(G, **longs)
+        self.columns_T = torch.arange(T, **longs)
+        self.cos, self.sin = model.rotary(torch.arange(T, **longs)[None])  # [1, 1, T, hd]: position = column
+        self.schedule = None
+        if policy.steps_per_block is not None:
+            self.schedule = torch.zeros((S, policy.steps_per_block), **longs)
+        self.credit = None if credit is None else CreditState(credit, S, BL, device)
+        vocab = model.config.embedding_size
+        self.noise = scorer.allocate_noise(S, BL, vocab, device)
+        self.logits = torch.zeros((S, BL, vocab), dtype=model.dtype, device=device)
+        self.kv = self.refresh_store = None
+        if opts.cache != "none":
+            self.kv = StaticKVCache.for_model(model.config, self.Bm, T, model.dtype, device)
+            # the refresh of R rows writes a cache of R rows here, then into their slots
+            self.refresh_store = torch.empty(self.kv.kv.numel(), dtype=model.dtype, device=device)
+        self.refresh_caches: dict[int, StaticKVCache] = {}
+        self.slots: list[_Slot | None] = [None] * S
+        self.hi = 1  # the slot bucket the step runs over
+        self.stats = EngineStats()
+        self.use_graphs = graphs
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.graph_pool = None
+        if graphs:  # the commit is not idempotent: capture it for every bucket now, while no slot is active
+            for hi in sorted({slot_bucket(n, S) for n in range(1, S + 1)}):
+                self._run(("commit", hi))
+
+    # ---- slots ---------------------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def free_slots(self) -> int:
+        return self.S - self.count
+
+    def fits(self, request: RowRequest) -> bool:
+        return len(request.prompt) + request.gen_length <= self.T and request.gen_length <= self.G
+
+    def admit(self, request: RowRequest) -> int:
+        """Load ``request`` into the lowest free slot (device work only) and return the slot."""
+        slot = next(i for i, s in enumerate(self.slots) if s is None)
+        P, G = len(request.prompt), request.gen_length
+        if not self.fits(request):
+            raise ValueError(f"prompt length {P} + gen_length {G} exceeds the engine's capacity {self.T} "
+                             f"(answers up to {self.G})")
+        mask_id = self.opts.mask_id
+        self.x[slot].fill_(mask_id)
+        self.x[slot, :P].copy_(request.prompt.to(self.device, non_blocking=True))
+        for buffer, value in ((self.prompt_length, P), (self.gen_length, G), (self.block, 0), (self.step_index, 0),
+                              (self.nfe, 0), (self.finished, False), (self.active, True)):
+            buffer[slot] = value
+        self.canvas_length[slot] = P + G if self.opts.padded else self.T
+        self.commit_step[slot].fill_(NOT_COMMITTED)
+        self.commit_confidence[slot].zero_()
+        self.block_masked[slot].fill_(True)
+        if self.schedule is not None:
+            self.schedule[slot] = self.policy.start_block(self.block_masked[slot:slot + 1])[0]
+        if self.credit is not None:
+            self.credit.tokens[slot] = -1
+            self.credit.credit[slot] = 0.0
+        self.slots[slot] = _Slot(request, P, G)
+        self.hi = max(self.hi, slot_bucket(slot + 1, self.S))
+        return slot
+
+    def retire(self, slots: list[int]) -> list[RowResult]:
+        """Take the rows of ``slots`` out (finished, or dropped by the caller) with their answers so far."""
+        if not slots:
+            return []
+        index = torch.tensor(slots, device=self.device)
+        x = self.x.index_select(0, index).cpu()
+        steps = self.commit_step.index_select(0, index).cpu()
+        confidence = self.commit_confidence.index_select(0, index).cpu()
+        nfe, finished = self.nfe.index_select(0, index).tolist(), self.finished.index_select(0, index).tolist()
+        self.active.index_fill_(0, index, False)
+        now = time.perf_counter()
+        out = []
+        for j, slot in enumerate(slots):
+            row = self.slots[slot]
+            P, G = row.prompt_length, row.gen_length
+            out.append(RowResult(row.request.key, x[j, P:P + G], steps[j, :G], confidence[j, :G], nfe[j], finished[j],
+                                 row.admitted_s, now))
+            self.slots[slot] = None
+        return out
+
+    def canvases(self, slots: list[int]) -> list[list[int]]:
+        """The answer columns of ``slots`` as they stand (one copy to the host)."""
+        index = torch.tensor(slots, device=self.device)
+        rows = self.x.index_select(0, index).tolist()
+        return [r[self.slots[s].prompt_length:self.slots[s].prompt_length + self.slots[s].gen_length]
+                for s, r in zip(slots, rows, strict=True)]
+
+    def compact(self) -> None:
+        """Move rows down into free slots so that the active rows fill ``[0, count)`` and the step runs over
+        the smallest bucket (a row's buffers, cache columns and credit move with it)."""
+        count = self.count
+        target = slot_bucket(max(count, 1), self.S)
+        if self.cfg or target >= self.hi:  # CFG's cache pairs rows s and S + s: kept in place
+            return
+        free = [i for i in range(count) if self.slots[i] is None]
+        movers = [i for i in range(count, self.S) if self.slots[i] is not None]
+        if movers:
+            src = torch.tensor(movers, device=self.device)
+            dst = torch.tensor(free[:len(movers)], device=self.device)
+            for buffer in self._row_buffers():
+                buffer.index_copy_(0, dst, buffer.index_select(0, src))
+            if self.kv is not None:
+                self.kv.kv.index_copy_(2, dst, self.kv.kv.index_select(2, src))
+                if self.kv.outputs is not None:
+                    self.kv.outputs.index_copy_(0, dst, self.kv.outputs.index_select(0, src))
+            for a, b in zip(movers, free, strict=False):
+                self.slots[b], self.slots[a] = self.slots[a], None
+            self.active.index_fill_(0, src, False)
+        self.hi = target
+
+    def _row_buffers(self) -> list[torch.Tensor]:
+        buffers = [self.x, self.prompt_length, self.gen_length, self.canvas_length, self.block, self.step_index,
+                   self.nfe, self.active, self.finished, self.block_masked, self.commit_step, self.commit_confidence]
+        if self.schedule is not None:
+            buffers.append(self.schedule)
+        if self.credit is not None:
+            buffers += [self.credit.tokens, self.credit.credit]
+        return buffers
+
+    # ---- the step functions (static buffers in, static buffers out) ---------------------------------------
+    def _block_columns(self, rows: int) -> torch.Tensor:
+        start = self.prompt_length[:rows] + self.block[:rows] * self.BL
+        return (start[:, None] + self.offsets).clamp(max=self.T - 1)
+
+    def _key_mask(self, index: torch.Tensor | int) -> torch.Tensor | None:
+        if not self.opts.padded:
+            return None
+        lengths = self.canvas_length[:index] if isinstance(index, int) else self.canvas_length.index_select(0, index)
+        if self.cfg:
+            lengths = torch.cat([lengths, lengths])
+        return (self.columns_T < lengths[:, None])[:, None, None, :]
+
+    def _model_rows(self, x: torch.Tensor, prompt_length: torch.Tensor) -> torch.Tensor:
+        """The rows through the model: with CFG also the unconditional copy (prompt columns masked)."""
+        if not self.cfg:
+            return x
+        prompt = self.columns_T[:x.shape[1]] < prompt_length[:, None]
+        return torch.cat([x, x.masked_fill(prompt, self.opts.mask_id)])
+
+    def _guided(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.cfg:
+            return logits
+        cond, uncond = logits.chunk(2, dim=0)
+        return uncond + (self.opts.cfg_scale + 1) * (cond - uncond)
+
+    def _full_step(self, hi: int) -> None:
+        """No cache: every slot of ``[0, hi)`` through a forward over its whole canvas."""
+        rows = self._block_columns(hi)
+        x = self._model_rows(self.x[:hi], self.prompt_length[:hi])
+        logits = self.model.forward_window(x, self.cos, self.sin, self._key_mask(hi), None, None,
+                                           torch.cat([rows, rows]) if self.cfg else rows)
+        self.logits[:hi].copy_(self._guided(logits))
+
+    def _window_step(self, hi: int, width: int) -> None:
+        """Cached modes: the window of every slot of ``[0, hi)`` (``width`` columns from its block start)
+        against its cached columns; writes the window's keys/values."""
+        start = self.prompt_length[:hi] + self.block[:hi] * self.BL
+        offsets = self.offsets if width == self.BL else torch.arange(width, device=self.device)
+        columns = (start[:, None] + offsets).clamp(max=self.T - 1)  # [hi, W]
+        x = self._model_rows(self.x[:hi].gather(1, columns), self.prompt_length[:hi] - start)
+        if self.cfg:
+            columns = torch.cat([columns, columns])
+        cache = self.kv if self.Bm == hi or self.cfg else self.kv.head(hi)
+        if hi == 1:  # one row: shared columns [W] (the kernels of a batch-1 decode: RoPE + cache write fused)
+            columns = columns[0]
+            cos, sin = self.cos.index_select(2, columns), self.sin.index_select(2, columns)
+        else:
+            cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
+        logits = self.model.forward_window(x, cos, sin, self._key_mask(hi if not self.cfg else self.S), cache,
+                                           columns, self.offsets)
+        self.logits[:hi].copy_(self._guided(logits))
+
+    def _refresh_cache(self, rows: int) -> StaticKVCache:
+        """A cache of ``rows`` rows over the refresh store (one store for every bucket: they run in turn)."""
+        cache = self.refresh_caches.get(rows)
+        if cache is None:
+            kv = self.kv.kv
+            shape = (kv.shape[0], kv.shape[1], rows, *kv.shape[3:])
+            n = shape[0] * shape[1] * rows * shape[3] * shape[4] * shape[5]
+            cache = object.__new__(StaticKVCache)
+            cache.kv, cache.outputs = self.refresh_store[:n].view(shape), None
+            self.refresh_caches[rows] = cache
+        return cache
+
+    def _refresh_step(self, rows: int) -> None:
+        """The refresh of the slots ``refresh_slots[:rows]``: a full forward over their canvases that rewrites
+        their whole cache, and their block's logits."""
+        index = self.refresh_slots[:rows]
+        model_index = torch.cat([index, index + self.S]) if self.cfg else index
+        x = self._model_rows(self.x.index_select(0, index), self.prompt_length.index_select(0, index))
+        logits_rows = self._block_columns(self.S).index_select(0, index)
+        direct = rows == self.Bm  # every slot refreshes: write the engine's cache itself (batch 1)
+        cache = self.kv if direct else self._refresh_cache(len(model_index))
+        logits = self.model.forward_window(x, self.cos, self.sin, self._key_mask(index), cache, None,
+                                           torch.cat([logits_rows, logits_rows]) if self.cfg else logits_rows)
+        if not direct:
+            self.kv.kv.index_copy_(2, model_index, cache.kv)
+            if cache.outputs is not None:  # a model's kept outputs (Dream) travel with the keys/values
+                if self.kv.outputs is None:
+                    self.kv.outputs = cache.outputs.new_zeros((self.Bm, *cache.outputs.shape[1:]))
+                self.kv.outputs.index_copy_(0, model_index, cache.outputs)
+        self.logits.index_copy_(0, index, self._guided(logits))
+
+    def _commit_step(self, hi: int) -> None:
+        """Credit, scorer, policy and commit for the slots ``[0, hi)``, then each row's bookkeeping."""
+        opts, BL = self.opts, self.BL
+        active = self.active[:hi]
+        columns = self._block_columns(hi)
+        current = self.x[:hi].gather(1, columns)
+        masked = (current == opts.mask_id) & active[:, None]
+        self.nfe[:hi] += masked.any(dim=-1).long()
+        logits = self.logits[:hi]
+        if opts.logits_eos_inf:
+            logits[..., opts.eos_id] = -torch.inf
+        if self.credit is not None:
+            logits = self.credit.head(hi).update_and_fuse(logits, masked)
+        noise = self.noise if hi == self.S else self.noise.head(0, hi)
+        candidates, confidence = self.scorer(logits, noise, fused=self.model.kernels.compiled)
+        confidence = torch.where(masked, confidence, -torch.inf)
+        step = self.step_index[:hi]
+        schedule = None if self.schedule is None else self.schedule[:hi]
+        commit = self.policy(confidence, masked, step[:, None], schedule)
+        x = self.x[:hi]
+        x.scatter_(1, columns, torch.where(commit, candidates, current))
+        gen_columns = (columns - self.prompt_length[:hi, None]).clamp(0, self.G - 1)  # a free slot's: unchanged
+        record = self.nfe[:hi, None] - 1
+        commit_step, commit_confidence = self.commit_step[:hi], self.commit_confidence[:hi]
+        commit_step.scatter_(1, gen_columns, torch.where(commit, record, commit_step.gather(1, gen_columns)))
+        commit_confidence.scatter_(1, gen_columns, torch.where(
+            commit, confidence.float(), commit_confidence.gather(1, gen_columns)))
+        finished = self.finished[:hi]
+        if opts.early_stop:
+            valid = self.gen_offsets < self.gen_length[:hi, None]
+            answer_columns = (self.prompt_length[:hi, None] + self.gen_offsets).clamp(max=self.T - 1)
+            gen = torch.where(valid, x.gather(1, answer_columns), opts.mask_id)
+            decoded_prefix = (gen != opts.mask_id).long().cumprod(dim=-1).bool()
+            newly = (torch.isin(gen, self.stop_tensor) & decoded_prefix).any(dim=-1) & ~finished & active
+            fill = newly[:, None] & (gen == opts.mask_id) & valid
+            # scatter_add: an answer column past a short row's canvas is clamped onto a real column, adding 0
+            fill_columns = torch.zeros_like(x).scatter_add_(1, answer_columns, fill.long()) > 0
+            x.copy_(torch.where(fill_columns, opts.stop_ids[0], x))
+            commit_step.copy_(torch.where(fill, FILLED_BY_EARLY_STOP, commit_step))
+            finished |= newly
+        after = x.gather(1, columns) == opts.mask_id
+        step += active.long()
+        fixed = self.policy.steps_per_block
+        if fixed is None:
+            block_done = ~after.any(dim=-1)
+        elif opts.early_stop:
+            block_done = ~after.any(dim=-1) | (step >= fixed)
+        else:
+            block_done = step >= fixed
+        advance = active & block_done & ~finished
+        block = self.block[:hi]
+        block += advance.long()
+        step.masked_fill_(advance, 0)
+        done = active & (finished | (block * BL >= self.gen_length[:hi]))
+        # the next block of the rows that advanced: its masked positions, schedule and fresh credit
+        next_masked = x.gather(1, self._block_columns(hi)) == opts.mask_id
+        self.block_masked[:hi].copy_(torch.where(advance[:, None], next_masked, self.block_masked[:hi]))
+        if schedule is not None:
+            schedule.copy_(torch.where(advance[:, None], self.policy.start_block(next_masked), schedule))
+        if self.credit is not None:
+            self.credit.head(hi).reset_where(advance)
+        self.status[:hi].copy_(active.to(torch.uint8) * ACTIVE + advance.to(torch.uint8) * ADVANCED
+                               + done.to(torch.uint8) * DONE)
+        active &= ~done
+
+    # ---- running the step kinds: captured graphs or eager --------------------------------------------------
+    def _function(self, kind: tuple) -> Callable[[], None]:
+        name, *args = kind
+        method = getattr(self, f"_{name}_step")
+        return lambda: method(*args)
+
+    def _run(self, kind: tuple) -> None:
+        function = self._function(kind)
+        if not self.use_graphs:
+            function()
+            return
+        graph = self.graphs.get(kind)
+        if graph is None:
+            graph = self._capture(kind, function)
+        graph.replay()
+
+    def _capture(self, kind: tuple, function: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """Warm up on a side stream (forwards are idempotent; the commit is captured before any row is
+        active, when it changes nothing), then capture."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                function()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.graph_pool):
+            function()
+        self.graph_pool = graph.pool()
+        self.graphs[kind] = graph
+        return graph
+
+    def _draw_noise(self) -> None:
+        if not self.scorer.random:
+            return
+        noise = self.noise if self.hi == self.S else self.noise.head(0, self.hi)
+        own = [s is not None and s.request.generator is not None for s in self.slots[:self.hi]]
+        if not any(own):
+            self.scorer.draw(noise)
+            return
+        for i, slot in enumerate(self.slots[:self.hi]):  # each request's own generator, in the order alone
+            generator = slot.request.generator if slot is not None and slot.request.generator is not None \
+                else self.scorer.generator
+            self.scorer.draw(noise.head(i, i + 1), generator)
+
+    def step(self) -> tuple[list[int], list[int]]:
+        """One step of every occupied slot; returns (slots that finished, slots that stepped)."""
+        occupied = [i for i, s in enumerate(self.slots) if s is not None]
+        if not occupied:
+            return [], []
+        hi, BL = self.hi, self.BL
+        self.stats.steps += 1
+        self.stats.useful_row_steps += len(occupied)
+        if self.opts.cache == "none":
+            self._run(("full", hi))
+            self.stats.forwards += 1
+            self.stats.computed_row_steps += hi
+        else:
+            fresh = [i for i in occupied if self.slots[i].refresh]
+            inside = [i for i in occupied if not self.slots[i].refresh]
+            if inside:
+                width = BL
+                if self.opts.cache == "prefix":
+                    width = max(self.slots[i].gen_length - self.slots[i].block * BL for i in inside)
+                self._run(("window", hi, width))
+                self.stats.forwards += 1
+                self.stats.computed_row_steps += hi
+            if fresh:
+                rows = slot_bucket(len(fresh), self.S) if not (len(fresh) == self.S == 1) else 1
+                padded = fresh + [fresh[0]] * (rows - len(fresh))  # copies of a row compute the same values
+                self.refresh_slots[:rows].copy_(torch.tensor(padded), non_blocking=True)
+                self._run(("refresh", rows))
+                self.stats.forwards += 1
+                self.stats.computed_row_steps += rows
+        self._draw_noise()
+        self._run(("commit", hi))
+        if self.device.type == "cuda":
+            self.status_host[:hi].copy_(self.status[:hi], non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            status = self.status_host[:hi].tolist()
+        else:
+            status = self.status[:hi].tolist()
+        done = []
+        for i in occupied:
+            flags, slot = status[i], self.slots[i]
+            slot.refresh = False
+            if flags & ADVANCED:
+                slot.block += 1
+                slot.refresh = True
+            if flags & DONE:
+                done.append(i)
+        return done, occupied
+
+
+def run_queue(
+    engine: DecodeEngine, requests: list[RowRequest], on_result: Callable[[RowResult], None],
+    on_step: Callable[[DecodeEngine, list[int]], None] | None = None, time_steps: bool = False,
+) -> tuple[int, list[float]]:
+    """Decode ``requests`` in order through ``engine`` with continuous batching: admit while slots are free,
+    step, hand finished rows to ``on_result``, compact. Returns (engine steps, step seconds)."""
+    waiting = list(reversed(requests))
+    steps, times = 0, []
+    while waiting or engine.count:
+        while waiting and engine.free_slots():
+            engine.admit(waiting.pop())
+        tic = time.perf_counter()
+        done, stepped = engine.step()
+        steps += 1
+        if time_steps:
+            times.append(time.perf_counter() - tic)
+        if on_step is not None:
+            on_step(engine, stepped)
+        for result in engine.retire(done):
+            on_result(result)
+        engine.compact()
+    return steps, times
+
+
+def cached_engine(
+    model, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: EngineOptions, graphs: bool,
+    capacity: int = 2,
+) -> DecodeEngine:
+    """The engine of this decode signature from the model's small LRU (built, and captured, on first use)."""
+    engines: OrderedDict = model.__dict__.setdefault("_decode_engines", OrderedDict())
+    scorer_key = (scorer.kind, scorer.temperature, tuple(scorer.confidence_exclude))
+    key = (repr(policy), scorer_key, repr(credit), opts, graphs, model.kernels.compiled)
+    engine = engines.get(key)
+    if engine is None:
+        while len(engines) >= capacity:
+            engines.popitem(last=False)
+            if graphs:
+                torch.cuda.empty_cache()
+        engine = DecodeEngine(model, policy, scorer, credit, opts, graphs=graphs)
+        engines[key] = engine
+    engines.move_to_end(key)
+    engine.scorer = scorer  # the call's generator draws the noise
+    engine.stats = EngineStats()
+    return engine
+
+
+def engine_decode(
+    model, input_ids: torch.Tensor, policy: Policy, *, mask_id: int, attention_mask: torch.Tensor | None,
+    gen_length: int, block_length: int, scorer: Scorer, credit: CreditConfig | None, cache: str, cfg_scale: float,
+    logits_eos_inf: bool, eos_id: int | None, stop_ids: tuple[int, ...], early_stop: bool, time_steps: bool,
+    graphs: bool, bucket: bool = False, slots: int | None = None,
+    on_row: Callable[[int, RowResult], None] | None = None, on_block: Callable[[int, int], None] | None = None,
+) -> tuple[list[RowResult], int, list[float], DecodeEngine]:
+    """The rows of ``input_ids`` (left-padded by ``attention_mask``) through one engine with ``slots`` slots
+    (default: the batch; with ``graphs`` or ``bucket`` rounded up to the next power of two up to 64, then to
+    multiples of 64): (results in row order, engine steps, step seconds, the engine). ``on_row(i, result)`` is
+    called as row ``i`` finishes."""
+    B = input_ids.shape[0]
+    keep = None if attention_mask is None else attention_mask.bool()
+    prompts = [input_ids[i] if keep is None else input_ids[i][keep[i]] for i in range(B)]
+    longest = max(len(p) for p in prompts)
+    S = min(B, slots or B)
+    if graphs or bucket:  # batch sizes share engines (captured graphs, compiled kernels) by bucket
+        S = 1 << (S - 1).bit_length() if S <= 64 else -(-S // 64) * 64
+    opts = EngineOptions(S, longest + gen_length, gen_length, block_length, any(len(p) < longest for p in prompts),
+                         mask_id, cache, float(cfg_scale), logits_eos_inf, eos_id, tuple(stop_ids), early_stop)
+    engine = cached_engine(model, policy, scorer, credit, opts, graphs)
+    results: list[RowResult | None] = [None] * B
+    blocks_total, blocks_done = B * (gen_length // block_length), 0
+
+    def finished(result: RowResult) -> None:
+        results[result.key] = result
+        if on_row is not None:
+            on_row(result.key, result)
+
+    def progress(engine: DecodeEngine, stepped: list[int]) -> None:
+        nonlocal blocks_done
+        if on_block is None:
+            return
+        advanced = sum(1 for i in stepped if engine.slots[i].refresh)
+        if advanced:
+            blocks_done += advanced
+            on_block(min(blocks_done, blocks_total), blocks_total)
+
+    requests = [RowRequest(p, gen_length, key=i) for i, p in enumerate(prompts)]
+    steps, times = run_queue(engine, requests, finished, progress, time_steps)
+    if on_block is not None and blocks_done < blocks_total:
+        on_block(blocks_total, blocks_total)
+    return results, steps, times, engine
+
+
+def run_rows(engine: DecodeEngine, prompts: torch.Tensor, gen_length: int) -> list[RowResult]:
+    """Decode the rows of ``prompts`` [B, P] (no padding) through ``engine``; the results in row order (tests,
+    benchmarks)."""
+    results: list[RowResult | None] = [None] * prompts.shape[0]
+
+    def keep(result: RowResult) -> None:
+        results[result.key] = result
+
+    run_queue(engine, [RowRequest(row, gen_length, key=i) for i, row in enumerate(prompts)], keep)
+    return results
