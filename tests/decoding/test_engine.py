@@ -1,0 +1,100 @@
+"""The decode engine: continuous batching over fewer slots than rows gives every row exactly what it gets
+decoded alone (tokens, commit steps, forwards), rows leave at once and slots are compacted."""
+
+import pytest
+import torch
+from llada_fixtures import write_checkpoint
+
+import unmask
+from unmask.decoding import CreditConfig, Factor, Frechet, Threshold, TopK, decode
+from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, run_queue, slot_bucket
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """The tiny model with end-of-text a frequent candidate, so that rows finish early and at different steps."""
+    from llada_fixtures import random_weights, tiny_config
+
+    torch.set_num_threads(1)
+    cfg = tiny_config()
+    weights = random_weights(cfg)
+    head = weights["model.transformer.ff_out.weight"]
+    head[cfg["eos_token_id"]] = head[76] * 1.2
+    return unmask.load(write_checkpoint(tmp_path_factory.mktemp("engine") / "m", cfg, weights), dtype="float64")
+
+
+def ragged(n: int = 5, seed: int = 5) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 100, (int(k),), generator=g) for k in torch.randint(3, 10, (n,), generator=g)]
+
+
+def left_padded(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    batch = torch.full((len(rows), width), pad)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        batch[i, width - len(r):] = r
+        attn[i, width - len(r):] = 1
+    return batch, attn
+
+
+CASES = [(TopK(4), "none", None), (Threshold(0.4), "none", CreditConfig()), (Factor(1.0), "prefix", None),
+         (Frechet(0.25), "dual", None), (Threshold(0.4), "dual", CreditConfig()), (TopK(8), "prefix", CreditConfig()),
+         (Threshold(0.3), "prefix", CreditConfig(adaptive=True))]
+
+
+@pytest.mark.parametrize("policy,cache,credit", CASES, ids=lambda v: repr(v)[:24])
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_continuous_batching_equals_each_row_alone(lm, policy, cache, credit, early_stop):
+    rows = ragged()
+    batch, attn = left_padded(rows, lm.tokenizer.pad_id)
+    kw = dict(mask_id=lm.mask_id, gen_length=32, block_length=8, cache=cache, credit=credit, early_stop=early_stop,
+              stop_ids=lm.tokenizer.stop_ids)
+    finished = []
+    out = decode(lm.model, batch, policy, attention_mask=attn, slots=2, on_row=lambda i, r: finished.append(i), **kw)
+    assert sorted(finished) == list(range(len(rows)))
+    for i, r in enumerate(rows):
+        alone = decode(lm.model, r[None], policy, **kw)
+        assert torch.equal(out.tokens[i], alone.tokens[0])
+        assert torch.equal(out.commit_step[i], alone.commit_step[0])
+        assert out.nfe_per_row[i] == alone.nfe_per_row[0] == alone.nfe
+        assert torch.equal(out.sequences[i, :batch.shape[1]], batch[i])
+    assert out.nfe < int(out.nfe_per_row.sum())  # two rows per step
+
+
+def test_rows_leave_at_once_and_slots_are_compacted(lm):
+    """Rows that need few forwards leave early; the step then runs over a smaller bucket of slots."""
+    rows = ragged(7, seed=3)
+    opts = EngineOptions(4, max(len(r) for r in rows) + 32, 32, 8, True, lm.mask_id, "dual", 0.0, False, None,
+                         tuple(lm.tokenizer.stop_ids), True)
+    engine = DecodeEngine(lm.model, Threshold(0.4), unmask.decoding.Scorer(), None, opts)
+    buckets, order = [], []
+
+    def on_step(e, stepped):
+        buckets.append(e.hi)
+        assert all(e.slots[i] is not None for i in stepped)
+        assert sorted(stepped) == list(range(len(stepped)))  # active rows fill the low slots
+
+    steps, _ = run_queue(engine, [RowRequest(r, 32, key=i) for i, r in enumerate(rows)],
+                         lambda result: order.append(result.key), on_step)
+    assert sorted(order) == list(range(7)) and order != list(range(7))  # finished out of order
+    assert max(buckets) == 4 and min(buckets) < 4  # the drain ran over fewer slots
+    stats = engine.stats
+    assert stats.useful_row_steps <= stats.computed_row_steps and 0 < stats.slot_efficiency <= 1
+    assert stats.steps == steps
+
+
+def test_slot_buckets():
+    assert [slot_bucket(n, 256) for n in (1, 2, 3, 5, 8, 9, 17, 64, 65, 97, 256)] == \
+        [1, 2, 4, 8, 8, 16, 24, 64, 96, 128, 256]
+    assert slot_bucket(5, 6) == 6
+
+
+def test_generate_with_slots_equals_generate(lm):
+    prompts = ["hello world", "the answer is a", "w1 w2 w3", "b c"]
+    kw = dict(policy="threshold", threshold=0.4, cache="dual", gen_length=32, block_length=8)
+    together = lm.generate(prompts, **kw)
+    streamed = lm.generate(prompts, slots=2, **kw)
+    assert streamed.texts == together.texts and torch.equal(streamed.nfe_per_row, together.nfe_per_row)
+    with pytest.raises(ValueError, match="slots must be a positive integer"):
+        lm.generate(prompts, slots=0, **kw)
