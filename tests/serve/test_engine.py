@@ -37,11 +37,10 @@ def alone(lm, prompt: str, config: DecodeConfig, max_tokens: int, stop: tuple[st
     return text[: min(cuts)].rstrip() if cuts else text
 
 
-def run_engine(lm, requests, max_batch=4, static_window=None, token_prompts=False) -> dict[int, list[Update]]:
+def run_engine(lm, requests, max_batch=4, token_prompts=False) -> dict[int, list[Update]]:
     """Submit ``(prompt, config, max_tokens, stop)`` requests (prompt: text, or token ids with
     ``token_prompts``) to a fresh engine; every update of each, keyed by request index."""
     engine = Engine(lm, max_batch=max_batch, max_queue=len(requests))
-    engine.static_window = static_window
     engine.start()
     results: dict[int, list[Update]] = {}
     done = threading.Event()
@@ -94,14 +93,14 @@ def test_mixed_requests_equal_alone(lm):
 
 
 def test_static_window_of_every_slot_equals_alone(lm):
-    """The dual-cache window over all slots with static inputs (the body of the CUDA graph on a GPU),
-    forced on the CPU: free slots and refreshing rows ride along without changing anyone's answer."""
+    """The dual-cache window over a bucket of slots with static inputs (the body of the CUDA graph on a GPU):
+    free slots and refreshing rows ride along without changing anyone's answer."""
     texts = prompts(4)
     requests = []
     for i, (settings, max_tokens) in enumerate(zip(SETTINGS[:4], (40, 24, 33, 64), strict=True)):
         config = DecodeConfig.create(**{**settings, "cache": "dual"}, gen_length=-(-max_tokens // 32) * 32)
         requests.append((texts[i], config, max_tokens, ()))
-    results = run_engine(lm, requests, max_batch=3, static_window=True)
+    results = run_engine(lm, requests, max_batch=3)
     for key, (prompt, config, max_tokens, _) in enumerate(requests):
         assert "".join(u.text for u in results[key]) == alone(lm, prompt, config, max_tokens), key
 

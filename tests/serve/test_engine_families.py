@@ -51,8 +51,7 @@ def test_engine_equals_alone_on_each_family(family, device, tmp_path):
         max_tokens = (20, 32, 45, 12)[i % 4]
         config = DecodeConfig.create(**settings, gen_length=-(-max_tokens // 16) * 16, block_length=16)
         requests.append((ids, config, max_tokens))
-    results = run_engine(lm, [(ids, c, m, ()) for ids, c, m in requests], max_batch=3, static_window=True,
-                         token_prompts=True)
+    results = run_engine(lm, [(ids, c, m, ()) for ids, c, m in requests], max_batch=3, token_prompts=True)
     for key, (ids, config, max_tokens) in enumerate(requests):
         out = lm.generate(torch.tensor([ids]), config)  # eager: the load's compile=False
         n = min(int(out.lengths[0]), max_tokens)

@@ -247,13 +247,14 @@ class DecodeEngine:
         return [r[self.slots[s].prompt_length:self.slots[s].prompt_length + self.slots[s].gen_length]
                 for s, r in zip(slots, rows, strict=True)]
 
-    def compact(self) -> None:
+    def compact(self) -> dict[int, int]:
         """Move rows down into free slots so that the active rows fill ``[0, count)`` and the step runs over
-        the smallest bucket (a row's buffers, cache columns and credit move with it)."""
+        the smallest bucket (a row's buffers, cache columns and credit move with it); returns the moves
+        ``{old slot: new slot}``."""
         count = self.count
         target = slot_bucket(max(count, 1), self.S)
         if self.cfg or target >= self.hi:  # CFG's cache pairs rows s and S + s: kept in place
-            return
+            return {}
         free = [i for i in range(count) if self.slots[i] is None]
         movers = [i for i in range(count, self.S) if self.slots[i] is not None]
         if movers:
@@ -269,6 +270,30 @@ class DecodeEngine:
                 self.slots[b], self.slots[a] = self.slots[a], None
             self.active.index_fill_(0, src, False)
         self.hi = target
+        return dict(zip(movers, free, strict=False))
+
+    def take_rows_from(self, other: DecodeEngine) -> None:
+        """Continue the rows of ``other`` (same signature and slots, no larger capacity) here: canvases, state,
+        caches and credit copied into the same slots."""
+        if other.S != self.S or other.T > self.T or other.G > self.G:
+            raise ValueError("take_rows_from needs the same slots and no larger canvases")
+        T = other.T
+        for mine, theirs in zip(self._row_buffers(), other._row_buffers(), strict=True):
+            if mine.dim() >= 2 and mine.shape[1] != theirs.shape[1]:  # [S, T] or [S, G]
+                mine[:, :theirs.shape[1]].copy_(theirs)
+            else:
+                mine.copy_(theirs)
+        if not self.opts.padded:
+            self.canvas_length.fill_(self.T)
+        else:  # a free slot sees every column (an all-masked row attending to nothing would write NaN)
+            self.canvas_length.copy_(torch.where(other.active, other.canvas_length, self.T))
+        if self.kv is not None:
+            self.kv.kv[..., :T, :].copy_(other.kv.kv)
+            if other.kv.outputs is not None:
+                self.kv.outputs = other.kv.outputs.new_zeros((self.Bm, self.T, other.kv.outputs.shape[-1]))
+                self.kv.outputs[:, :T].copy_(other.kv.outputs)
+        self.slots = list(other.slots)
+        self.hi = other.hi
 
     def _row_buffers(self) -> list[torch.Tensor]:
         buffers = [self.x, self.prompt_length, self.gen_length, self.canvas_length, self.block, self.step_index,
