@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from unmask.decoding.config import DecodeConfig
-from unmask.decoding.loop import DecodeResult, decode, resolve_compile
+from unmask.decoding.loop import DecodeResult, decode, resolve_compile, stop_lengths
 from unmask.decoding.scorers import Scorer
 from unmask.models.llada import LLaDAModel
 from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device, resolve_model_path
@@ -132,6 +132,13 @@ class DiffusionLM:
             prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         return self.tokenizer.batch_encode(prompts, device=self.device)
 
+    def answer_text(self, tokens: torch.Tensor, length: int | None = None) -> str:
+        """The text of an answer's first ``length`` tokens (default: up to and including the first stop token)."""
+        if length is None:
+            stops = torch.tensor(tuple(self.tokenizer.stop_ids) or (-1,), device=tokens.device)
+            length = int(stop_lengths(tokens[None], stops)[0])
+        return self.tokenizer.decode(tokens[:length].tolist(), skip_special_tokens=True).strip()
+
     def generate(
         self,
         prompts: str | list[str] | torch.Tensor,
@@ -203,10 +210,7 @@ class DiffusionLM:
             time_steps=time_steps, compile=self.compile if config.compile is None else config.compile,
             on_block=on_block, slots=slots, on_row=on_row,
         )
-        texts = [
-            self.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True).strip()
-            for row, n in zip(result.tokens, result.lengths, strict=True)
-        ]
+        texts = [self.answer_text(row, int(n)) for row, n in zip(result.tokens, result.lengths, strict=True)]
         return GenerateOutput(**vars(result), texts=texts, prompt_ids=input_ids, config=config)
 
 

@@ -72,7 +72,9 @@ def test_early_stop_keeps_text_up_to_first_stop_and_saves_forwards(mid_stop_mode
     early = [b for b, n in enumerate(lengths) if full.commit_step[b, n - 1] < full.commit_step[b, :n - 1].max()]
     assert early, "some row must commit its stop token before the tokens ahead of it"
     assert torch.equal(fast.lengths, full.lengths)
+    stops = torch.tensor(lm.tokenizer.stop_ids)
     for b, n in enumerate(lengths):
+        assert torch.isin(full.tokens[b, n - 1], stops) and not torch.isin(full.tokens[b, :n - 1], stops).any()
         assert torch.equal(fast.tokens[b, :n], full.tokens[b, :n])
         assert torch.equal(fast.commit_step[b, :n], full.commit_step[b, :n])
         filled = fast.commit_step[b] == FILLED_BY_EARLY_STOP
@@ -132,3 +134,19 @@ def test_empty_prompts_rejected(tiny_ckpt, prompts):
     lm = unmask.load(tiny_ckpt, dtype="float32")
     with pytest.raises(ValueError, match="empty"):
         lm.generate(prompts)
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_a_reused_slot_starts_with_fresh_credit(mid_stop_model, cache):
+    """With one slot, each row takes the slot of a row that stopped early mid-block (its credit never reset by a
+    block start): every row still decodes as it does alone."""
+    lm = mid_stop_model
+    x = torch.randint(0, 100, (32, 6), generator=torch.Generator().manual_seed(0))[[0, 2, 13, 19]]
+    kw = dict(mask_id=lm.mask_id, gen_length=64, block_length=8, stop_ids=lm.tokenizer.stop_ids, early_stop=True,
+              cache=cache, credit=CreditConfig())
+    queued = decode(lm.model, x, Threshold(0.5), slots=1, **kw)
+    assert (queued.lengths[:-1] < 64).any(), queued.lengths  # a row stops early: the next takes its stale credit
+    for b in range(len(x)):
+        alone = decode(lm.model, x[b:b + 1], Threshold(0.5), **kw)
+        assert torch.equal(queued.tokens[b], alone.tokens[0]), b
+        assert torch.equal(queued.commit_step[b], alone.commit_step[0]), b

@@ -89,3 +89,23 @@ def test_random_scorer_confidences_are_uniform() -> None:
     assert ks < 1.95 / len(values) ** 0.5  # Kolmogorov-Smirnov at alpha = 1e-3
     again = scorer.draw(scorer.allocate_noise(*logits.shape, logits.device)).random_confidence
     assert not torch.equal(again, confidence)  # fresh draws each step
+
+
+def test_margin_and_entropy_scores_are_their_definitions() -> None:
+    """margin = p_top1 - p_top2 (>= 0), entropy score = sum_v p_v log p_v (<= 0, higher = more certain), with the
+    exclusions applied to the confidence only."""
+    logits = torch.randn(3, 7, 11, generator=torch.Generator().manual_seed(1))
+    logits[0, 0, 4] = -torch.inf  # a zero probability: 0 * log 0 counts as 0
+    p = torch.softmax(logits.double(), -1)
+    top2 = p.topk(2, dim=-1).values
+    _, margin = Scorer(kind="margin")(logits)
+    assert torch.allclose(margin, top2[..., 0] - top2[..., 1]) and (margin >= 0).all()
+    _, entropy = Scorer(kind="entropy")(logits)
+    expected = torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(-1)
+    assert torch.allclose(entropy, expected) and (entropy <= 0).all()
+    peaked = logits.clone()
+    peaked[..., 0] += 20  # nearly one-hot: the most certain rows score highest under both
+    for kind in ("margin", "entropy"):
+        _, flat_score = Scorer(kind=kind)(logits)
+        _, peaked_score = Scorer(kind=kind)(peaked)
+        assert (peaked_score > flat_score).all(), kind

@@ -98,6 +98,7 @@ class RowResult:
     finished_early: bool  # stopped at a stop token (early stop)
     admitted_s: float = 0.0  # time.perf_counter() at admission / retirement
     retired_s: float = 0.0
+    seconds: float = 0.0  # the row's share of the engine's wall time: each step's time split over its rows
 
 
 @dataclass
@@ -110,6 +111,7 @@ class _Slot:
     block: int = 0
     refresh: bool = True  # at a block start: the next step refreshes its cache
     admitted_s: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0  # share of the steps' wall time (see ``RowResult.seconds``)
 
 
 @dataclass
@@ -174,6 +176,7 @@ class DecodeEngine:
             self.refresh_store = torch.empty(self.kv.kv.numel(), dtype=model.dtype, device=device)
         self.refresh_caches: dict[int, StaticKVCache] = {}
         self.slots: list[_Slot | None] = [None] * S
+        self.last_step_end: float | None = None  # wall time is shared out from here to the next step's end
         self.hi = 1  # the slot bucket the step runs over
         self.stats = EngineStats()
         self.use_graphs = graphs
@@ -236,8 +239,10 @@ class DecodeEngine:
             row = self.slots[slot]
             P, G = row.prompt_length, row.gen_length
             out.append(RowResult(row.request.key, x[j, P:P + G], steps[j, :G], confidence[j, :G], nfe[j], finished[j],
-                                 row.admitted_s, now))
+                                 row.admitted_s, now, row.seconds))
             self.slots[slot] = None
+        if not self.count:  # idle from here: the next admission starts a new share of wall time
+            self.last_step_end = None
         return out
 
     def canvases(self, slots: list[int]) -> list[list[int]]:
@@ -535,9 +540,13 @@ class DecodeEngine:
             status = self.status_host[:hi].tolist()
         else:
             status = self.status[:hi].tolist()
+        now = time.perf_counter()
+        share = (now - (self.last_step_end or min(self.slots[i].admitted_s for i in occupied))) / len(occupied)
+        self.last_step_end = now
         done = []
         for i in occupied:
             flags, slot = status[i], self.slots[i]
+            slot.seconds += share
             slot.refresh = False
             if flags & ADVANCED:
                 slot.block += 1
@@ -555,6 +564,7 @@ def run_queue(
     step, hand finished rows to ``on_result``, compact. Returns (engine steps, step seconds)."""
     waiting = list(reversed(requests))
     steps, times = 0, []
+    engine.last_step_end = None
     while waiting or engine.count:
         while waiting and engine.free_slots():
             engine.admit(waiting.pop())

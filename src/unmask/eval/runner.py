@@ -1,11 +1,15 @@
 """Evaluation grid: decoding specs x tasks on one model, resumable.
 
-For each (spec, task) the examples are decoded in batches and scored; each finished example is
-appended at once to ``<out>/records.jsonl`` (``eval/records.py``), so a crash loses no finished result
-and a rerun skips what is done. Aggregates, tables and the Pareto plot are always recomputed from the
+For each (spec, task) the pending examples go through the decode engine with continuous batching
+(``batch_size`` slots: an example leaves as soon as it is decoded and the next one takes its slot); each
+finished example is scored (in threads: code runs in sandboxed subprocesses) and appended at once to
+``<out>/records.jsonl`` (``eval/records.py``), so a crash loses no finished result and a rerun decodes
+only what is missing. Aggregates, tables and the Pareto plot are always recomputed from the
 records (``eval/report.py``): accuracy, mean NFE per row, tokens/NFE, tokens/s, latencies, speedups
-against the ``topk`` baseline. Under torchrun each rank decodes its share of the batches
-(``eval/distributed.py``) into its own records file, and rank 0 writes the merged outputs.
+against the ``topk`` baseline (a record's ``seconds`` is its share of the engine's wall time, each step's
+time split over the rows in it; ``batch_seconds`` its own latency, admission to finish). Under torchrun each
+rank decodes its share (``eval/distributed.py``: pending example ``i`` of each (spec, task) to rank
+``i % world``) into its own records file, and rank 0 writes the merged outputs.
 
 Outputs: ``run.json`` (the decode settings; a rerun with other settings is refused),
 ``records.jsonl``, ``results.json`` (aggregates + config), ``results.md``, ``pareto.png``.
@@ -14,7 +18,7 @@ Outputs: ``run.json`` (the decode settings; a rerun with other settings is refus
 from __future__ import annotations
 
 import os
-import time
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unmask.decoding.loop import check_lengths
+from unmask.decoding.loop import check_lengths, stop_lengths
 from unmask.eval.distributed import Shard, current_shard
 from unmask.eval.records import (
     RUN_KEYS,
@@ -178,31 +182,35 @@ def run_eval(
 
     lock, done = open_folder(out, shard, config, overwrite)
     try:
-        batches: list[tuple[DecodeSpec, str, list[tuple[int, Example]]]] = []
+        groups: list[tuple[DecodeSpec, str, list[tuple[int, Example]]]] = []
         for spec in spec_list:
             for name, exs in examples.items():
                 pending = [(i, e) for i, e in enumerate(exs) if (spec.label, name, e.id) not in done]
-                batches += [(spec, name, pending[k:k + batch_size]) for k in range(0, len(pending), batch_size)]
-        mine = shard.take(batches)  # batch j to rank j % world: a single process's batches, dealt out
+                mine_here = shard.take(pending)  # example i of the pending ones to rank i % world
+                if mine_here:
+                    groups.append((spec, name, mine_here))
         generated = 0
-        if mine:
+        if groups:
             if warmup:
-                first = mine[0][2][0][1]
+                first = groups[0][2][0][1]
                 lm.generate([first.prompt], policy="threshold", gen_length=block_length, block_length=block_length,
                             early_stop=early_stop, chat=chat)
             writer = RecordWriter(rank_records_path(out, shard.rank, shard.world))
             try:
-                with _progress(progress and shard.main, sum(len(b) for _, _, b in mine)) as bar:
-                    for spec, name, batch in mine:
+                with _progress(progress and shard.main, sum(len(g) for _, _, g in groups)) as bar:
+                    for spec, name, rows in groups:
                         bar.describe(f"{spec.label} / {name}")
-                        records = decode_batch(lm, spec, name, task_map[name], batch, gen_length=gen_length,
-                                               block_length=block_length, early_stop=early_stop,
-                                               temperature=temperature, chat=chat, seed=seed)
-                        writer.write(records)
-                        generated += len(records)
-                        bar.advance(len(records))
-                        if on_batch is not None:
-                            on_batch(records)
+
+                        def finished(records: list[dict[str, Any]]) -> None:
+                            writer.write(records)
+                            bar.advance(len(records))
+                            if on_batch is not None:
+                                on_batch(records)
+
+                        generated += decode_rows(lm, spec, name, task_map[name], rows, gen_length=gen_length,
+                                                 block_length=block_length, early_stop=early_stop,
+                                                 temperature=temperature, chat=chat, seed=seed, slots=batch_size,
+                                                 on_records=finished)
             finally:
                 writer.close()
         generated = sum(shard.gather(generated))  # also waits for every rank's records
@@ -253,32 +261,62 @@ def open_folder(out: Path, shard: Shard, config: EvalConfig, overwrite: bool,
     return lock, done
 
 
-def decode_batch(
-    lm: Any, spec: DecodeSpec, task_name: str, task: Task, batch: list[tuple[int, Example]], *, gen_length: int,
-    block_length: int, early_stop: bool, temperature: float, chat: bool, seed: int,
-) -> list[dict[str, Any]]:
-    """Decode one batch with one spec, score it, and return one record per example."""
-    prompts = [e.prompt for _, e in batch]
-    tic = time.perf_counter()
-    out = lm.generate(prompts, gen_length=gen_length, block_length=block_length, early_stop=early_stop,
-                      temperature=temperature, chat=chat, seed=seed if temperature > 0 else None,
-                      **spec.generate_kwargs())
-    wall = time.perf_counter() - tic
-    batch_id = uuid.uuid4().hex[:12]
-    scores = score_all(task, [e for _, e in batch], out.texts)
-    records = []
-    for row, (index, example) in enumerate(batch):
-        nfe = int(out.nfe_per_row[row])
-        tokens = int(out.lengths[row])
-        completion = out.texts[row]
-        records.append({
+def decode_rows(
+    lm: Any, spec: DecodeSpec, task_name: str, task: Task, rows: list[tuple[int, Example]], *, gen_length: int,
+    block_length: int, early_stop: bool, temperature: float, chat: bool, seed: int, slots: int,
+    on_records: Callable[[list[dict[str, Any]]], None],
+) -> int:
+    """Decode ``rows`` with one spec through ``slots`` slots (continuous batching); each example is scored as
+    soon as it is decoded (in a thread pool) and its record handed to ``on_records`` (on this thread, in the
+    order they finish). Returns the number of records."""
+    prompts = [e.prompt for _, e in rows]
+    run_id = uuid.uuid4().hex[:12]
+    lock = threading.Lock()
+    ready: list[dict[str, Any]] = []
+
+    def score(i: int, result: Any, completion: str) -> None:
+        index, example = rows[i]
+        tokens = int(stop_length(lm, result.tokens))
+        record = {
             "spec": spec.label, "task": task_name, "id": example.id, "index": index,
-            "score": scores[row], "nfe": nfe, "tokens": tokens,
-            "tokens_per_nfe": tokens / max(nfe, 1), "batch_nfe": int(out.nfe), "batch": batch_id,
-            "batch_size": len(batch), "batch_seconds": wall, "seconds": wall / len(batch),
-            "completion": completion,
-        })
-    return records
+            "score": float(task.score(example, completion)), "nfe": result.nfe, "tokens": tokens,
+            "tokens_per_nfe": tokens / max(result.nfe, 1), "batch_nfe": result.nfe, "batch": f"{run_id}-{i}",
+            "batch_size": slots, "batch_seconds": result.retired_s - result.admitted_s,
+            "seconds": result.seconds, "completion": completion,
+        }
+        with lock:
+            ready.append(record)
+
+    def flush() -> None:
+        with lock:
+            records = ready[:]
+            ready.clear()
+        if records:
+            on_records(records)
+
+    workers = max(1, min(len(rows), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = []
+
+        def on_row(i: int, result: Any) -> None:
+            futures.append(pool.submit(score, i, result, lm.answer_text(result.tokens)))
+            flush()
+
+        lm.generate(prompts, gen_length=gen_length, block_length=block_length, early_stop=early_stop,
+                    temperature=temperature, chat=chat, seed=seed if temperature > 0 else None, slots=slots,
+                    on_row=on_row, **spec.generate_kwargs())
+        for future in futures:
+            future.result()  # a scoring error is raised here
+    flush()
+    return len(rows)
+
+
+def stop_length(lm: Any, tokens: Any) -> int:
+    """Generated tokens up to and including the first stop token."""
+    import torch
+
+    stops = torch.tensor(tuple(lm.tokenizer.stop_ids) or (-1,))
+    return int(stop_lengths(tokens[None].cpu(), stops)[0])
 
 
 def score_all(task: Task, examples: list[Example], completions: list[str]) -> list[float]:
