@@ -137,16 +137,17 @@ def test_empty_prompts_rejected(tiny_ckpt, prompts):
 
 
 @pytest.mark.parametrize("cache", ["none", "dual"])
-def test_a_reused_slot_starts_with_fresh_credit(mid_stop_model, cache):
-    """With one slot, each row takes the slot of a row that stopped early mid-block (its credit never reset by a
-    block start): every row still decodes as it does alone."""
+def test_rows_queued_through_one_slot_with_credit_equal_alone(mid_stop_model, cache):
+    """With one slot and credit, rows queue through one slot after rows that stopped early mid-block (no block
+    start reset their credit): every row still decodes as it does alone, fused confidences included."""
     lm = mid_stop_model
     x = torch.randint(0, 100, (32, 6), generator=torch.Generator().manual_seed(0))[[0, 2, 13, 19]]
     kw = dict(mask_id=lm.mask_id, gen_length=64, block_length=8, stop_ids=lm.tokenizer.stop_ids, early_stop=True,
-              cache=cache, credit=CreditConfig())
+              cache=cache, credit=CreditConfig(alpha=3.0))
     queued = decode(lm.model, x, Threshold(0.5), slots=1, **kw)
     assert (queued.lengths[:-1] < 64).any(), queued.lengths  # a row stops early: the next takes its stale credit
     for b in range(len(x)):
         alone = decode(lm.model, x[b:b + 1], Threshold(0.5), **kw)
         assert torch.equal(queued.tokens[b], alone.tokens[0]), b
         assert torch.equal(queued.commit_step[b], alone.commit_step[0]), b
+        assert torch.equal(queued.commit_confidence[b], alone.commit_confidence[0]), b  # the fused confidence
