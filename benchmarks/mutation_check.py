@@ -101,7 +101,8 @@ MUTATIONS: list[Mutation] = [
                   "empty slot: its bonus is alpha * log1p(0) = 0, a hit on it gives 0 * beta + boost as a new slot "
                   "does, and with the default exact slots nothing live is ever evicted (with slots=k only the "
                   "tie-break among exactly equal live credits could differ). Not shown: that removing both reset lines "
-                  "is caught (test_loop.py::test_rows_queued_through_one_slot_with_credit_equal_alone does not catch it)"),
+                  "is caught (test_loop.py::test_rows_queued_through_one_slot_with_credit_equal_alone does not "
+                  "catch it)"),
     Mutation(D + "engine.py", "self.credit.credit[slot] = 0.0", "pass", [CREDIT, LOOP],
              note="equivalent: with the row's tokens reset to -1 its stale credits are never read: the bonus is "
                   "multiplied by (tokens >= 0), no slot with token -1 can be hit (top >= 0), and a slot taken by a "
