@@ -119,11 +119,7 @@ MUTATIONS: list[Mutation] = [
                   "commits floor(n_i (1 - t_(i+1)/t_i)) < n_i before its last step; a block starts fully masked "
                   "(an early-stop fill finishes the row, and a finished row never advances)"),
     Mutation(D + "engine.py", "advance = active & block_done & ~finished", "advance = active & block_done",
-             [LOOP, "tests/test_progress.py"],
-             note="equivalent in every decode output (tokens, commit steps, NFE, finished): a finished row is "
-                  "DONE in the same step and retired before the next, so its block counter, schedule and credit "
-                  "reset are never read; only on_block's intermediate count can run one block ahead per "
-                  "early-stopped row (the last call is total/total either way)"),
+             [LOOP, "tests/test_progress.py"]),  # killed by test_progress_counts_only_blocks_a_row_decoded
     Mutation(D + "engine.py", "record = self.nfe[:hi, None] - 1", "record = self.nfe[:hi, None]", [LOOP, REF_EQ]),
     Mutation(D + "engine.py", "return uncond + (self.opts.cfg_scale + 1) * (cond - uncond)",
              "return uncond + self.opts.cfg_scale * (cond - uncond)", [REF_EQ]),

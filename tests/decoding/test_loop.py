@@ -151,3 +151,38 @@ def test_rows_queued_through_one_slot_with_credit_equal_alone(mid_stop_model, ca
         assert torch.equal(queued.tokens[b], alone.tokens[0]), b
         assert torch.equal(queued.commit_step[b], alone.commit_step[0]), b
         assert torch.equal(queued.commit_confidence[b], alone.commit_confidence[0]), b  # the fused confidence
+
+
+def test_progress_counts_only_blocks_a_row_decoded(mid_stop_model):
+    """on_block reports blocks as rows finish them; a row that stops early never reports the block it stopped in
+    (nor the ones after it) before the closing call."""
+    lm = mid_stop_model
+    x = torch.randint(0, 100, (32, 6), generator=torch.Generator().manual_seed(0))[[0, 2, 13, 19]]
+    kw = dict(mask_id=lm.mask_id, gen_length=64, block_length=8, stop_ids=lm.tokenizer.stop_ids, early_stop=True)
+    for row in x:
+        seen: list[tuple[int, int]] = []
+        out = decode(lm.model, row[None], Threshold(0.5), on_block=lambda d, t, seen=seen: seen.append((d, t)), **kw)
+        stopped_in = (int(out.lengths[0]) - 1) // 8  # the block holding the stop token
+        assert seen[-1] == (8, 8)
+        assert [d for d, _ in seen[:-1]] == list(range(1, stopped_in + 1)), (seen, stopped_in)
+
+
+def test_fixed_schedule_without_early_stop_reads_nothing_back_per_step(mid_stop_model, monkeypatch):
+    """A fixed schedule without early stop: the host knows every row's block and end, so steps are queued without
+    reading the device (only the finished rows' answers are read)."""
+    from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, run_queue
+    from unmask.decoding.scorers import Scorer
+
+    lm = mid_stop_model
+    opts = EngineOptions(2, 6 + 32, 32, 8, False, lm.mask_id, "dual", 0.0, False, None, (), False)
+    engine = DecodeEngine(lm.model, TopK(4), Scorer(), None, opts)
+    rows = torch.randint(0, 100, (3, 6), generator=torch.Generator().manual_seed(0))
+    reads = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or original(t))
+    results = []
+    steps, _ = run_queue(engine, [RowRequest(r, 32, key=i) for i, r in enumerate(rows)], results.append)
+    monkeypatch.undo()
+    assert steps == 2 * 16 and len(results) == 3
+    assert len(reads) == 2 * 2  # two retirements (2 rows, then 1): nfe and finished each
+    assert all(r.nfe == 16 for r in results)

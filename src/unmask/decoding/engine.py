@@ -110,6 +110,7 @@ class _Slot:
     gen_length: int
     block: int = 0
     refresh: bool = True  # at a block start: the next step refreshes its cache
+    step: int = 0  # steps taken in the current block (tracked on the host for a predictable schedule)
     admitted_s: float = field(default_factory=time.perf_counter)
     seconds: float = 0.0  # share of the steps' wall time (see ``RowResult.seconds``)
 
@@ -157,6 +158,10 @@ class DecodeEngine:
         self.status = torch.zeros(S, dtype=torch.uint8, device=device)
         self.status_host = torch.zeros(S, dtype=torch.uint8, pin_memory=device.type == "cuda")
         self.refresh_slots = torch.zeros(S, **longs)
+        self.refresh_slots_host: list[int] = [0] * S  # what refresh_slots holds (copied only when it changes)
+        # a fixed schedule without early stop: every row advances every ``steps_per_block`` steps, so the host
+        # knows each row's state without reading it back (steps are queued without a sync)
+        self.predictable = policy.steps_per_block is not None and not opts.early_stop
         self.stop_tensor = torch.tensor(opts.stop_ids or (-1,), **longs)
         self.offsets = torch.arange(BL, **longs)
         self.gen_offsets = torch.arange(G, **longs)
@@ -528,12 +533,16 @@ class DecodeEngine:
             if fresh:
                 rows = slot_bucket(len(fresh), self.S) if not (len(fresh) == self.S == 1) else 1
                 padded = fresh + [fresh[0]] * (rows - len(fresh))  # copies of a row compute the same values
-                self.refresh_slots[:rows].copy_(torch.tensor(padded), non_blocking=True)
+                if padded != self.refresh_slots_host[:rows]:
+                    self.refresh_slots[:rows].copy_(torch.tensor(padded), non_blocking=True)
+                    self.refresh_slots_host[:rows] = padded
                 self._run(("refresh", rows))
                 self.stats.forwards += 1
                 self.stats.computed_row_steps += rows
         self._draw_noise()
         self._run(("commit", hi))
+        if self.predictable:
+            return self._predicted(occupied), occupied
         if self.device.type == "cuda":
             self.status_host[:hi].copy_(self.status[:hi], non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
@@ -554,6 +563,19 @@ class DecodeEngine:
             if flags & DONE:
                 done.append(i)
         return done, occupied
+
+    def _predicted(self, occupied: list[int]) -> list[int]:
+        """The host's own bookkeeping of a fixed schedule without early stop (what the status would say)."""
+        done, spb = [], self.policy.steps_per_block
+        for i in occupied:
+            slot = self.slots[i]
+            slot.step += 1
+            slot.refresh = False
+            if slot.step == spb:
+                slot.step, slot.block, slot.refresh = 0, slot.block + 1, True
+                if slot.block * self.BL >= slot.gen_length:
+                    done.append(i)
+        return done
 
 
 def run_queue(
