@@ -204,39 +204,55 @@ class DecodeEngine:
 
     def admit(self, request: RowRequest) -> int:
         """Load ``request`` into the lowest free slot (device work only) and return the slot."""
-        slot = next(i for i, s in enumerate(self.slots) if s is None)
-        P, G = len(request.prompt), request.gen_length
-        if not self.fits(request):
-            raise ValueError(f"prompt length {P} + gen_length {G} exceeds the engine's capacity {self.T} "
-                             f"(answers up to {self.G})")
-        mask_id = self.opts.mask_id
-        self.x[slot].fill_(mask_id)
-        self.x[slot, :P].copy_(request.prompt.to(self.device, non_blocking=True))
-        for buffer, value in ((self.prompt_length, P), (self.gen_length, G), (self.block, 0), (self.step_index, 0),
-                              (self.nfe, 0), (self.finished, False), (self.active, True)):
-            buffer[slot] = value
-        self.canvas_length[slot] = P + G if self.opts.padded else self.T
-        self.commit_step[slot].fill_(NOT_COMMITTED)
-        self.commit_confidence[slot].zero_()
-        self.block_masked[slot].fill_(True)
+        return self.admit_many([request])[0]
+
+    def admit_many(self, requests: list[RowRequest]) -> list[int]:
+        """Load ``requests`` into the lowest free slots at once (a few batched device writes, no sync)."""
+        free = [i for i, s in enumerate(self.slots) if s is None]
+        if len(requests) > len(free):
+            raise ValueError(f"{len(requests)} rows for {len(free)} free slots")
+        for request in requests:
+            if not self.fits(request):
+                raise ValueError(f"prompt length {len(request.prompt)} + gen_length {request.gen_length} exceeds "
+                                 f"the engine's capacity {self.T} (answers up to {self.G})")
+        slots, n, device = free[:len(requests)], len(requests), self.device
+        index = torch.tensor(slots, device=device)
+        rows = torch.full((n, self.T), self.opts.mask_id, dtype=torch.long, device=device)
+        for j, request in enumerate(requests):
+            rows[j, :len(request.prompt)].copy_(request.prompt, non_blocking=True)
+        self.x.index_copy_(0, index, rows)
+        lengths = [(len(r.prompt), r.gen_length, len(r.prompt) + r.gen_length if self.opts.padded else self.T)
+                   for r in requests]
+        table = torch.tensor(lengths, dtype=torch.long).to(device, non_blocking=True)
+        for column, buffer in enumerate((self.prompt_length, self.gen_length, self.canvas_length)):
+            buffer.index_copy_(0, index, table[:, column])
+        for buffer, value in ((self.block, 0), (self.step_index, 0), (self.nfe, 0), (self.finished, False),
+                              (self.active, True), (self.commit_step, NOT_COMMITTED), (self.commit_confidence, 0.0),
+                              (self.block_masked, True)):
+            buffer.index_fill_(0, index, value)
         if self.schedule is not None:
-            self.schedule[slot] = self.policy.start_block(self.block_masked[slot:slot + 1])[0]
+            start = self.policy.start_block(torch.ones((n, self.BL), dtype=torch.bool, device=device))
+            self.schedule.index_copy_(0, index, start)
         if self.credit is not None:
-            self.credit.tokens[slot] = -1
-            self.credit.credit[slot] = 0.0
-        self.slots[slot] = _Slot(request, P, G)
-        self.hi = max(self.hi, slot_bucket(slot + 1, self.S))
-        return slot
+            self.credit.tokens.index_fill_(0, index, -1)
+            self.credit.credit.index_fill_(0, index, 0.0)
+        for slot, request, (P, G, _) in zip(slots, requests, lengths, strict=True):
+            self.slots[slot] = _Slot(request, P, G)
+        self.hi = max(self.hi, slot_bucket(slots[-1] + 1, self.S))
+        return slots
 
     def retire(self, slots: list[int]) -> list[RowResult]:
         """Take the rows of ``slots`` out (finished, or dropped by the caller) with their answers so far."""
         if not slots:
             return []
         index = torch.tensor(slots, device=self.device)
-        x = self.x.index_select(0, index).cpu()
-        steps = self.commit_step.index_select(0, index).cpu()
+        T, G = self.T, self.G
+        finished = self.finished.index_select(0, index)[:, None].long()
+        longs = torch.cat([self.x.index_select(0, index), self.commit_step.index_select(0, index),
+                           self.nfe.index_select(0, index)[:, None], finished], dim=1).cpu()  # one copy
         confidence = self.commit_confidence.index_select(0, index).cpu()
-        nfe, finished = self.nfe.index_select(0, index).tolist(), self.finished.index_select(0, index).tolist()
+        x, steps = longs[:, :T], longs[:, T:T + G]
+        nfe, finished = longs[:, T + G].tolist(), longs[:, T + G + 1].bool().tolist()
         self.active.index_fill_(0, index, False)
         now = time.perf_counter()
         out = []
@@ -588,8 +604,8 @@ def run_queue(
     steps, times = 0, []
     engine.last_step_end = None
     while waiting or engine.count:
-        while waiting and engine.free_slots():
-            engine.admit(waiting.pop())
+        if waiting and engine.free_slots():
+            engine.admit_many([waiting.pop() for _ in range(min(len(waiting), engine.free_slots()))])
         tic = time.perf_counter()
         done, stepped = engine.step()
         steps += 1
