@@ -178,18 +178,18 @@ class UnmaskLM(LM):
             from tqdm import tqdm
 
             bar = tqdm(total=len(requests), desc="unmask generate_until")
-        for key, indices in groups.items():
+        for key, indices in groups.items():  # each group through batch_size slots (continuous batching)
             until, gen_length, temperature = settings[key]
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                contexts = [requests[i].args[0] for i in chunk]
-                texts = self._generate(contexts, gen_length, temperature)
-                for i, text in zip(chunk, texts, strict=True):
-                    text = cut_at_stops(text, until)
-                    results[i] = text
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+
+            def finished(row: int, result: Any, indices: list[int] = indices, until: list[str] = until) -> None:
+                i = indices[row]
+                text = cut_at_stops(self.lm.answer_text(result.tokens), until)
+                results[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
                 if bar is not None:
-                    bar.update(len(chunk))
+                    bar.update(1)
+
+            self._generate([requests[i].args[0] for i in indices], gen_length, temperature, on_row=finished)
         if bar is not None:
             bar.close()
         return [r if r is not None else "" for r in results]
@@ -212,13 +212,15 @@ class UnmaskLM(LM):
             temperature = 0.0
         return list(until), gen_length, temperature
 
-    def _generate(self, contexts: list[str], gen_length: int, temperature: float) -> list[str]:
+    def _generate(self, contexts: list[str], gen_length: int, temperature: float,
+                  on_row: Any = None) -> list[str]:
+        """``contexts`` through ``batch_size`` slots of the decode engine; ``on_row(i, result)`` as each finishes."""
         chat = self.chat and not self._templated
         if not chat:  # raw (or already templated) contexts may legitimately be empty
             contexts = [c if c.strip() else " " for c in contexts]
         out = self.lm.generate(contexts, gen_length=gen_length, block_length=self.block_length,
                                early_stop=self.early_stop, temperature=temperature, chat=chat,
-                               **self.spec.generate_kwargs())
+                               slots=self.batch_size, on_row=on_row, **self.spec.generate_kwargs())
         return list(out.texts)
 
 
