@@ -96,14 +96,13 @@ MUTATIONS: list[Mutation] = [
              "boost = p_top.float().pow(gamma)", [CREDIT]),
     # ---- engine
     Mutation(D + "engine.py", "self.credit.head(hi).reset_where(advance)", "pass", [CREDIT, REF_POLICIES]),
-    Mutation(D + "engine.py", "self.credit.tokens[slot] = -1", "pass", [CREDIT, LOOP],
+    Mutation(D + "engine.py", "self.credit.tokens.index_fill_(0, index, -1)", "pass", [CREDIT, LOOP],
              note="equivalent: the next line zeroes the slot's credits, and a token with credit 0 acts as an "
                   "empty slot: its bonus is alpha * log1p(0) = 0, a hit on it gives 0 * beta + boost as a new slot "
                   "does, and with the default exact slots nothing live is ever evicted (with slots=k only the "
-                  "tie-break among exactly equal live credits could differ). Not shown: that removing both reset lines "
-                  "is caught (test_loop.py::test_rows_queued_through_one_slot_with_credit_equal_alone does not "
-                  "catch it)"),
-    Mutation(D + "engine.py", "self.credit.credit[slot] = 0.0", "pass", [CREDIT, LOOP],
+                  "tie-break among exactly equal live credits could differ); removing both reset lines is caught by "
+                  "test_loop.py::test_rows_queued_through_one_slot_with_credit_equal_alone"),
+    Mutation(D + "engine.py", "self.credit.credit.index_fill_(0, index, 0.0)", "pass", [CREDIT, LOOP],
              note="equivalent: with the row's tokens reset to -1 its stale credits are never read: the bonus is "
                   "multiplied by (tokens >= 0), no slot with token -1 can be hit (top >= 0), and a slot taken by a "
                   "new token has its credit set to 0 first (torch.where(new_slot, 0.0, credit)); the eviction "

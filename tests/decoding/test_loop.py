@@ -144,9 +144,11 @@ def test_rows_queued_through_one_slot_with_credit_equal_alone(mid_stop_model, ca
     x = torch.randint(0, 100, (32, 6), generator=torch.Generator().manual_seed(0))[[0, 2, 13, 19]]
     kw = dict(mask_id=lm.mask_id, gen_length=64, block_length=8, stop_ids=lm.tokenizer.stop_ids, early_stop=True,
               cache=cache, credit=CreditConfig(alpha=3.0))
+    lm.model.__dict__.pop("_decode_engines", None)
     queued = decode(lm.model, x, Threshold(0.5), slots=1, **kw)
     assert (queued.lengths[:-1] < 64).any(), queued.lengths  # a row stops early: the next takes its stale credit
     for b in range(len(x)):
+        lm.model.__dict__.pop("_decode_engines", None)  # alone = on a fresh engine (the same one would carry state)
         alone = decode(lm.model, x[b:b + 1], Threshold(0.5), **kw)
         assert torch.equal(queued.tokens[b], alone.tokens[0]), b
         assert torch.equal(queued.commit_step[b], alone.commit_step[0]), b
