@@ -232,3 +232,35 @@ def ref_fastdllm_generate(w, cfg, prompt, gen_length, block_length, mask_id, thr
                 x0, transfer = rule(logits, mask_index, x[:, s:e])
                 x[:, s:e][transfer] = x0[transfer]
     return x, nfe
+
+
+def ref_prompt_stale_generate(w, cfg, prompt, gen_length, block_length, mask_id, threshold, every):
+    """Fast-dLLM's dual-cache generate with the threshold rule, except that only blocks 0, every, 2 every, ...
+    start with the full forward; the others start with a forward of the answer columns alone against the cached
+    prompt keys/values (prefix-cache style: keys = cached prompt ++ fresh answer), which replaces the answer's
+    cache. Batch-1 semantics per row, temperature 0. Returns (x, nfe)."""
+    P = prompt.shape[1]
+    x = torch.full((prompt.shape[0], P + gen_length), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    nfe, past = 0, None
+    for nb in range(gen_length // block_length):
+        s, e = P + nb * block_length, P + (nb + 1) * block_length
+        if nb == 0 or (every != math.inf and nb % every == 0):
+            logits, past = ref_forward(w, cfg, x)
+        else:
+            answer_logits, past = ref_forward(w, cfg, x[:, P:], past=[(k[:, :, :P], v[:, :, :P]) for k, v in past],
+                                              query_start=P)
+            logits = torch.cat([torch.zeros_like(answer_logits[:, :P]).expand(-1, P, -1), answer_logits], 1)
+        mask_index = x == mask_id
+        mask_index[:, e:] = False
+        mask_index[:, :s] = False
+        x0, transfer = _transfer_threshold(logits, mask_index, x, threshold)
+        x[transfer] = x0[transfer]
+        nfe += 1
+        while (x[:, s:e] == mask_id).sum() > 0:
+            nfe += 1
+            mask_index = x[:, s:e] == mask_id
+            logits, past = ref_forward(w, cfg, x[:, s:e], past=past, query_start=s, replace=(s, e))
+            x0, transfer = _transfer_threshold(logits, mask_index, x[:, s:e], threshold)
+            x[:, s:e][transfer] = x0[transfer]
+    return x, nfe

@@ -34,7 +34,7 @@ from unmask.eval.cli import (
     tune_command,
 )
 from unmask.eval.spec import SPEC_FORMS, parse_spec
-from unmask.models.cache import CACHE_MODES
+from unmask.models.cache import cache_forms
 from unmask.serve.cli import serve_command
 from unmask.threads import THREADS_HELP, set_cpu_threads
 from unmask.train.cli import train_command
@@ -125,7 +125,7 @@ def generate(
     knob: list[str] | None = typer.Option(
         None, "--knob", help="A policy's option as NAME=VALUE (any registered policy, e.g. --knob threshold=0.8)."
     ),
-    cache: str = typer.Option("none", help=f"KV cache: {', '.join(CACHE_MODES)}."),
+    cache: str = typer.Option("none", help=f"KV cache: {cache_forms()} (e.g. 'prompt_stale(every=2)')."),
     credit: bool = typer.Option(False, "--credit/--no-credit", help="Fuse CreditDecoding trace credits."),
     credit_alpha: float | None = typer.Option(None, "--credit-alpha", help="Credit weight alpha (default 0.65)."),
     credit_beta: float | None = typer.Option(None, "--credit-beta", help="Credit decay beta (default 0.7)."),

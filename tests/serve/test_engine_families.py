@@ -19,6 +19,7 @@ SETTINGS = [
     {"policy": "topk", "cache": "none"},
     {"policy": "factor", "factor": 1.0, "cache": "prefix"},
     {"policy": "frechet", "margin": 0.25, "cache": "dual"},
+    {"policy": "threshold", "threshold": 0.6, "cache": "prompt_stale(every=2)"},  # answer-only refreshes
 ]
 
 

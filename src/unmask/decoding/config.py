@@ -19,7 +19,7 @@ from unmask.decoding.credit import CreditConfig
 from unmask.decoding.loop import check_lengths, resolve_compile
 from unmask.decoding.policies import CommitPolicy, knob_names, make_policy, policy_names
 from unmask.decoding.scorers import SCORER_NAMES
-from unmask.models.cache import check_cache_mode
+from unmask.models.cache import canonical_cache
 
 
 @dataclass
@@ -63,7 +63,7 @@ class DecodeConfig:
             raise ValueError(f"give the options of a policy object to its constructor, not {', '.join(self.options)}")
         if not isinstance(self.credit, (bool, CreditConfig)):
             raise ValueError(f"credit must be True, False or a CreditConfig, got {self.credit!r}")
-        check_cache_mode(self.cache)
+        self.cache = canonical_cache(self.cache)  # checked; one spelling per mode (batch signatures, engines)
         self.temperature = _check_number("temperature", self.temperature, ">= 0", lambda v: v >= 0)
         self.cfg_scale = _check_number("cfg_scale", self.cfg_scale, ">= 0", lambda v: v >= 0)
         if not isinstance(self.scorer, str) or self.scorer not in SCORER_NAMES:

@@ -39,7 +39,7 @@ import torch
 from unmask.decoding.credit import CreditConfig, CreditState
 from unmask.decoding.policies import Policy
 from unmask.decoding.scorers import Scorer
-from unmask.models.cache import StaticKVCache
+from unmask.models.cache import StaticKVCache, parse_cache_mode
 
 NOT_COMMITTED = -1
 FILLED_BY_EARLY_STOP = -2
@@ -141,6 +141,12 @@ class DecodeEngine:
         S, T, G, BL = opts.slots, opts.capacity, opts.max_gen, opts.block_length
         self.S, self.T, self.G, self.BL = S, T, G, BL
         self.cfg = opts.cfg_scale > 0
+        self.mode = parse_cache_mode(opts.cache)
+        self.window = self.mode.window  # none | prefix | dual: what a step inside a block recomputes
+        # blocks between full refreshes (the others start with an answer-only refresh): 1 = every block
+        self.every = self.mode.knob("every") if self.mode.kind.refresh == "answer" else 1
+        if self.cfg and self.every != 1:
+            raise ValueError(f"cfg_scale > 0 is not supported with cache mode {opts.cache!r} (use dual or prefix)")
         self.Bm = 2 * S if self.cfg else S  # rows through the model (CFG adds the unconditional copy)
         longs = {"dtype": torch.long, "device": device}
         self.x = torch.full((S, T), opts.mask_id, **longs)
@@ -159,6 +165,8 @@ class DecodeEngine:
         self.status_host = torch.zeros(S, dtype=torch.uint8, pin_memory=device.type == "cuda")
         self.refresh_slots = torch.zeros(S, **longs)
         self.refresh_slots_host: list[int] = [0] * S  # what refresh_slots holds (copied only when it changes)
+        self.answer_slots = torch.zeros(S, **longs)  # rows whose block starts with an answer-only refresh
+        self.answer_slots_host: list[int] = [0] * S
         # a fixed schedule without early stop: every row advances every ``steps_per_block`` steps, so the host
         # knows each row's state without reading it back (steps are queued without a sync)
         self.predictable = policy.steps_per_block is not None and not opts.early_stop
@@ -175,7 +183,7 @@ class DecodeEngine:
         self.noise = scorer.allocate_noise(S, BL, vocab, device)
         self.logits = torch.zeros((S, BL, vocab), dtype=model.dtype, device=device)
         self.kv = self.refresh_store = None
-        if opts.cache != "none":
+        if self.window != "none":
             self.kv = StaticKVCache.for_model(model.config, self.Bm, T, model.dtype, device)
             # the refresh of R rows writes a cache of R rows here, then into their slots
             self.refresh_store = torch.empty(self.kv.kv.numel(), dtype=model.dtype, device=device)
@@ -414,6 +422,35 @@ class DecodeEngine:
                 self.kv.outputs.index_copy_(0, model_index, cache.outputs)
         self.logits.index_copy_(0, index, self._guided(logits))
 
+    def _full_refresh(self, block: int) -> bool:
+        """Whether ``block`` starts with the full refresh (else with the answer-only one)."""
+        return block == 0 or (self.every != float("inf") and block % int(self.every) == 0)
+
+    def _answer_step(self, rows: int) -> None:
+        """The answer-only refresh of the slots ``answer_slots[:rows]`` (``prompt_stale``): their answer columns
+        through the model against their cached keys/values (the prompt's from the last full refresh), written
+        into their cache, and their block's logits. The rows' caches are gathered into the refresh store and
+        scattered back (the forward attends to each row's own cache)."""
+        index = self.answer_slots[:rows]
+        cache = self._refresh_cache(rows)
+        cache.kv.copy_(self.kv.kv.index_select(2, index))
+        if self.kv.outputs is not None:  # a model's kept outputs (Dream) travel with the keys/values
+            if cache.outputs is None:
+                cache.outputs = self.kv.outputs.new_zeros((rows, *self.kv.outputs.shape[1:]))
+            cache.outputs.copy_(self.kv.outputs.index_select(0, index))
+        prompt = self.prompt_length.index_select(0, index)
+        columns = (prompt[:, None] + self.gen_offsets).clamp(max=self.T - 1)  # [rows, G]: the answer
+        x = self.x.index_select(0, index).gather(1, columns)
+        cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
+        block_rows = self.block.index_select(0, index)[:, None] * self.BL + self.offsets  # the block in the answer
+        logits = self.model.forward_window(x, cos, sin, self._key_mask(index), cache, columns, block_rows)
+        self.kv.kv.index_copy_(2, index, cache.kv)
+        if cache.outputs is not None:
+            if self.kv.outputs is None:
+                self.kv.outputs = cache.outputs.new_zeros((self.Bm, *cache.outputs.shape[1:]))
+            self.kv.outputs.index_copy_(0, index, cache.outputs)
+        self.logits.index_copy_(0, index, logits)
+
     def _commit_step(self, hi: int) -> None:
         """Credit, scorer, policy and commit for the slots ``[0, hi)``, then each row's bookkeeping."""
         opts, BL = self.opts, self.BL
@@ -532,7 +569,7 @@ class DecodeEngine:
         hi, BL = self.hi, self.BL
         self.stats.steps += 1
         self.stats.useful_row_steps += len(occupied)
-        if self.opts.cache == "none":
+        if self.window == "none":
             self._run(("full", hi))
             self.stats.forwards += 1
             self.stats.computed_row_steps += hi
@@ -541,18 +578,23 @@ class DecodeEngine:
             inside = [i for i in occupied if not self.slots[i].refresh]
             if inside:
                 width = BL
-                if self.opts.cache == "prefix":
+                if self.window == "prefix":
                     width = max(self.slots[i].gen_length - self.slots[i].block * BL for i in inside)
                 self._run(("window", hi, width))
                 self.stats.forwards += 1
                 self.stats.computed_row_steps += hi
-            if fresh:
-                rows = slot_bucket(len(fresh), self.S) if not (len(fresh) == self.S == 1) else 1
-                padded = fresh + [fresh[0]] * (rows - len(fresh))  # copies of a row compute the same values
-                if padded != self.refresh_slots_host[:rows]:
-                    self.refresh_slots[:rows].copy_(torch.tensor(padded), non_blocking=True)
-                    self.refresh_slots_host[:rows] = padded
-                self._run(("refresh", rows))
+            full = [i for i in fresh if self._full_refresh(self.slots[i].block)]
+            answer = [i for i in fresh if not self._full_refresh(self.slots[i].block)]
+            for kind, rows_, index, mirror in (("refresh", full, self.refresh_slots, self.refresh_slots_host),
+                                                ("answer", answer, self.answer_slots, self.answer_slots_host)):
+                if not rows_:
+                    continue
+                rows = slot_bucket(len(rows_), self.S) if not (len(rows_) == self.S == 1) else 1
+                padded = rows_ + [rows_[0]] * (rows - len(rows_))  # copies of a row compute the same values
+                if padded != mirror[:rows]:
+                    index[:rows].copy_(torch.tensor(padded), non_blocking=True)
+                    mirror[:rows] = padded
+                self._run((kind, rows))
                 self.stats.forwards += 1
                 self.stats.computed_row_steps += rows
         self._draw_noise()

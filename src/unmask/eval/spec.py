@@ -20,21 +20,22 @@ from dataclasses import dataclass
 
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.policies import REGISTRY, get_policy_class
-from unmask.models.cache import CACHE_MODES
+from unmask.models.cache import cache_forms, canonical_cache
 
 CREDIT_OPTIONS = ("credit", "credit-adaptive")
 CREDIT_PARAMS = ("alpha", "beta", "gamma")  # the CreditConfig coefficients a spec may set
 _CREDIT_DEFAULTS = {name: getattr(CreditConfig(), name) for name in CREDIT_PARAMS}
 SPEC_FORMS = (
     "POLICY[:VALUE][+credit[(alpha=A,beta=B,gamma=G)]|+credit-adaptive][@CACHE] with POLICY in {"
-    + ", ".join(REGISTRY) + "}, CACHE in {" + ", ".join(CACHE_MODES) + "}; VALUE: "
+    + ", ".join(REGISTRY) + "}, CACHE in {" + cache_forms() + "}; VALUE: "
     + ", ".join(f"{name} {cls.knob.name} {cls.knob.allowed}" for name, cls in REGISTRY.items())
     + "; e.g. topk, threshold:0.9, factor:1.0, frechet:0.25, threshold:0.9+credit@dual, "
     "frechet:0.1+credit(alpha=0.5,beta=0.9)"
 )
 _OPTION = r"\+[a-z-]+(?:\([^()]*\))?"
+_CACHE = r"[a-z_]*(?:\([^()]*\))?"  # a registered cache mode, with its knobs: dual, prompt_stale(every=4)
 _SPEC_RE = re.compile(
-    rf"^(?P<policy>[a-z_]+)(?::(?P<value>[^+@]*))?(?P<options>(?:{_OPTION})*)(?:@(?P<cache>[a-z]*))?$"
+    rf"^(?P<policy>[a-z_]+)(?::(?P<value>[^+@]*))?(?P<options>(?:{_OPTION})*)(?:@(?P<cache>{_CACHE}))?$"
 )
 _OPTION_RE = re.compile(r"\+(?P<name>[a-z-]+)(?:\((?P<params>[^()]*)\))?")
 _SEPARATOR_RE = re.compile(r"(?:\s*,\s*|\s+)(?![^()]*\))")  # a comma or blank outside parentheses
@@ -122,8 +123,10 @@ def parse_spec(text: str) -> DecodeSpec:
                                  f"(it sets them itself); allowed: {SPEC_FORMS}")
             params = _parse_credit_params(text, option["params"])
     cache = "none" if match["cache"] is None else match["cache"]
-    if cache not in CACHE_MODES:
-        raise ValueError(f"bad decoding spec {text!r}: unknown cache mode {cache!r}; allowed: {SPEC_FORMS}")
+    try:
+        cache = canonical_cache(cache)
+    except ValueError as err:
+        raise ValueError(f"bad decoding spec {text!r}: {err}; allowed: {SPEC_FORMS}") from None
     return DecodeSpec(policy=policy, value=value, credit=credit, cache=cache, credit_params=params)
 
 

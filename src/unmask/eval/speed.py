@@ -41,7 +41,7 @@ from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, run_
 from unmask.decoding.loop import check_lengths, decode
 from unmask.decoding.policies import Policy, TopK
 from unmask.decoding.scorers import Scorer
-from unmask.models.cache import CACHE_MODES, recompute_columns
+from unmask.models.cache import WINDOWS, recompute_columns
 from unmask.models.config import LLADA_8B, LLaDAConfig
 from unmask.models.dream_config import DREAM_7B, DreamConfig
 from unmask.models.llada import LLaDAModel
@@ -383,8 +383,8 @@ def run_bench(
 ) -> list[BenchRow]:
     check_lengths(gen_length, block_length)
     for cache in caches:
-        if cache not in CACHE_MODES:
-            raise ValueError(f"unknown cache mode {cache!r} (allowed: {', '.join(CACHE_MODES)})")
+        if cache not in WINDOWS:
+            raise ValueError(f"unknown cache mode {cache!r} (the bench times: {', '.join(WINDOWS)})")
     for batch in batches:
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BENCH_BATCH:
             raise ValueError(f"batch size must be an integer in [1, {MAX_BENCH_BATCH}], got {batch!r}")

@@ -43,7 +43,7 @@ from unmask.eval.frontier import (
 )
 from unmask.eval.runner import EvalReport, resolve_tasks, run_eval
 from unmask.eval.spec import CREDIT_PARAMS, DecodeSpec, parse_spec, parse_specs
-from unmask.models.cache import CACHE_MODES
+from unmask.models.cache import canonical_cache
 from unmask.tasks.base import SPLITS, Task
 
 BASELINE = DecodeSpec("topk")
@@ -95,8 +95,7 @@ class SweepGrid:
         for name in self.credit_grid:
             if name not in CREDIT_PARAMS:
                 raise ValueError(f"unknown credit coefficient {name!r}; allowed: {', '.join(CREDIT_PARAMS)}")
-        if self.cache not in CACHE_MODES:
-            raise ValueError(f"unknown cache mode {self.cache!r}; allowed: {', '.join(CACHE_MODES)}")
+        canonical_cache(self.cache)  # a ValueError names the mode and the registered ones
 
     def knob_values(self, policy: str, gen_length: int, block_length: int) -> tuple[float | int | None, ...]:
         """The values swept for ``policy`` (``None``: the knob's default; for ``steps``, gen_length)."""

@@ -12,29 +12,169 @@ columns. The cache modes differ only in that window (``recompute_columns``):
   ``replace_position``).
 
 Both cached modes are approximations: frozen columns are not refreshed inside a block.
+
+Cache modes are registered (``register_cache``) with their knobs, like the policies, and named in specs,
+``--cache`` and ``generate(cache=...)`` as ``NAME`` or ``NAME(KNOB=VALUE)``. Besides the three above:
+
+- ``prompt_stale(every=N)``: the dual cache, except that only blocks 0, N, 2N, ... start with the full
+  refresh; the other blocks start by recomputing the answer columns only (their keys/values written, their
+  logits decoding the block), attending to the prompt's cached keys/values from the last full refresh
+  (refresh-light caching; the prompt's deeper-layer keys/values are as stale as N blocks). ``every=1`` is
+  ``dual``; ``every=inf`` refreshes the prompt at block 0 only.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 CacheMode = Literal["none", "prefix", "dual"]
-CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
+WINDOWS: tuple[str, ...] = ("none", "prefix", "dual")  # what a step inside a block recomputes
+
+
+@dataclass(frozen=True)
+class CacheKnob:
+    """A cache mode's option: ``MODE(NAME=VALUE)`` in a spec, ``--cache``, ``generate(cache=...)``."""
+
+    name: str
+    default: float
+    allowed: str  # in words, for errors
+    check: Callable[[float], bool]
+    help: str
+
+
+@dataclass(frozen=True)
+class CacheKind:
+    """A registered cache mode: the window its in-block steps recompute (``WINDOWS``), how a block starts
+    (``refresh``: ``full`` rewrites the whole cache; ``answer`` may recompute the answer columns only, against the
+    cached prompt) and its knobs."""
+
+    name: str
+    window: str
+    refresh: str
+    knobs: tuple[CacheKnob, ...]
+    help: str
+
+
+CACHE_KINDS: dict[str, CacheKind] = {}
+
+
+def register_cache(kind: CacheKind) -> CacheKind:
+    if kind.name in CACHE_KINDS:
+        raise ValueError(f"cache mode {kind.name!r} is registered twice")
+    CACHE_KINDS[kind.name] = kind
+    return kind
+
+
+def _every(value: float) -> bool:
+    return value == math.inf or (value >= 1 and float(value).is_integer())
+
+
+register_cache(CacheKind("none", "none", "full", (), "no cache: every step recomputes the whole canvas"))
+register_cache(CacheKind("prefix", "prefix", "full", (),
+                         "Fast-dLLM prefix cache: a block starts with a full refresh, steps recompute [block, end)"))
+register_cache(CacheKind("dual", "dual", "full", (),
+                         "Fast-dLLM dual cache: a block starts with a full refresh, steps recompute the block"))
+register_cache(CacheKind(
+    "prompt_stale", "dual", "answer",
+    (CacheKnob("every", 4.0, "an integer >= 1 or inf", _every,
+               "blocks between full refreshes (the prompt's keys/values are recomputed at blocks 0, N, 2N, ...; "
+               "inf: at block 0 only); the other blocks start by recomputing the answer columns only"),),
+    "dual cache whose block refresh recomputes only the answer against the cached prompt keys/values"))
+
+CACHE_MODES: tuple[str, ...] = tuple(CACHE_KINDS)  # the registered names
+_MODE_RE = re.compile(r"^(?P<name>[a-z_]+)(?:\((?P<knobs>[^()]*)\))?$")
+
+
+@dataclass(frozen=True)
+class ParsedCache:
+    """A cache mode with its knob values: ``kind`` registered, ``knobs`` every knob (defaults filled in)."""
+
+    kind: CacheKind
+    knobs: tuple[tuple[str, float], ...]
+
+    @property
+    def window(self) -> str:
+        return self.kind.window
+
+    def knob(self, name: str) -> float:
+        return dict(self.knobs)[name]
+
+    @property
+    def label(self) -> str:
+        """The canonical text: ``dual``, ``prompt_stale(every=4)``."""
+        if not self.knobs:
+            return self.kind.name
+        values = ",".join(f"{k}={_number(v)}" for k, v in self.knobs)
+        return f"{self.kind.name}({values})"
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "inf"
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def cache_forms() -> str:
+    """Every registered mode with its knobs, for help texts and errors."""
+    parts = []
+    for kind in CACHE_KINDS.values():
+        knobs = ",".join(f"{k.name}=N" for k in kind.knobs)
+        parts.append(f"{kind.name}({knobs})" if knobs else kind.name)
+    return ", ".join(parts)
+
+
+def parse_cache_mode(text: object) -> ParsedCache:
+    """``dual``, ``prompt_stale``, ``prompt_stale(every=8)``: a ``ValueError`` names the bad part and what is
+    allowed."""
+    if isinstance(text, ParsedCache):
+        return text
+    match = _MODE_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None or match["name"] not in CACHE_KINDS:
+        raise ValueError(f"unknown cache mode {text!r} (allowed: {cache_forms()})")
+    kind = CACHE_KINDS[match["name"]]
+    values = {k.name: k.default for k in kind.knobs}
+    given = match["knobs"]
+    if given is not None and given.strip():
+        for item in given.split(","):
+            name, sep, raw = item.partition("=")
+            name = name.strip()
+            knob = next((k for k in kind.knobs if k.name == name), None)
+            if not sep or knob is None:
+                names = ", ".join(k.name for k in kind.knobs) or "none"
+                raise ValueError(f"cache mode {kind.name!r}: bad option {item.strip()!r} (its options: {names})")
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                value = math.nan
+            if not knob.check(value):
+                raise ValueError(f"cache mode {kind.name!r}: {name} must be {knob.allowed}, got {raw.strip()!r}")
+            values[name] = value
+    elif given is not None and kind.knobs:
+        pass  # "prompt_stale()": the defaults
+    return ParsedCache(kind, tuple((k.name, values[k.name]) for k in kind.knobs))
+
+
+def canonical_cache(text: str) -> str:
+    """The canonical label of a cache mode (a ``ValueError`` for a bad one)."""
+    return parse_cache_mode(text).label
 
 
 def check_cache_mode(mode: str) -> None:
-    if mode not in CACHE_MODES:
-        raise ValueError(f"unknown cache mode {mode!r} (allowed: {', '.join(CACHE_MODES)})")
+    parse_cache_mode(mode)
 
 
 def recompute_columns(mode: str, block_start: int, block_end: int, canvas_length: int) -> tuple[int, int]:
     """Canvas columns ``[a, b)`` that a step inside block ``[block_start, block_end)`` recomputes."""
-    check_cache_mode(mode)
-    if mode == "none":
+    window = parse_cache_mode(mode).window
+    if window == "none":
         return 0, canvas_length
-    return (block_start, canvas_length) if mode == "prefix" else (block_start, block_end)
+    return (block_start, canvas_length) if window == "prefix" else (block_start, block_end)
 
 
 class StaticKVCache:

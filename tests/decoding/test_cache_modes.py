@@ -1,0 +1,99 @@
+"""Registered cache modes: parsing and errors, and ``prompt_stale(every=N)`` (answer-only refreshes against the
+cached prompt) token for token against a restatement, through ragged batches, continuous batching and the spec."""
+
+import math
+
+import pytest
+import torch
+from reference import ref_fastdllm_generate, ref_prompt_stale_generate
+
+import unmask
+from unmask.decoding import Threshold, decode
+from unmask.eval.spec import parse_spec
+from unmask.models import load_model
+from unmask.models.cache import CACHE_KINDS, canonical_cache, parse_cache_mode
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from llada_fixtures import random_weights, tiny_config, write_checkpoint
+
+    torch.set_num_threads(1)
+    cfg = tiny_config()
+    return load_model(write_checkpoint(tmp_path_factory.mktemp("caches") / "m", cfg, random_weights(cfg)),
+                      dtype="float64")
+
+
+def prompts(n=2, length=6, seed=4):
+    return torch.randint(0, 100, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_and_labels():
+    assert {"none", "prefix", "dual", "prompt_stale"} <= set(CACHE_KINDS)
+    assert canonical_cache("prompt_stale") == "prompt_stale(every=4)"
+    assert canonical_cache(" prompt_stale(every=inf) ") == "prompt_stale(every=inf)"
+    assert parse_cache_mode("prompt_stale(every=2)").knob("every") == 2 and parse_cache_mode("dual").window == "dual"
+    label = "threshold:0.9+credit@prompt_stale(every=2)"
+    assert parse_spec(label).label == label
+
+
+@pytest.mark.parametrize("text,message", [
+    ("full", "unknown cache mode 'full'"),
+    ("prompt_stale(every=0)", "every must be an integer >= 1 or inf, got '0'"),
+    ("prompt_stale(every=2.5)", "every must be an integer >= 1 or inf, got '2.5'"),
+    ("prompt_stale(often=2)", "bad option 'often=2' (its options: every)"),
+    ("dual(every=2)", "cache mode 'dual': bad option 'every=2' (its options: none)"),
+])
+def test_bad_modes_name_the_value(text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_cache_mode(text)
+    with pytest.raises(ValueError, match="cache mode"):
+        unmask.DecodeConfig.create(policy="threshold", cache=text)
+
+
+@pytest.mark.parametrize("every", [2, 3, math.inf])
+@pytest.mark.parametrize("tau", [0.3, 0.6])
+def test_prompt_stale_equals_its_restatement(model, tiny_cfg, tiny_weights, every, tau):
+    mask_id = tiny_cfg["mask_token_id"]
+    label = "inf" if every == math.inf else every
+    stale = 0
+    for row in prompts(3):
+        x = row[None]
+        ref, ref_nfe = ref_prompt_stale_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, tau, every)
+        out = decode(model, x, Threshold(tau), mask_id=mask_id, gen_length=32, block_length=8,
+                     cache=f"prompt_stale(every={label})", early_stop=False)
+        assert torch.equal(out.sequences, ref) and out.nfe == ref_nfe
+        dual, dual_nfe = ref_fastdllm_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, threshold=tau, cache="dual")
+        stale += not torch.equal(dual, ref) or dual_nfe != ref_nfe
+    assert stale, "the stale prompt never changed a decode: the fixture proves nothing"
+
+
+def test_every_block_is_dual(model, tiny_cfg):
+    kw = dict(mask_id=tiny_cfg["mask_token_id"], gen_length=32, block_length=8, early_stop=False)
+    a = decode(model, prompts(), Threshold(0.4), cache="prompt_stale(every=1)", **kw)
+    b = decode(model, prompts(), Threshold(0.4), cache="dual", **kw)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.commit_step, b.commit_step)
+
+
+def test_ragged_batch_through_fewer_slots_equals_alone(model, tiny_cfg):
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randint(0, 100, (n,), generator=g) for n in (9, 4, 7, 5)]
+    width = max(len(r) for r in rows)
+    batch = torch.full((len(rows), width), tiny_cfg["pad_token_id"])
+    attn = torch.zeros_like(batch)
+    for i, r in enumerate(rows):
+        batch[i, width - len(r):] = r
+        attn[i, width - len(r):] = 1
+    kw = dict(mask_id=tiny_cfg["mask_token_id"], gen_length=32, block_length=8, cache="prompt_stale(every=2)",
+              early_stop=True, stop_ids=(tiny_cfg["eos_token_id"],))
+    out = decode(model, batch, Threshold(0.4), attention_mask=attn, slots=2, **kw)
+    for i, r in enumerate(rows):
+        alone = decode(model, r[None], Threshold(0.4), **kw)
+        assert torch.equal(out.tokens[i], alone.tokens[0]) and out.nfe_per_row[i] == alone.nfe_per_row[0]
+
+
+def test_generate_and_server_signature_take_the_spec(tiny_ckpt):
+    lm = unmask.load(tiny_ckpt, dtype="float64")
+    out = lm.generate(["hello world"], policy="threshold", threshold=0.5, cache="prompt_stale(every=2)",
+                      gen_length=32, block_length=8)
+    assert out.config.cache == "prompt_stale(every=2)" and out.nfe <= 32
