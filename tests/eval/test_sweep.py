@@ -216,3 +216,14 @@ def test_cli_sweep_runs(tiny_ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert "unmask sweep: math" in result.output and "4 example(s) decoded now" in result.output
     assert {p.name for p in out.iterdir()} >= {"sweep.md", "sweep.json", "frontier.png", "records.jsonl"}
+
+
+def test_grid_sweeps_cache_modes_and_their_knobs():
+    """Several cache modes separated by ';': every policy setting under each, each mode its own family."""
+    grid = build_grid(["threshold"], ["threshold=0.7,0.9"], [], ["plain"], "dual; prompt_stale(every=2);prompt_stale")
+    labels = [s.label for s in grid.specs(64, 32)]
+    assert labels == ["topk", "threshold:0.7@dual", "threshold:0.9@dual", "threshold:0.7@prompt_stale(every=2)",
+                      "threshold:0.9@prompt_stale(every=2)", "threshold:0.7@prompt_stale(every=4)",
+                      "threshold:0.9@prompt_stale(every=4)"]
+    with pytest.raises(ValueError, match="every must be an integer >= 1 or inf"):
+        build_grid(["threshold"], [], [], ["plain"], "dual;prompt_stale(every=0)")

@@ -79,7 +79,12 @@ class SweepGrid:
     values: dict[str, tuple[float | int, ...]] = field(default_factory=dict)
     variants: tuple[str, ...] = VARIANTS
     credit_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_CREDIT_GRID))
-    cache: str = "none"
+    cache: str = "none"  # one cache mode, or several separated by ";" (their knobs swept: each its own family)
+
+    @property
+    def caches(self) -> tuple[str, ...]:
+        """The swept cache modes, canonical (``dual;prompt_stale(every=2);prompt_stale(every=inf)``)."""
+        return tuple(dict.fromkeys(canonical_cache(c) for c in self.cache.split(";") if c.strip())) or ("none",)
 
     def __post_init__(self) -> None:
         for policy in self.policies:
@@ -95,7 +100,7 @@ class SweepGrid:
         for name in self.credit_grid:
             if name not in CREDIT_PARAMS:
                 raise ValueError(f"unknown credit coefficient {name!r}; allowed: {', '.join(CREDIT_PARAMS)}")
-        canonical_cache(self.cache)  # a ValueError names the mode and the registered ones
+        self.caches  # noqa: B018 (a ValueError names a bad mode and the registered ones)
 
     def knob_values(self, policy: str, gen_length: int, block_length: int) -> tuple[float | int | None, ...]:
         """The values swept for ``policy`` (``None``: the knob's default; for ``steps``, gen_length)."""
@@ -123,15 +128,16 @@ class SweepGrid:
         for policy in self.policies:
             values = self.knob_values(policy, gen_length, block_length)
             variants = ("plain",) if fixed_schedule(policy) else self.variants
-            for variant in variants:
-                credit = None if variant == "plain" else variant
-                specs += [DecodeSpec(policy, v, credit, self.cache) for v in values]
-            if not fixed_schedule(policy) and "credit" in self.variants and self.credit_grid:
-                centre = centre_value(policy, values)
-                names = list(self.credit_grid)
-                for combo in itertools.product(*(self.credit_grid[k] for k in names)):
-                    params = tuple(zip(names, combo, strict=True))
-                    specs.append(DecodeSpec(policy, centre, "credit", self.cache, params))
+            for cache in self.caches:
+                for variant in variants:
+                    credit = None if variant == "plain" else variant
+                    specs += [DecodeSpec(policy, v, credit, cache) for v in values]
+                if not fixed_schedule(policy) and "credit" in self.variants and self.credit_grid:
+                    centre = centre_value(policy, values)
+                    names = list(self.credit_grid)
+                    for combo in itertools.product(*(self.credit_grid[k] for k in names)):
+                        params = tuple(zip(names, combo, strict=True))
+                        specs.append(DecodeSpec(policy, centre, "credit", cache, params))
         return list({s.label: s for s in specs}.values())
 
 
