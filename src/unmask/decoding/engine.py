@@ -185,8 +185,9 @@ class DecodeEngine:
         self.kv = self.refresh_store = None
         if self.window != "none":
             self.kv = StaticKVCache.for_model(model.config, self.Bm, T, model.dtype, device)
-            # the refresh of R rows writes a cache of R rows here, then into their slots
-            self.refresh_store = torch.empty(self.kv.kv.numel(), dtype=model.dtype, device=device)
+            # the refresh of R rows writes a cache of R rows into this store, then into their slots; grown to the
+            # largest bucket used (rows at a block start are a few of the slots: no second full-size cache)
+            self.refresh_store = torch.empty(0, dtype=model.dtype, device=device)
         self.refresh_caches: dict[int, StaticKVCache] = {}
         self.slots: list[_Slot | None] = [None] * S
         self.last_step_end: float | None = None  # wall time is shared out from here to the next step's end
@@ -398,6 +399,10 @@ class DecodeEngine:
             kv = self.kv.kv
             shape = (kv.shape[0], kv.shape[1], rows, *kv.shape[3:])
             n = shape[0] * shape[1] * rows * shape[3] * shape[4] * shape[5]
+            if n > self.refresh_store.numel():  # grow: the views and graphs over the old store go
+                self.refresh_store = torch.empty(n, dtype=kv.dtype, device=kv.device)
+                self.refresh_caches.clear()
+                self.graphs = {k: g for k, g in self.graphs.items() if k[0] not in ("refresh", "answer")}
             cache = object.__new__(StaticKVCache)
             cache.kv, cache.outputs = self.refresh_store[:n].view(shape), None
             self.refresh_caches[rows] = cache
