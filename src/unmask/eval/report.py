@@ -93,7 +93,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 MD_COLUMNS = (
     ("task", "task"), ("spec", "spec"), ("n", "n"), ("accuracy", "accuracy"), ("mean_nfe", "mean NFE"),
     ("tokens_per_nfe", "tokens/NFE"), ("nfe_speedup", "NFE speedup"), ("tokens_per_s", "tokens/s"),
-    ("latency_s", "s/request"), ("batch_latency_s", "s/batch"),
+    ("latency_s", "s/request"), ("batch_latency_s", "latency s"),
 )
 
 
@@ -102,10 +102,11 @@ def markdown_table(rows: list[dict[str, Any]], config: EvalConfig) -> str:
         f"# unmask eval: {config.model}",
         "",
         f"split `{config.split}`, {config.n} examples per task (seed {config.seed}), gen_length {config.gen_length}, "
-        f"block_length {config.block_length}, batch {config.batch_size}, early stop {config.early_stop}, "
+        f"block_length {config.block_length}, {config.batch_size} slots, early stop {config.early_stop}, "
         f"temperature {config.temperature}, device `{config.device}`, dtype `{config.dtype}`. "
         "NFE: the row's model forwards (cache refreshes included); tokens: generated up to the first end-of-text; "
-        "speedup: topk baseline's mean NFE / the spec's.",
+        "speedup: topk baseline's mean NFE / the spec's; tokens/s and s/request: from each row's share of the "
+        "engine's wall time; latency s: a row's mean time from taking a slot to finishing.",
         "",
         "| " + " | ".join(title for _, title in MD_COLUMNS) + " |",
         "|" + "|".join("---" if key in ("task", "spec") else "---:" for key, _ in MD_COLUMNS) + "|",
