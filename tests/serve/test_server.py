@@ -134,6 +134,19 @@ BAD = [
     ({"model": MODEL, "prompt": "   "}, 400, "prompt 0 is empty"),
     ({"model": MODEL}, 400, "prompt"),
     ({"model": MODEL, "prompt": "hi", "block_length": 0}, 400, "block_length must be"),
+    # issue 26: values that used to answer 500 or be coerced silently
+    ({"model": MODEL, "prompt": "hi", "credit": {"alpha": -1}}, 400, "credit alpha must be"),
+    ({"model": MODEL, "prompt": "hi", "credit": {"beta": 5}}, 400, "credit beta must be in [0, 1]"),
+    (b'{"model": "unmask-testbed", "prompt": "hi", "credit": {"alpha": NaN}}', 400, "credit alpha must be"),
+    (b'{"model": "unmask-testbed", "prompt": "a \\ud800 b"}', 400, "prompt is not valid Unicode"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": "64"}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": True}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "hi", "credit": "yes"}, 400, "credit"),
+    ({"model": MODEL, "prompt": "hi", "stream": "yes"}, 400, "stream"),
+    ({"model": MODEL, "prompt": "hi", "threshold": "0.9"}, 400, "threshold must be a number"),
+    ({"model": MODEL, "prompt": "hi", "spec": "topk", "policy": "threshold"}, 400, "either spec or policy"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": 8, "max_completion_tokens": 16}, 400, "disagree"),
+    ({"model": MODEL, "prompt": "hi", "temperature": 1e308}, 400, "temperature must be in [0, 2]"),
 ]
 
 
@@ -195,3 +208,41 @@ def test_serve_command_bad_options_are_one_line(args, message):
 
     result = CliRunner().invoke(app, ["serve", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_lone_surrogate_in_chat_content_is_a_400(server):
+    body = b'{"model": "unmask-testbed", "messages": [{"role": "user", "content": "x \\ud800"}]}'
+    response = post(server, body, path="/v1/chat/completions")
+    assert response.status_code == 400 and "not valid Unicode" in response.json()["error"]["message"]
+
+
+def test_a_huge_body_is_refused_unread_and_the_server_keeps_serving(server, client):
+    body = b'{"model": "unmask-testbed", "prompt": "' + b"x" * (9 << 20) + b'"}'
+    response = post(server, body)
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]["message"]
+    assert httpx.get(server.url + "/health", timeout=5).status_code == 200
+    assert client.completions.create(model=MODEL, prompt=prompts(1)[0], max_tokens=8).choices[0].text is not None
+
+
+def test_unknown_paths_make_no_new_metric_series(server):
+    for i in range(20):
+        httpx.get(server.url + f"/v1/nosuch{i}", headers={"Authorization": f"Bearer {API_KEY}"})
+    text = httpx.get(server.url + "/metrics").text
+    assert "nosuch" not in text and 'endpoint="other",status="404"' in text
+
+
+def test_a_non_streaming_client_that_leaves_frees_its_row(server):
+    """The row leaves within a second of the client going, not at the end of its decode, and is not counted as
+    completed."""
+    engine = server.app.state.engine
+    finished = engine.stats.finished
+    body = {"model": MODEL, "prompt": prompts(1)[0], "max_tokens": 256, "spec": "topk"}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
+                   timeout=1.0)
+    import time
+
+    deadline = time.monotonic() + 5
+    while engine.active_rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.active_rows == 0 and engine.stats.finished == finished

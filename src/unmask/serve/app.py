@@ -41,6 +41,7 @@ from unmask.serve.engine import Engine, QueueFull, Ticket, Update
 IGNORED_FIELDS = {"top_p", "frequency_penalty", "presence_penalty", "logit_bias", "user", "suffix", "top_k",
                   "parallel_tool_calls", "service_tier", "store", "metadata"}
 MAX_STOP_STRINGS = 4
+MAX_TEMPERATURE = 2.0  # OpenAI's range
 
 
 class APIError(Exception):
@@ -58,7 +59,7 @@ class APIError(Exception):
 
 
 class CreditFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     alpha: float = 0.65
     beta: float = 0.7
     gamma: float = 0.2
@@ -66,13 +67,15 @@ class CreditFields(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
     include_usage: bool = False
 
 
 class DecodeFields(BaseModel):
-    """OpenAI's sampling fields and unmask's decoding fields, shared by both endpoints."""
+    """OpenAI's sampling fields and unmask's decoding fields, shared by both endpoints. Strict types: ``"64"``
+    for an integer or ``"yes"`` for a boolean is a 400, not a silent coercion."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     model: str
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -97,7 +100,7 @@ class CompletionRequest(DecodeFields):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[dict[str, Any]]
 
@@ -127,6 +130,7 @@ class ServerSettings:
     default_max_tokens: int = 256
     api_key: str | None = None
     request_timeout_s: float = 600.0
+    max_body_bytes: int = 8 << 20  # larger request bodies get 413 before they are read
 
 
 def decode_config(req: DecodeFields, settings: ServerSettings, prompt_length: int, max_length: int,
@@ -146,6 +150,20 @@ def decode_config(req: DecodeFields, settings: ServerSettings, prompt_length: in
     if unknown:
         raise APIError(400, f"unknown field(s) {', '.join(unknown)} (decoding fields: spec, policy, "
                             f"{', '.join(sorted(knobs))}, credit, cache, block_length)", param=unknown[0])
+    for name, value in extra.items():
+        if name in knobs and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise APIError(400, f"{name} must be a number, got {value!r}", param=name)
+    if req.spec is not None and (req.policy is not None or any(k in knobs for k in extra)):
+        given = ", ".join(["policy"] * (req.policy is not None) + sorted(k for k in extra if k in knobs))
+        raise APIError(400, f"give either spec or policy and its option, not both (spec {req.spec!r} with {given})",
+                       param="spec")
+    if req.max_tokens is not None and req.max_completion_tokens is not None \
+            and req.max_tokens != req.max_completion_tokens:
+        raise APIError(400, f"max_tokens ({req.max_tokens}) and max_completion_tokens ({req.max_completion_tokens}) "
+                            "disagree: give one", param="max_completion_tokens")
+    if req.temperature is not None and not 0 <= req.temperature <= MAX_TEMPERATURE:
+        raise APIError(400, f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {req.temperature}",
+                       param="temperature")
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
     max_tokens = settings.default_max_tokens if max_tokens is None else max_tokens
     if isinstance(max_tokens, bool) or max_tokens < 1:
@@ -163,8 +181,11 @@ def decode_config(req: DecodeFields, settings: ServerSettings, prompt_length: in
         fields["policy"] = req.policy
     fields.update({k: v for k, v in extra.items() if k in knobs})
     if req.credit is not None:
-        fields["credit"] = CreditConfig(**req.credit.model_dump()) if isinstance(req.credit, CreditFields) \
-            else req.credit
+        try:
+            fields["credit"] = CreditConfig(**req.credit.model_dump()) if isinstance(req.credit, CreditFields) \
+                else req.credit
+        except ValueError as err:
+            raise APIError(400, str(err), param="credit") from None
     if req.cache is not None:
         fields["cache"] = req.cache
     block_length = settings.block_length if req.block_length is None else req.block_length
@@ -177,7 +198,7 @@ def decode_config(req: DecodeFields, settings: ServerSettings, prompt_length: in
                        param="max_tokens", code="context_length_exceeded")
     try:
         config = DecodeConfig.create(
-            gen_length=gen_length, block_length=block_length, early_stop=True, compile=False,
+            gen_length=gen_length, block_length=block_length, early_stop=True, compile=None,
             temperature=0.0 if req.temperature is None else req.temperature, seed=req.seed, **fields)
     except (ValueError, TypeError) as err:
         raise APIError(400, str(err)) from None
@@ -220,6 +241,7 @@ def create_app(lm: DiffusionLM, settings: ServerSettings | None = None, max_batc
     engine = Engine(lm, max_batch=max_batch, max_queue=max_queue)
     metrics = Metrics()
     max_length = lm.model.config.max_sequence_length
+    max_token_chars = longest_token_chars(lm)
 
     from contextlib import asynccontextmanager
 
@@ -250,19 +272,7 @@ def create_app(lm: DiffusionLM, settings: ServerSettings | None = None, max_batc
         kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
         return APIError(err.status_code, str(err.detail), kind).response()
 
-    @app.middleware("http")
-    async def count_and_authorise(request: Request, call_next):
-        path = request.url.path
-        if settings.api_key and path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            if not secrets.compare_digest(header, f"Bearer {settings.api_key}"):
-                metrics.requests[(path, 401)] += 1
-                return APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                "authentication_error", code="invalid_api_key").response()
-        response = await call_next(request)
-        if path.startswith("/v1/"):
-            metrics.requests[(path, response.status_code)] += 1
-        return response
+    app.add_middleware(Gate, settings=settings, metrics=metrics)
 
     def check_model(name: str) -> None:
         if name != settings.model_name:
@@ -289,7 +299,11 @@ def create_app(lm: DiffusionLM, settings: ServerSettings | None = None, max_batc
         for i, prompt in enumerate(prompts):
             if not prompt.strip():
                 raise APIError(400, f"prompt {i} is empty", param="prompt")
-            encoded.append(lm.tokenizer.encode(prompt))
+            check_text(prompt, "prompt")
+            if len(prompt) > max_length * max_token_chars:  # more tokens than the context for sure: no tokenizing
+                raise APIError(400, f"prompt {i} ({len(prompt)} characters) exceeds the model's context of "
+                                    f"{max_length} tokens", param="prompt", code="context_length_exceeded")
+            encoded.append(await asyncio.to_thread(lm.tokenizer.encode, prompt))  # the event loop keeps serving
         configs = [decode_config(req, settings, len(ids), max_length) for ids in encoded]
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
@@ -321,13 +335,16 @@ def create_app(lm: DiffusionLM, settings: ServerSettings | None = None, max_batc
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         texts = [""] * len(tickets)
         finals: list[Update | None] = [None] * len(tickets)
+        checked = time.monotonic()
         try:
             while any(f is None for f in finals):
+                if time.monotonic() - checked > 0.5:  # however busy the queue: a gone client frees its rows now
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        return JSONResponse({}, status_code=499)
                 try:
                     index, update = await asyncio.wait_for(queue.get(), timeout=0.5)
                 except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return JSONResponse({}, status_code=499)
                     continue
                 texts[index] += update.text
                 if update.finish_reason is not None:
@@ -363,13 +380,84 @@ def create_app(lm: DiffusionLM, settings: ServerSettings | None = None, max_batc
                     for m in req.messages]
         if not any(m["content"].strip() for m in messages):
             raise APIError(400, "every message is empty", param="messages")
+        for m in messages:
+            check_text(m["content"], "messages")
         try:
-            prompt = lm.tokenizer.apply_chat_template(messages)
+            prompt = await asyncio.to_thread(lm.tokenizer.apply_chat_template, messages)
         except Exception as err:  # a template that rejects the roles or their order
             raise APIError(400, f"the chat template rejected the messages: {err}", param="messages") from None
         return await run(request, [prompt], req, chat=True)
 
     return app
+
+
+class Gate:
+    """Plain ASGI middleware (it leaves ``receive`` unwrapped, so a handler sees its client disconnect): the API
+    key on ``/v1``, the body size limit (413 before the body is read), and request counts by endpoint and status."""
+
+    def __init__(self, app: Any, settings: ServerSettings, metrics: Metrics) -> None:
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        headers = dict(scope["headers"])
+        refusal = None
+        if self.settings.api_key and path.startswith("/v1/"):
+            header = headers.get(b"authorization", b"").decode("latin-1")
+            if not secrets.compare_digest(header, f"Bearer {self.settings.api_key}"):
+                refusal = APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                   "authentication_error", code="invalid_api_key")
+        size = headers.get(b"content-length")
+        if refusal is None and size is not None and (not size.isdigit() or int(size) > self.settings.max_body_bytes):
+            refusal = APIError(413, f"request body of {size.decode('latin-1')} bytes is over the limit of "
+                                    f"{self.settings.max_body_bytes} bytes (unmask serve --max-body-mb)",
+                               code="request_too_large")
+        status = 500
+
+        async def send_counted(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if refusal is not None:
+                await refusal.response()(scope, receive, send_counted)
+            else:
+                await self.app(scope, receive, send_counted)
+        finally:
+            if path.startswith("/v1/"):
+                self.metrics.requests[(endpoint(path), status)] += 1
+
+
+def longest_token_chars(lm: DiffusionLM) -> int:
+    """A bound on the characters one token stands for: the longest token string of the vocabulary (a byte-level or
+    sentencepiece token decodes to at most as many characters as its string has), so a prompt longer than context x
+    this holds more tokens than the context, known without tokenizing it; 64 where the vocabulary cannot be read."""
+    try:
+        return max(8, max(len(token) for token in lm.tokenizer.tokenizer.get_vocab()))
+    except Exception:  # a tokenizer without a readable vocabulary
+        return 64
+
+
+ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions")
+
+
+def endpoint(path: str) -> str:
+    """The metrics label of a path: a served endpoint, else ``other`` (unknown paths make no new series)."""
+    return path if path in ENDPOINTS else "other"
+
+
+def check_text(text: str, param: str) -> None:
+    """A 400 for text that is not valid Unicode (a lone surrogate such as ``"\\ud800"`` cannot be encoded)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise APIError(400, f"{param} is not valid Unicode ({err.reason} at character {err.start})",
+                       param=param) from None
 
 
 def usage_body(usages: list, prompt_tokens: int) -> dict[str, int]:

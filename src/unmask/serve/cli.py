@@ -30,6 +30,9 @@ def serve_command(
     model_name: str | None = typer.Option(None, "--model-name",
                                           help="The id clients send as 'model' (default: --model or unmask-testbed)."),
     request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds before a request is dropped."),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Request bodies over this many MiB get 413 unread."),
+    compile: str = typer.Option("auto", "--compile",
+                                help="fused | exact | off | auto (fused CUDA graphs on a GPU, eager on the CPU)."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
     log_level: str = typer.Option("info", "--log-level", help=f"uvicorn log level: {', '.join(LOG_LEVELS)}."),
@@ -55,16 +58,20 @@ def serve_command(
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
     check_float("--request-timeout", request_timeout, 0, low_open=True)
+    check_float("--max-body-mb", max_body_mb, 0, low_open=True)
+    if compile not in ("auto", "fused", "exact", "off"):
+        raise ValueError(f"--compile must be one of auto, fused, exact, off; got {compile!r}")
     if log_level.lower() not in LOG_LEVELS:
         raise ValueError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=False)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=None if compile == "auto" else compile)
     limit = lm.model.config.max_sequence_length
     for name, value in (("--max-tokens", max_tokens), ("--block-length", block_length)):
         if value > limit:
             raise ValueError(f"{name} {value} exceeds the model's max_sequence_length {limit}")
     name = model_name or (model.rstrip("/").split("/")[-1] if model and os.path.isdir(model) else model)
     settings = ServerSettings(model_name=name or "unmask-testbed", spec=spec, block_length=block_length,
-                              default_max_tokens=max_tokens, api_key=api_key, request_timeout_s=request_timeout)
+                              default_max_tokens=max_tokens, api_key=api_key, request_timeout_s=request_timeout,
+                              max_body_bytes=int(max_body_mb * (1 << 20)))
     app = create_app(lm, settings, max_batch=max_batch, max_queue=max_queue)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
