@@ -266,3 +266,25 @@ def test_generate_passes_model_options_to_load(stop_ckpt: Path, monkeypatch: pyt
         lm = real_load(stop_ckpt, **expected)
         assert [json.loads(line)["response"] for line in result.stdout.splitlines()] == \
             lm.generate(PROMPTS, gen_length=16, block_length=8).texts
+
+
+def test_generate_file_that_is_not_a_regular_file(tiny_ckpt):
+    result = run("generate", "-f", "/dev/zero", "-m", tiny_ckpt)
+    assert result.exit_code == 2 and "is not a regular file" in " ".join(result.output.split())
+
+
+def test_knob_message_says_what_is_allowed_once(tiny_ckpt):
+    result = run("generate", "hi", "-m", tiny_ckpt, "--policy", "frechet", "--knob", "margin=abc")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "margin must be a finite number, got 'abc'" in text, text
+
+
+def test_lm_eval_entry_without_the_extra_gives_an_install_hint(monkeypatch, capsys):
+    import sys
+
+    from unmask.eval import lm_eval_adapter
+
+    monkeypatch.setitem(sys.modules, "lm_eval.__main__", None)  # import fails as without the package
+    with pytest.raises(SystemExit) as exit_info:
+        lm_eval_adapter.main([])
+    assert exit_info.value.code == 2 and "pip install 'unmask[lm-eval]'" in capsys.readouterr().err

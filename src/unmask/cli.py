@@ -55,8 +55,10 @@ def read_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:
     if file is not None:
         if file.is_dir():
             raise ValueError(f"prompt file {str(file)!r} is a directory; give a JSON-lines or text file")
-        if not file.is_file():
+        if not file.exists():
             raise FileNotFoundError(f"prompt file {str(file)!r} does not exist")
+        if not file.is_file():  # a device (/dev/zero), a pipe, a socket: never read to its end
+            raise ValueError(f"prompt file {str(file)!r} is not a regular file; give a JSON-lines or text file")
         try:
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:

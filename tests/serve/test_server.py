@@ -200,6 +200,9 @@ def test_client_disconnect_frees_its_row(server):
     (["--port", "0"], "--port must be in 1..65535"),
     (["--max-batch", "0"], "--max-batch must be >= 1"),
     (["--model", "/no/such/model"], "does not exist"),
+    (["--host", "no.such.host.invalid"], "is not an address this machine can listen on"),
+    (["--api-key-file", "/no/such/key"], "cannot be read as a key"),
+    (["--api-key", "k", "--api-key-file", "/no/such/key"], "give the API key once"),
 ])
 def test_serve_command_bad_options_are_one_line(args, message):
     from typer.testing import CliRunner
@@ -246,3 +249,19 @@ def test_a_non_streaming_client_that_leaves_frees_its_row(server):
     while engine.active_rows and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.active_rows == 0 and engine.stats.finished == finished
+
+
+def test_serve_on_a_port_in_use_is_one_line():
+    import socket
+
+    from typer.testing import CliRunner
+
+    from unmask.cli import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert "Traceback" not in result.output

@@ -256,7 +256,12 @@ def register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m unmask.eval.lm_eval_adapter ARGS``: lm_eval's CLI with ``--model unmask`` registered."""
-    from lm_eval.__main__ import cli_evaluate
+    try:
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError as err:
+        print(f"unmask-lm-eval needs lm-evaluation-harness ({err}); install it with: pip install 'unmask[lm-eval]' "
+              "(or pip install -e '.[lm-eval]' in a checkout)", file=sys.stderr)
+        raise SystemExit(2) from None
 
     from unmask.eval import lm_eval_adapter  # the importable module (not __main__) owns the registration
 

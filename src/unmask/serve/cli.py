@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
+from pathlib import Path
 
 import typer
 
 from unmask.checks import check_float
 from unmask.cli_errors import friendly_errors
 from unmask.threads import THREADS_HELP, set_cpu_threads
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail with one line, before the model loads, where ``host:port`` cannot be listened on (in use, no such
+    address)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host!r} is not an address this machine can listen on ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 MAX_COUNT = 1 << 20  # batch rows, queued requests, tokens
@@ -26,7 +46,11 @@ def serve_command(
     max_batch: int = typer.Option(8, "--max-batch", help="Rows decoding at once (continuous batching)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests beyond which the server answers 429."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="UNMASK_API_KEY",
-                                       help="Require 'Authorization: Bearer KEY' on /v1 (env UNMASK_API_KEY)."),
+                                       help="Require 'Authorization: Bearer KEY' on /v1. Prefer the environment "
+                                            "(UNMASK_API_KEY) or --api-key-file: a command line is readable by every "
+                                            "local process."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file",
+                                             help="Read the API key from this file (first line)."),
     model_name: str | None = typer.Option(None, "--model-name",
                                           help="The id clients send as 'model' (default: --model or unmask-testbed)."),
     request_timeout: float = typer.Option(600.0, "--request-timeout", help="Seconds before a request is dropped."),
@@ -63,6 +87,19 @@ def serve_command(
         raise ValueError(f"--compile must be one of auto, fused, exact, off; got {compile!r}")
     if log_level.lower() not in LOG_LEVELS:
         raise ValueError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if api_key_file is not None:
+        if api_key is not None:
+            raise ValueError("give the API key once: --api-key (or UNMASK_API_KEY) or --api-key-file")
+        try:
+            api_key = api_key_file.read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as err:
+            raise ValueError(f"--api-key-file {str(api_key_file)!r} cannot be read as a key: {err}") from None
+        if not api_key:
+            raise ValueError(f"--api-key-file {str(api_key_file)!r} holds no key on its first line")
+    elif any(a == "--api-key" or a.startswith("--api-key=") for a in sys.argv):
+        print("warning: --api-key on the command line is readable by every local process; prefer UNMASK_API_KEY "
+              "or --api-key-file", file=sys.stderr)
+    check_listen(host, port)
     set_cpu_threads(device, threads)
     lm = unmask.load(model, device=device, dtype=dtype, compile=None if compile == "auto" else compile)
     limit = lm.model.config.max_sequence_length

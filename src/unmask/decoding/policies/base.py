@@ -47,12 +47,14 @@ class Knob:
         """``value`` as this knob's type, checked; a ``ValueError`` names the value and what is allowed."""
         label = self.name if policy == self.name else f"{policy} {self.name}"
         kind = "an integer" if self.type is int else "a number"
+        if self.allowed.startswith(("a ", "an ")):  # "a finite number": already says what kind
+            kind = ""
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{label} must be {kind} {self.allowed}, got {value!r}")
+            raise ValueError(f"{label} must be {f'{kind} ' if kind else ''}{self.allowed}, got {value!r}")
         try:
             number = self.type(value) if self.type is float else _integer(value)
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"{label} must be {kind} {self.allowed}, got {value!r}") from None
+            raise ValueError(f"{label} must be {f'{kind} ' if kind else ''}{self.allowed}, got {value!r}") from None
         if not self.check(number):
             raise ValueError(f"{label} must be {self.allowed}, got {value}")
         return number
