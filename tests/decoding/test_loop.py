@@ -188,3 +188,13 @@ def test_fixed_schedule_without_early_stop_reads_nothing_back_per_step(mid_stop_
     assert steps == 2 * 16 and len(results) == 3
     assert len(reads) == 2 * 2  # two retirements (2 rows, then 1): nfe and finished each
     assert all(r.nfe == 16 for r in results)
+
+
+@pytest.mark.parametrize("mask,match", [
+    (torch.zeros(2, 4, dtype=torch.long), r"attention_mask of row\(s\) \[0, 1\] is all zero"),
+    (torch.tensor([[1, 1, 1, 1], [0, 2, 1, 1]]), r"attention_mask must hold 0 \(padding\) and 1 \(token\)"),
+])
+def test_bad_attention_masks_are_refused(tiny_ckpt, mask, match):
+    lm = unmask.load(tiny_ckpt, dtype="float32")
+    with pytest.raises(ValueError, match=match):
+        lm.generate(torch.randint(0, 90, (2, 4)), attention_mask=mask, gen_length=8, block_length=8)

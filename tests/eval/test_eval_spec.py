@@ -109,3 +109,11 @@ def test_bad_credit_coefficients(text, needle):
     with pytest.raises(ValueError) as err:
         parse_spec(text)
     assert needle in str(err.value) and repr(text) in str(err.value)
+
+
+def test_the_same_setting_twice_is_refused():
+    from unmask.eval.spec import parse_specs
+
+    with pytest.raises(ValueError, match="'threshold' and 'threshold:0.9' are the same setting"):
+        parse_specs(["threshold", "threshold:0.9"])
+    assert [s.label for s in parse_specs(["threshold", "threshold:0.8"])] == ["threshold", "threshold:0.8"]

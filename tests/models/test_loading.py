@@ -112,3 +112,13 @@ def test_hub_id_offline_error_names_the_id(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(CheckpointError, match="'GSAI-ML/LLaDA-8B-Instruct' is not a local folder.*network unreachable"):
         load_model("GSAI-ML/LLaDA-8B-Instruct")
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    cfg = tiny_config()
+    weights = random_weights(cfg)
+    weights["model.transformer.blocks.1.ff_out.weight"][3, :5] = float("nan")
+    folder = write_checkpoint(tmp_path / "nan", cfg, weights)
+    with pytest.raises(CheckpointError, match=r"weight model\.transformer\.blocks\.1\.ff_out\.weight holds 5 "
+                                              r"non-finite value\(s\)"):
+        load_model(folder, dtype="float32")

@@ -140,6 +140,13 @@ def check_decode_args(
         shown = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else repr(attention_mask)
         raise ValueError(f"attention_mask must be a tensor of the prompts' shape {tuple(input_ids.shape)}, "
                          f"got {shown}")
+    if attention_mask is not None:
+        values = attention_mask.unique().tolist()
+        if not set(values) <= {0, 1}:
+            raise ValueError(f"attention_mask must hold 0 (padding) and 1 (token), got values {values}")
+        empty = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"attention_mask of row(s) {empty} is all zero: an empty prompt")
     limit = model.config.max_sequence_length
     if input_ids.shape[1] + gen_length > limit:
         raise ValueError(f"prompt length {input_ids.shape[1]} + gen_length {gen_length} exceeds the model's "

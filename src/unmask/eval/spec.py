@@ -15,6 +15,7 @@ Commas inside the parentheses do not separate specs in ``parse_specs``.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -173,4 +174,13 @@ def parse_specs(texts: str | list[str]) -> list[DecodeSpec]:
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise ValueError(f"decoding spec(s) given twice: {', '.join(duplicates)}")
+    seen: dict[str, str] = {}
+    for spec in specs:  # 'threshold' and 'threshold:0.9' are one setting (the knob's default)
+        kwargs = spec.generate_kwargs()
+        knob = get_policy_class(spec.policy).knob
+        kwargs[knob.name] = kwargs.get(knob.name, knob.default)  # the default given or not
+        key = json.dumps(kwargs, sort_keys=True, default=repr)
+        if key in seen:
+            raise ValueError(f"decoding specs {seen[key]!r} and {spec.label!r} are the same setting: give one")
+        seen[key] = spec.label
     return specs

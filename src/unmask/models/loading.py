@@ -205,6 +205,11 @@ def load_model(
         if state[name].shape != shape:
             raise CheckpointError(f"weight {name} has shape {tuple(state[name].shape)}, config implies {tuple(shape)}")
     state = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
+    for name, tensor in state.items():  # one pass over the weights, where they already are
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"checkpoint {str(folder)!r}: weight {name} holds {bad} non-finite value(s) "
+                                  f"(NaN or inf) of {tensor.numel()}; the checkpoint is broken")
     model.load_state_dict(state, assign=True)
     return model.eval().requires_grad_(False)
 
