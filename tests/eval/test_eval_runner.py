@@ -112,6 +112,13 @@ def test_aggregate_and_pareto_units():
 
 def test_read_records_rejects_garbage(tmp_path):
     path = tmp_path / RECORDS
-    path.write_text('{"spec": "topk"}\nnot json\n')
+    good = {"spec": "topk", "task": "math", "id": "m-1", "score": 1.0, "nfe": 4, "tokens": 9, "tokens_per_nfe": 2.25,
+            "seconds": 0.1, "batch": "b", "batch_seconds": 0.2}
+    path.write_text(json.dumps(good) + "\nnot json\n")
     with pytest.raises(ValueError, match="records.jsonl:2 is not a valid record"):
         read_records(path)
+    for line, problem in (('{"spec": "topk"}', "no 'task' field"), ("[1, 2]", "a JSON list, not an object"),
+                          (json.dumps({**good, "nfe": "4"}), "field 'nfe' is '4'")):
+        path.write_text(json.dumps(good) + "\n" + line + "\n")  # valid JSON, wrong schema: a message, no KeyError
+        with pytest.raises(ValueError, match=f"records.jsonl:2 is not a valid record \\({problem}\\)"):
+            read_records(path)

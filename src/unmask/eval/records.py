@@ -43,10 +43,32 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{number} is not a valid record ({err.msg}); fix or delete that line") from err
+        problem = record_problem(record)
+        if problem:
+            raise ValueError(f"{path}:{number} is not a valid record ({problem}); fix or delete that line")
+        records.append(record)
     return records
+
+
+# what a record must hold to be resumed and aggregated: (field, type)
+RECORD_FIELDS = (("spec", str), ("task", str), ("id", str), ("score", (int, float)), ("nfe", int),
+                 ("tokens", int), ("tokens_per_nfe", (int, float)), ("seconds", (int, float)),
+                 ("batch", str), ("batch_seconds", (int, float)))
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with a parsed record (a JSON object with the fields above), or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for name, kind in RECORD_FIELDS:
+        if name not in record:
+            return f"no {name!r} field"
+        if isinstance(record[name], bool) or not isinstance(record[name], kind):
+            return f"field {name!r} is {record[name]!r}"
+    return None
 
 
 def rank_records_path(out_dir: Path, rank: int, world: int) -> Path:
