@@ -288,3 +288,11 @@ def test_lm_eval_entry_without_the_extra_gives_an_install_hint(monkeypatch, caps
     with pytest.raises(SystemExit) as exit_info:
         lm_eval_adapter.main([])
     assert exit_info.value.code == 2 and "pip install 'unmask[lm-eval]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode,words", [("fused", "many times slower than eager"), ("exact", "decodes eagerly")])
+def test_graph_compile_modes_on_the_cpu_warn(tiny_ckpt, mode, words):
+    result = run("generate", "hi", "-m", tiny_ckpt, "--gen-length", 8, "--block-length", 8, "--compile", mode,
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"warning: --compile {mode} on the CPU" in result.stderr and words in result.stderr
