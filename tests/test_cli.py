@@ -296,3 +296,19 @@ def test_graph_compile_modes_on_the_cpu_warn(tiny_ckpt, mode, words):
                  "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert f"warning: --compile {mode} on the CPU" in result.stderr and words in result.stderr
+
+
+def test_tables_are_not_cut_when_piped(tmp_path):
+    """Off a terminal the consoles are PIPED_WIDTH wide: a long spec label stays whole in a table."""
+    from rich.table import Table
+
+    from unmask.cli_errors import PIPED_WIDTH, make_console
+
+    console = make_console()  # pytest captures stdout: not a terminal
+    assert console.width == PIPED_WIDTH
+    table = Table("policy", "task", "accuracy")
+    label = "frechet:0.25+credit(alpha=0.5,beta=0.9)@prompt_stale(every=4)"
+    table.add_row(label, "math (validation)", "0.703")
+    with console.capture() as captured:
+        console.print(table)
+    assert label in captured.get()

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from unmask.cli_errors import OneLineErrorsGroup, friendly_errors
+from unmask.cli_errors import OneLineErrorsGroup, friendly_errors, make_console
 from unmask.decoding.config import DecodeConfig
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.loop import check_lengths
@@ -46,7 +45,7 @@ app = typer.Typer(
     help="unmask: fast decoding for diffusion language models (LLaDA). Without --model, the embedded "
     "testbed model is used.",
 )
-console = Console()
+console = make_console()
 
 
 def read_prompts(prompts: list[str] | None, file: Path | None) -> list[str]:

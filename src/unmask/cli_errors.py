@@ -19,7 +19,17 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-err_console = Console(stderr=True)
+PIPED_WIDTH = 240  # columns of tables written to a file or a pipe (rich's default there, 80, cuts them)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console: the terminal's width on a terminal, ``PIPED_WIDTH`` columns when piped or redirected."""
+    stream = sys.stderr if stderr else sys.stdout
+    interactive = hasattr(stream, "isatty") and stream.isatty()
+    return Console(stderr=stderr, width=None if interactive else PIPED_WIDTH)
+
+
+err_console = make_console(stderr=True)
 # click's base of usage errors, from whichever click typer uses (its own copy in typer >= 0.24)
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 

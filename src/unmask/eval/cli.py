@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
-from unmask.cli_errors import friendly_errors
+from unmask.cli_errors import friendly_errors, make_console
 from unmask.decoding.loop import COMPILE_MODES
 from unmask.eval.compare import COMPARE_SPECS
 from unmask.eval.distributed import is_main
 from unmask.eval.spec import SPEC_FORMS
 from unmask.threads import THREADS_HELP, set_cpu_threads
 
-console = Console()
+console = make_console()
 QUIET_HELP = "No progress bar and no closing summary line (the results table stays)."
 COMPILE_HELP = ("Decode step: auto (fused on CUDA, off on CPU), fused (CUDA graphs + torch.compile), "
                 "exact (CUDA graphs over the eager kernels: bitwise the eager decode), off (eager).")

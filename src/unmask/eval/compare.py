@@ -73,10 +73,11 @@ def run_compare(
 
 def print_report(report: EvalReport, console: Any = None, title: str = "unmask eval") -> None:
     """The aggregates as a rich table: policy, task, accuracy, NFE, tokens/NFE, speedup, seconds."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from unmask.cli_errors import make_console
+
+    console = console or make_console()
     cfg = report.config
     table = Table(title=title, caption=(
         f"task (examples), {cfg.split} split; gen {cfg.gen_length} / block {cfg.block_length}, batch {cfg.batch_size}"

@@ -149,10 +149,11 @@ def plot_frontiers(tasks: list[TaskFrontier], path: Path, drop: float) -> Path:
 
 def print_sweep(report: SweepReport, console: Any = None) -> None:
     """Per task, the families at the matched accuracy as a rich table (best first)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from unmask.cli_errors import make_console
+
+    console = console or make_console()
     drop = report.settings["drop"]
     for t in report.tasks:
         base = t.baseline
