@@ -130,3 +130,24 @@ def test_cli_errors_are_one_line(args, needle):
     result = CliRunner().invoke(app, ["tune", *args])
     assert result.exit_code == 2
     assert needle in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_a_sweep_dir_of_another_grid_is_refused(tmp_path):
+    """--sweep-dir reuses a sweep: a grid with settings it never decoded is refused before anything is decoded."""
+    import json
+
+    from unmask.eval.sweep import build_grid
+    from unmask.eval.tune import check_sweep_dir
+
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    small = build_grid(["threshold"], ["threshold=0.7,0.9"], [], ["plain"], "none")
+    labels = [s.label for s in small.specs(64, 32)]
+    (folder / "sweep.json").write_text(json.dumps({"settings": {"specs": labels}}))
+    check_sweep_dir(folder, small, 64, 32)  # the same grid: fine
+    check_sweep_dir(folder, ["threshold:0.9"], 64, 32)  # a part of it: fine
+    larger = build_grid(["threshold", "factor"], ["threshold=0.7,0.9"], [], ["plain"], "none")
+    with pytest.raises(ValueError, match=r"holds a sweep of 3 settings, and this tune's grid asks for \d+ it never "
+                                         r"decoded \(e\.g\. factor"):
+        check_sweep_dir(folder, larger, 64, 32)
+    check_sweep_dir(tmp_path / "new", larger, 64, 32)  # no sweep there yet: it is made

@@ -136,6 +136,31 @@ class TuneReport:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def check_sweep_dir(folder: Path, grid: Any, gen_length: int, block_length: int) -> None:
+    """``--sweep-dir`` reuses a sweep: a grid with settings that sweep never decoded is refused (tune would decode
+    them into the user's folder and could choose one the user never swept)."""
+    from unmask.eval.spec import parse_specs
+    from unmask.eval.sweep import BASELINE, SweepGrid
+
+    saved = folder / "sweep.json"
+    if not saved.is_file():
+        return  # a new sweep: it is decoded into the folder
+    try:
+        stored = set(json.loads(saved.read_text())["settings"]["specs"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--sweep-dir {str(folder)!r}: {saved.name} cannot be read ({err}); give another folder") \
+            from None
+    if isinstance(grid, SweepGrid):
+        wanted = [s.label for s in grid.specs(gen_length, block_length)]
+    else:
+        wanted = [BASELINE.label, *(s.label for s in parse_specs([getattr(g, "label", g) for g in grid]))]
+    new = [label for label in wanted if label not in stored]
+    if new:
+        raise ValueError(f"--sweep-dir {str(folder)!r} holds a sweep of {len(stored)} settings, and this tune's grid "
+                         f"asks for {len(new)} it never decoded (e.g. {', '.join(new[:3])}); give the sweep's own "
+                         f"grid (its settings are in {saved}) or another folder")
+
+
 def run_tune(
     lm: Any,
     grid: SweepGrid | Sequence[str | DecodeSpec],
@@ -174,6 +199,8 @@ def run_tune(
     out = Path(out_dir)
     common = {"seed": seed, "batch_size": batch_size, "gen_length": gen_length, "block_length": block_length,
               "model_name": model_name, "overwrite": overwrite, "progress": progress, **decode}
+    if sweep_dir is not None:
+        check_sweep_dir(Path(sweep_dir), grid, gen_length, block_length)
     sweep = run_sweep(lm, grid, task_map, sweep_dir or out / "dev", n=n, split=dev, drop=eps, samples=samples,
                       boot_seed=boot_seed, confidence=confidence, plot=plot, **common)
     choice = select(sweep.tasks, eps)
