@@ -312,3 +312,12 @@ def test_tables_are_not_cut_when_piped(tmp_path):
     with console.capture() as captured:
         console.print(table)
     assert label in captured.get()
+
+
+def test_bench_that_cannot_fit_in_memory_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr("unmask.models.loading.available_memory", lambda device: 1 << 20)  # 1 MiB free
+    result = run("bench", "--random-weights", "llada-tiny", "--batch", 1, "--cache", "dual", "--device", "cpu",
+                 "-o", tmp_path)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "a random-weight model needs" in text and "only 0.0 GiB is available" in text
+    assert "Traceback" not in result.output

@@ -214,6 +214,43 @@ def load_model(
     return model.eval().requires_grad_(False)
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: CUDA's free memory, or the host's MemAvailable capped by this
+    process's cgroup limit; None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = open(limit_file).read().strip(), int(open(usage_file).read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            free = min(free if free is not None else int(limit), int(limit) - usage)
+        break
+    return free
+
+
+def check_memory(needed: int, device: torch.device, what: str) -> None:
+    """A ``ValueError`` naming both sizes where ``needed`` bytes cannot fit on ``device`` (instead of an
+    out-of-memory kill or traceback half way through)."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise ValueError(f"{what} needs {needed / 2**30:.1f} GiB on {device}, only {max(free, 0) / 2**30:.1f} GiB "
+                         "is available; pick a smaller shape, another device or free memory")
+
+
 def random_model(config, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                  seed: int = 0) -> torch.nn.Module:
     """A model with N(0, 0.02) weights (RMSNorm weights 1): for speed benchmarks and tests."""
@@ -221,6 +258,7 @@ def random_model(config, dtype: torch.dtype = torch.bfloat16, device: str | torc
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.device("meta"):
         model = model_class(config)(config)
+    check_memory(sum(p.numel() for p in model.parameters()) * dtype.itemsize, device, "a random-weight model")
     state = {}
     for name, p in model.state_dict().items():
         if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
