@@ -94,6 +94,16 @@ def parse_knobs(items: list[str]) -> dict[str, str]:
     return knobs
 
 
+def knob_numbers(knobs: dict[str, str]) -> dict[str, object]:
+    """``--knob`` values read as their knob's numbers (a value that is not one fails here, naming it); an unknown
+    name stays as given, for the decoder's 'unknown policy option' error."""
+    out: dict[str, object] = {}
+    for name, value in knobs.items():
+        knob = next((cls.knob for cls in REGISTRY.values() if cls.knob.name == name), None)
+        out[name] = value if knob is None else knob.parse(value, name, text=True)
+    return out
+
+
 def build_credit(credit: bool, alpha: float | None, beta: float | None, gamma: float | None,
                  adaptive: bool) -> CreditConfig | None:
     """The ``--credit`` options as a ``CreditConfig``; a coefficient given without ``--credit`` is an error."""
@@ -150,7 +160,7 @@ def generate(
 ) -> None:
     """Generate responses with any commit policy, cache mode and credit fusion."""
     check_lengths(gen_length, block_length)  # before the progress bar divides one by the other
-    knobs = parse_knobs(knob or [])
+    knobs = knob_numbers(parse_knobs(knob or []))
     for name, value in (("steps", steps), ("threshold", threshold), ("factor", factor), ("margin", margin)):
         if value is not None:
             if name in knobs:

@@ -54,3 +54,19 @@ def test_generate_takes_a_config_or_keywords(tiny_ckpt):
     c = lm.generate(["hello world"], config, cache="dual")  # keywords override the config
     assert c.config.cache == "dual" and c.config.options == {"threshold": 0.3}
     assert set(f.name for f in dataclasses.fields(a)) >= {"sequences", "tokens", "commit_step", "texts", "prompt_ids"}
+
+
+def test_api_knobs_are_numbers_as_temperature_is():
+    """The Python API takes numbers: "0.9" for threshold is refused as "0" for temperature is (text is read only
+    in specs, sweep grids and on the command line)."""
+    import pytest
+
+    from unmask.decoding.config import DecodeConfig
+    from unmask.eval.spec import parse_spec
+
+    for settings, message in (({"policy": "threshold", "threshold": "0.9"}, "threshold must be a number"),
+                              ({"policy": "topk", "steps": "8"}, "steps must be an integer"),
+                              ({"temperature": "0"}, "temperature")):
+        with pytest.raises(ValueError, match=message):
+            DecodeConfig.create(gen_length=16, block_length=8, **settings)
+    assert parse_spec("threshold:0.9").generate_kwargs()["threshold"] == 0.9  # text in a spec is read

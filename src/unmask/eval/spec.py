@@ -155,7 +155,7 @@ def _parse_credit_params(text: str, params_text: str) -> tuple[tuple[str, float]
 
 def _parse_value(text: str, policy: str, value_text: str) -> float | int:
     try:
-        return get_policy_class(policy).knob.parse(value_text, policy)
+        return get_policy_class(policy).knob.parse(value_text, policy, text=True)
     except ValueError as err:
         raise ValueError(f"bad decoding spec {text!r}: {err}; allowed: {SPEC_FORMS}") from None
 

@@ -183,7 +183,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, tuple[float | int, ...]]:
         if policy in grid:
             raise ValueError(f"--grid for {policy!r} given twice")
         try:
-            grid[policy] = tuple(dict.fromkeys(REGISTRY[policy].knob.parse(v, policy) for v in parts))
+            grid[policy] = tuple(dict.fromkeys(REGISTRY[policy].knob.parse(v, policy, text=True) for v in parts))
         except ValueError as err:
             raise ValueError(f"--grid {item!r}: {err}") from None
     return grid

@@ -43,13 +43,15 @@ class Knob:
     # other option names that set this knob, each with a function that parses, checks and maps its value
     aliases: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
 
-    def parse(self, value: Any, policy: str) -> float | int:
-        """``value`` as this knob's type, checked; a ``ValueError`` names the value and what is allowed."""
+    def parse(self, value: Any, policy: str, text: bool = False) -> float | int:
+        """``value`` as this knob's type, checked; a ``ValueError`` names the value and what is allowed. A string is
+        read as a number only with ``text`` (a spec, a sweep grid, the command line); the Python API takes numbers
+        (``threshold="0.9"`` is refused as ``temperature="0"`` is)."""
         label = self.name if policy == self.name else f"{policy} {self.name}"
         kind = "an integer" if self.type is int else "a number"
         if self.allowed.startswith(("a ", "an ")):  # "a finite number": already says what kind
             kind = ""
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (isinstance(value, str) and not text):
             raise ValueError(f"{label} must be {f'{kind} ' if kind else ''}{self.allowed}, got {value!r}")
         try:
             number = self.type(value) if self.type is float else _integer(value)
