@@ -1,8 +1,10 @@
 import os
+import platform
 import select
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -141,6 +143,8 @@ def test_layers_on_this_machine():
         assert "landlock-net" in r.layers
     if LANDLOCK >= 6:
         assert "landlock-scope" in r.layers
+    if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64"):
+        assert "seccomp" in r.layers
 
 
 def test_reliability_guard_inner_layer():
@@ -458,3 +462,75 @@ def test_refuses_root_when_the_uid_switch_fails(monkeypatch):
     with pytest.raises(SandboxRefused, match="no unprivileged uid"):
         run_python("assert 1")
     assert run_python("assert 1", allow_root=True).passed
+
+
+seccomp = pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")),
+                             reason="the seccomp filter is built for Linux x86-64 and arm64")
+
+
+@seccomp
+def test_probe_unix_socket_file(world_dir):
+    """A 0777 unix socket in a directory the evaluator made: the network namespace does not cover socket files;
+    the seccomp filter refuses the socket itself, so nothing connects and no byte arrives."""
+    path = world_dir / "evaluator.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    path.chmod(0o777)
+    srv.listen(4)
+    code = f"""
+import _socket
+for kind in (_socket.SOCK_STREAM, _socket.SOCK_DGRAM):
+    try:
+        s = _socket.socket(_socket.AF_UNIX, kind)
+        s.connect({str(path)!r})
+        s.send(b'escaped')
+        print('CONNECTED')
+    except OSError as e:
+        print('blocked', e.errno)
+"""
+    try:
+        r = run_python(code)
+        assert "CONNECTED" not in r.stdout and r.stdout.count("blocked") == 2, r.stdout + r.stderr
+        assert select.select([srv], [], [], 0.2)[0] == []  # no connection was ever accepted
+    finally:
+        srv.close()
+
+
+@seccomp
+def test_probe_memfd_outside_the_memory_cap():
+    code = """
+import os
+try:
+    fd = os.memfd_create('hoard')
+    os.ftruncate(fd, 900 << 20)
+    os.write(fd, b'x' * (64 << 20))
+    print('HOARDED')
+except OSError as e:
+    print('blocked', e.errno)
+"""
+    r = run_python(code, memory_mb=512)
+    assert "HOARDED" not in r.stdout and "blocked 1" in r.stdout, r.stdout + r.stderr
+
+
+@root_only
+@pytest.mark.skipif(not LANDLOCK, reason="hiding /proc needs Landlock")
+def test_probe_other_processes_argv():
+    marker = "secret-token-" + os.urandom(4).hex()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    code = f"""
+import os
+for probe in (lambda: open('/proc/{other.pid}/cmdline', 'rb').read(), lambda: os.listdir('/proc'),
+              lambda: open('/proc/1/cmdline', 'rb').read()):
+    try:
+        print('READ', probe())
+    except OSError as e:
+        print('blocked', e.errno)
+print(open('/proc/self/status').read().split()[0])  # its own entry stays readable
+"""
+    try:
+        r = run_python(code)
+        assert marker not in r.stdout and "READ" not in r.stdout and r.stdout.count("blocked") == 3, r.stdout
+        assert "Name:" in r.stdout, r.stdout + r.stderr
+    finally:
+        other.kill()
+        other.wait()

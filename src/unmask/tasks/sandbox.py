@@ -23,10 +23,14 @@ safe to call from several threads at once) sets up these layers, in order, then 
 - ``landlock``: a Landlock ruleset (ABI 1+) that forbids every write, create, remove, rename,
   link and truncate outside the temp dir (and /dev/null). ``landlock-read``: reading is allowed
   only in the temp dir, Python's dirs (prefixes and ``sys.path``) and the system's (/usr, /lib*,
-  /bin, /sbin, /proc, /sys, a few /dev nodes and the /etc files the C library and stdlib read), so
-  data, checkpoints, home dirs and /tmp are out of sight. ``landlock-net`` (ABI 4+): no TCP bind
+  /bin, /sbin, /sys, a few /dev nodes, the /etc files the C library and stdlib read, and /proc: its
+  own entry only for a root evaluator, so other processes' command lines are hidden), so data,
+  checkpoints, home dirs and /tmp are out of sight. ``landlock-net`` (ABI 4+): no TCP bind
   or connect. ``landlock-scope`` (ABI 6+): no signals to processes outside the sandbox, no
   abstract unix sockets outside it.
+- ``seccomp`` (Linux x86-64 and arm64): a seccomp filter refuses (EPERM) ``socket(AF_UNIX, ...)``, so
+  a unix socket file in reach (one in a world-readable dir) cannot be connected to past the network
+  namespace, and ``memfd_create``, whose memory ``RLIMIT_AS`` does not count.
 - ``uid:<n>`` (evaluator running as root): the child switches to a fresh unprivileged uid/gid
   (no supplementary groups) for this run only. Files of root (0600 keys) become unreadable,
   signalling the evaluator fails with EPERM, ``RLIMIT_NPROC`` bounds a fork bomb, and after the
@@ -55,12 +59,12 @@ Not contained:
   nonce and forge a pass, and code that games the tests in-process (an object equal to
   everything, patched builtins, ``sys.settrace``) can pass them: the tests share a process with
   the code under test. Scores stay honest for model-written code, not for an adversary.
-- What stays readable: Python's and the system's dirs, /etc/passwd among them, and other
-  processes' command lines in /proc. Without Landlock (kernel < 5.13 or disabled) every
+- What stays readable: Python's and the system's dirs, /etc/passwd among them (other processes'
+  command lines in /proc only for an unprivileged evaluator). Without Landlock (kernel < 5.13 or disabled) every
   world-readable file; as the evaluator's own uid (unprivileged evaluator) also that user's files.
 - Without Landlock a root evaluator's per-run uid can still write to world-writable places (/tmp,
   /dev/shm), and an unprivileged evaluator's code can write wherever that user can. Without a
-  network namespace, UDP and unix sockets stay reachable past the in-process block. An
+  network namespace, UDP sockets stay reachable past the in-process block. An
   unprivileged evaluator gets no uid sweep (a setsid + double-fork child can outlive the run) and,
   without ``landlock-scope``, its code can signal that user's processes, the evaluator included.
 - CPU time, memory bandwidth and page cache are shared with the host; kernel bugs are out of scope.
@@ -238,8 +242,11 @@ def _child(argv):  # pragma: no cover - the bootstrap; runs as `python -I -c` in
                 return ok
 
             ok = ruleset >= 0 and allow(box, fs | reads) and allow("/dev/null", write_file | truncate | reads)
+            # /proc: a root evaluator's run reads its own entry only (other processes' command lines stay
+            # hidden); an unprivileged evaluator's needs the list to count its uid's processes (RLIMIT_NPROC)
+            proc = "/proc/self" if root else "/proc"
             if ok and reads:  # reading: the system's dirs and Python's, not home dirs, /tmp, /work, /srv ...
-                for path in ({"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/proc", "/sys",
+                for path in ({"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", proc, "/sys",
                               "/nix/store", "/gnu/store", sys.prefix, sys.base_prefix, sys.exec_prefix,
                               sys.base_exec_prefix, *python_path}
                              | {f"/dev/{name}" for name in ("zero", "full", "random", "urandom")}
@@ -275,6 +282,37 @@ def _child(argv):  # pragma: no cover - the bootstrap; runs as `python -I -c` in
         layers.append("root")
     else:
         layers.append("same-uid")
+    if linux and "seccomp" not in flags:  # a filter: no unix-domain socket (a socket file past the network
+        # namespace), no memfd (memory outside RLIMIT_AS); both fail with EPERM
+        import platform
+
+        arch, nr_socket, nr_memfd = {"x86_64": (0xC000003E, 41, 319), "aarch64": (0xC00000B7, 198, 279)}.get(
+            platform.machine(), (None, None, None))
+        if arch is not None:
+            allow_all, refuse = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+            program = [  # (code, jt, jf, k); jumps count from the next instruction
+                (0x20, 0, 0, 4),  # A = seccomp_data.arch
+                (0x15, 0, 5, arch),  # another architecture: allow (7)
+                (0x20, 0, 0, 0),  # A = seccomp_data.nr
+                (0x15, 4, 0, nr_memfd),  # memfd_create: refuse (8)
+                (0x15, 0, 2, nr_socket),  # not socket(): allow (7)
+                (0x20, 0, 0, 16),  # A = low word of args[0], the address family
+                (0x15, 1, 0, 1),  # AF_UNIX: refuse (8)
+                (0x06, 0, 0, allow_all),
+                (0x06, 0, 0, refuse),
+            ]
+
+            class SockFilter(ctypes.Structure):
+                _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                            ("k", ctypes.c_uint32)]
+
+            class SockFprog(ctypes.Structure):
+                _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+            filters = (SockFilter * len(program))(*(SockFilter(*op) for op in program))
+            fprog = SockFprog(len(program), ctypes.cast(filters, ctypes.POINTER(SockFilter)))
+            if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+                layers.append("seccomp")
     own = 0
     if not root and "userns" not in layers and linux:  # RLIMIT_NPROC counts every process of the uid
         for pid in os.listdir("/proc"):
