@@ -193,6 +193,8 @@ def test_fixed_schedule_without_early_stop_reads_nothing_back_per_step(mid_stop_
 @pytest.mark.parametrize("mask,match", [
     (torch.zeros(2, 4, dtype=torch.long), r"attention_mask of row\(s\) \[0, 1\] is all zero"),
     (torch.tensor([[1, 1, 1, 1], [0, 2, 1, 1]]), r"attention_mask must hold 0 \(padding\) and 1 \(token\)"),
+    (torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1]]), r"attention_mask of row\(s\) \[1\] is not left padding"),
+    (torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]), r"attention_mask of row\(s\) \[0\] is not left padding"),
 ])
 def test_bad_attention_masks_are_refused(tiny_ckpt, mask, match):
     lm = unmask.load(tiny_ckpt, dtype="float32")

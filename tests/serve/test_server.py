@@ -265,3 +265,26 @@ def test_serve_on_a_port_in_use_is_one_line():
         result = CliRunner().invoke(app, ["serve", "--port", str(port)])
     assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
     assert "Traceback" not in result.output
+
+
+def test_api_key_on_the_command_line_warns(tmp_path):
+    """A key in argv is readable by every local process: serve says so (and reads a key file)."""
+    from typer.testing import CliRunner
+
+    from unmask.cli import app
+
+    key_file = tmp_path / "key"
+    key_file.write_text("\n")
+    result = CliRunner().invoke(app, ["serve", "--api-key-file", str(key_file)])
+    assert result.exit_code == 2 and "holds no key on its first line" in result.output
+    import sys
+
+    argv = sys.argv
+    args = ["serve", "--api-key", "k", "--host", "no.such.host.invalid"]
+    sys.argv = ["unmask", *args]
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        sys.argv = argv
+    assert "--api-key on the command line is readable by every local process" in result.output
+    assert result.exit_code == 2  # then the bad host stops it, in one line

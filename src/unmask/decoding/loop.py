@@ -147,6 +147,10 @@ def check_decode_args(
         empty = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"attention_mask of row(s) {empty} is all zero: an empty prompt")
+        holed = (attention_mask[:, 1:] < attention_mask[:, :-1]).any(dim=-1).nonzero().flatten().tolist()
+        if holed:
+            raise ValueError(f"attention_mask of row(s) {holed} is not left padding (zeros, then ones): a hole or "
+                             "right padding would move the answer away from the prompt")
     limit = model.config.max_sequence_length
     if input_ids.shape[1] + gen_length > limit:
         raise ValueError(f"prompt length {input_ids.shape[1]} + gen_length {gen_length} exceeds the model's "
