@@ -132,11 +132,14 @@ class DiffusionLM:
             prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         return self.tokenizer.batch_encode(prompts, device=self.device)
 
+    def answer_length(self, tokens: torch.Tensor) -> int:
+        """An answer's tokens [G] up to and including the first stop token (all of them if none)."""
+        stops = torch.tensor(tuple(self.tokenizer.stop_ids) or (-1,), device=tokens.device)
+        return int(stop_lengths(tokens[None], stops)[0])
+
     def answer_text(self, tokens: torch.Tensor, length: int | None = None) -> str:
-        """The text of an answer's first ``length`` tokens (default: up to and including the first stop token)."""
-        if length is None:
-            stops = torch.tensor(tuple(self.tokenizer.stop_ids) or (-1,), device=tokens.device)
-            length = int(stop_lengths(tokens[None], stops)[0])
+        """The text of an answer's first ``length`` tokens (default: ``answer_length``)."""
+        length = self.answer_length(tokens) if length is None else length
         return self.tokenizer.decode(tokens[:length].tolist(), skip_special_tokens=True).strip()
 
     def generate(

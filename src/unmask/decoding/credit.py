@@ -67,8 +67,8 @@ def _finite(value: int | float) -> bool:
 class CreditState:
     """Sparse credit of one block: ``tokens`` [B, L, S] (-1 = empty) and ``credit`` [B, L, S].
 
-    Buffers are allocated once and updated in place (``reset`` at each new block), so the update can
-    live inside a captured CUDA graph.
+    Buffers are allocated once and updated in place (``reset_where`` for the rows starting a block), so the
+    update can live inside a captured CUDA graph.
     """
 
     def __init__(self, config: CreditConfig, batch: int, length: int, device: torch.device) -> None:
@@ -76,15 +76,6 @@ class CreditState:
         slots = length if config.slots is None else config.slots  # a block takes at most `length` steps
         self.tokens = torch.full((batch, length, slots), -1, dtype=torch.long, device=device)
         self.credit = torch.zeros((batch, length, slots), dtype=torch.float32, device=device)
-
-    def reset(self) -> None:
-        self.tokens.fill_(-1)
-        self.credit.zero_()
-
-    def reset_rows(self, rows: torch.Tensor) -> None:
-        """Reset the credit of ``rows`` only (a row starting a new block while others are mid-block)."""
-        self.tokens[rows] = -1
-        self.credit[rows] = 0.0
 
     def head(self, rows: int) -> CreditState:
         """A view of the first ``rows`` rows: updates through it land here."""
@@ -98,16 +89,6 @@ class CreditState:
         """Reset the credit of the rows where ``rows`` [B] is True (rows starting a block), in place, no sync."""
         self.tokens.masked_fill_(rows[:, None, None], -1)
         self.credit.masked_fill_(rows[:, None, None], 0.0)
-
-    def select(self, rows: torch.Tensor) -> CreditState:
-        """A copy holding the state of ``rows``; ``store`` writes it back after ``update_and_fuse``."""
-        sub = object.__new__(CreditState)
-        sub.config, sub.tokens, sub.credit = self.config, self.tokens[rows], self.credit[rows]
-        return sub
-
-    def store(self, rows: torch.Tensor, sub: CreditState) -> None:
-        self.tokens[rows] = sub.tokens
-        self.credit[rows] = sub.credit
 
     def _coefficients(self, masked: torch.Tensor) -> tuple[torch.Tensor | float, ...]:
         cfg = self.config

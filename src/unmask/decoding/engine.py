@@ -420,12 +420,17 @@ class DecodeEngine:
         logits = self.model.forward_window(x, self.cos, self.sin, self._key_mask(index), cache, None,
                                            torch.cat([logits_rows, logits_rows]) if self.cfg else logits_rows)
         if not direct:
-            self.kv.kv.index_copy_(2, model_index, cache.kv)
-            if cache.outputs is not None:  # a model's kept outputs (Dream) travel with the keys/values
-                if self.kv.outputs is None:
-                    self.kv.outputs = cache.outputs.new_zeros((self.Bm, *cache.outputs.shape[1:]))
-                self.kv.outputs.index_copy_(0, model_index, cache.outputs)
+            self._store_rows(model_index, cache)
         self.logits.index_copy_(0, index, self._guided(logits))
+
+    def _store_rows(self, index: torch.Tensor, cache: StaticKVCache) -> None:
+        """Write the caches of the gathered rows ``cache`` back into the engine's rows ``index`` (a model's kept
+        outputs, Dream's, travel with the keys/values)."""
+        self.kv.kv.index_copy_(2, index, cache.kv)
+        if cache.outputs is not None:
+            if self.kv.outputs is None:
+                self.kv.outputs = cache.outputs.new_zeros((self.Bm, *cache.outputs.shape[1:]))
+            self.kv.outputs.index_copy_(0, index, cache.outputs)
 
     def _full_refresh(self, block: int) -> bool:
         """Whether ``block`` starts with the full refresh (else with the answer-only one)."""
@@ -449,11 +454,7 @@ class DecodeEngine:
         cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
         block_rows = self.block.index_select(0, index)[:, None] * self.BL + self.offsets  # the block in the answer
         logits = self.model.forward_window(x, cos, sin, self._key_mask(index), cache, columns, block_rows)
-        self.kv.kv.index_copy_(2, index, cache.kv)
-        if cache.outputs is not None:
-            if self.kv.outputs is None:
-                self.kv.outputs = cache.outputs.new_zeros((self.Bm, *cache.outputs.shape[1:]))
-            self.kv.outputs.index_copy_(0, index, cache.outputs)
+        self._store_rows(index, cache)
         self.logits.index_copy_(0, index, logits)
 
     def _commit_step(self, hi: int) -> None:
@@ -588,8 +589,9 @@ class DecodeEngine:
                 self._run(("window", hi, width))
                 self.stats.forwards += 1
                 self.stats.computed_row_steps += hi
-            full = [i for i in fresh if self._full_refresh(self.slots[i].block)]
-            answer = [i for i in fresh if not self._full_refresh(self.slots[i].block)]
+            full, answer = [], []
+            for i in fresh:
+                (full if self._full_refresh(self.slots[i].block) else answer).append(i)
             for kind, rows_, index, mirror in (("refresh", full, self.refresh_slots, self.refresh_slots_host),
                                                 ("answer", answer, self.answer_slots, self.answer_slots_host)):
                 if not rows_:

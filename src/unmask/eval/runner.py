@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unmask.decoding.loop import check_lengths, stop_lengths
+from unmask.decoding.loop import check_lengths
 from unmask.eval.distributed import Shard, current_shard
 from unmask.eval.records import (
     RUN_KEYS,
@@ -274,9 +274,8 @@ def decode_rows(
     lock = threading.Lock()
     ready: list[dict[str, Any]] = []
 
-    def score(i: int, result: Any, completion: str) -> None:
+    def score(i: int, result: Any, tokens: int, completion: str) -> None:
         index, example = rows[i]
-        tokens = int(stop_length(lm, result.tokens))
         record = {
             "spec": spec.label, "task": task_name, "id": example.id, "index": index,
             "score": float(task.score(example, completion)), "nfe": result.nfe, "tokens": tokens,
@@ -299,7 +298,8 @@ def decode_rows(
         futures = []
 
         def on_row(i: int, result: Any) -> None:
-            futures.append(pool.submit(score, i, result, lm.answer_text(result.tokens)))
+            tokens = lm.answer_length(result.tokens)
+            futures.append(pool.submit(score, i, result, tokens, lm.answer_text(result.tokens, tokens)))
             flush()
 
         lm.generate(prompts, gen_length=gen_length, block_length=block_length, early_stop=early_stop,
@@ -309,23 +309,6 @@ def decode_rows(
             future.result()  # a scoring error is raised here
     flush()
     return len(rows)
-
-
-def stop_length(lm: Any, tokens: Any) -> int:
-    """Generated tokens up to and including the first stop token."""
-    import torch
-
-    stops = torch.tensor(tuple(lm.tokenizer.stop_ids) or (-1,))
-    return int(stop_lengths(tokens[None].cpu(), stops)[0])
-
-
-def score_all(task: Task, examples: list[Example], completions: list[str]) -> list[float]:
-    """Score a batch; in threads (code scoring waits on sandboxed subprocesses, which release the GIL)."""
-    workers = min(len(examples), os.cpu_count() or 1)
-    if workers <= 1:
-        return [float(task.score(e, c)) for e, c in zip(examples, completions, strict=True)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [float(s) for s in pool.map(task.score, examples, completions)]
 
 
 # --------------------------------------------------------------------------- progress
