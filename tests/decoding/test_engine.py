@@ -98,3 +98,17 @@ def test_generate_with_slots_equals_generate(lm):
     assert streamed.texts == together.texts and torch.equal(streamed.nfe_per_row, together.nfe_per_row)
     with pytest.raises(ValueError, match="slots must be a positive integer"):
         lm.generate(prompts, slots=0, **kw)
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_every_row_gets_a_share_of_the_wall_time(lm, early_stop):
+    """A row's seconds (eval's tokens/s) are its share of the steps' time, also for a fixed schedule without early
+    stop, whose steps are queued without a read-back."""
+    rows = ragged(4, seed=2)
+    opts = EngineOptions(2, max(len(r) for r in rows) + 16, 16, 8, True, lm.mask_id, "dual", 0.0, False, None,
+                         tuple(lm.tokenizer.stop_ids), early_stop)
+    engine = DecodeEngine(lm.model, TopK(4), unmask.decoding.Scorer(), None, opts)
+    assert engine.predictable == (not early_stop)
+    results = []
+    run_queue(engine, [RowRequest(r, 16, key=i) for i, r in enumerate(rows)], results.append)
+    assert len(results) == 4 and all(r.seconds > 0 for r in results)

@@ -606,7 +606,8 @@ class DecodeEngine:
                 self.stats.computed_row_steps += rows
         self._draw_noise()
         self._run(("commit", hi))
-        if self.predictable:
+        if self.predictable:  # no read-back: the step is queued, its time counts once a later sync waits for it
+            self._share_time(occupied)
             return self._predicted(occupied), occupied
         if self.device.type == "cuda":
             self.status_host[:hi].copy_(self.status[:hi], non_blocking=True)
@@ -614,13 +615,10 @@ class DecodeEngine:
             status = self.status_host[:hi].tolist()
         else:
             status = self.status[:hi].tolist()
-        now = time.perf_counter()
-        share = (now - (self.last_step_end or min(self.slots[i].admitted_s for i in occupied))) / len(occupied)
-        self.last_step_end = now
+        self._share_time(occupied)
         done = []
         for i in occupied:
             flags, slot = status[i], self.slots[i]
-            slot.seconds += share
             slot.refresh = False
             if flags & ADVANCED:
                 slot.block += 1
@@ -628,6 +626,14 @@ class DecodeEngine:
             if flags & DONE:
                 done.append(i)
         return done, occupied
+
+    def _share_time(self, occupied: list[int]) -> None:
+        """Split the wall time since the last step's end (or the first admission) over the rows of this step."""
+        now = time.perf_counter()
+        share = (now - (self.last_step_end or min(self.slots[i].admitted_s for i in occupied))) / len(occupied)
+        self.last_step_end = now
+        for i in occupied:
+            self.slots[i].seconds += share
 
     def _predicted(self, occupied: list[int]) -> list[int]:
         """The host's own bookkeeping of a fixed schedule without early stop (what the status would say)."""
