@@ -7,7 +7,8 @@ same script on an unmask tree from before the engine (``PYTHONPATH=<old>/src``),
 decodes a batch in lockstep; on the engine, ``--mode lockstep`` emulates it (a batch per call).
 
 Each (task, spec) is decoded twice and the second pass is timed (the first compiles and captures every
-bucket's graphs). Decoding only is timed; scoring comes after. Slot efficiency = row-steps a row needed
+bucket's graphs). Decoding only is timed: the chat template is rendered before the clock starts (both
+trees pay the same tokenizing), scoring comes after. Slot efficiency = row-steps a row needed
 (its forwards) / row-steps computed (slots stepped): lockstep computes batch x steps per batch.
 
     python benchmarks/engine_throughput.py --model testbed-varied --task math --task code -n 512 \
@@ -30,7 +31,8 @@ from unmask.tasks.registry import get_task
 
 def run(lm, prompts: list[str], spec, batch: int, mode: str, gen_length: int, block_length: int,
         compile: str | None = None) -> dict:
-    kwargs = dict(gen_length=gen_length, block_length=block_length, compile=compile, **spec.generate_kwargs())
+    kwargs = dict(gen_length=gen_length, block_length=block_length, compile=compile, chat=False,
+                  **spec.generate_kwargs())
     has_slots = "slots" in inspect.signature(lm.generate).parameters
     tokens, texts, nfe_rows, computed = 0, [], [], 0
     if torch.cuda.is_available():
@@ -77,7 +79,8 @@ def main() -> None:
     for task_name in args.task or ["math"]:
         task = get_task(task_name)
         examples = task.examples(args.split, args.n, 0)
-        prompts = [e.prompt for e in examples]
+        # rendered once, outside the timed decodes (``chat=False`` below)
+        prompts = [lm.tokenizer.apply_chat_template([{"role": "user", "content": e.prompt}]) for e in examples]
         for spec in parse_specs(args.spec or ["threshold:0.9@dual"]):
             for batch in args.batch or [32]:
                 settings = (spec, batch, args.mode, args.gen_length, args.block_length, args.compile)

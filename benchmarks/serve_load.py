@@ -183,6 +183,25 @@ def solo_baseline(lm: DiffusionLM, prompt: str, spec: str, max_tokens: int, chat
     return out
 
 
+def offline_baseline(lm: DiffusionLM, texts: list[str], spec: str, max_tokens: int, max_batch: int,
+                     chat: bool) -> dict[str, float]:
+    """The same requests decoded offline by ``generate(texts, slots=max_batch)`` in the same process (the
+    server's engine, fed from a list instead of HTTP): output tok/s and ms per engine step, second of two runs."""
+    from unmask.eval.spec import parse_spec
+
+    settings = parse_spec(spec).generate_kwargs()
+    gen_length = -(-max_tokens // 32) * 32
+    for _ in range(2):
+        tic = time.perf_counter()
+        out = lm.generate(texts, gen_length=gen_length, chat=chat, slots=max_batch, **settings)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - tic
+    tokens = float(out.lengths.clamp(max=max_tokens).sum())
+    return {"output_tokens_per_s": tokens / seconds, "step_ms": 1e3 * seconds / max(out.nfe, 1),
+            "seconds": seconds, "steps": out.nfe}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -202,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", default=None,
+                        help="fused | exact | off for the server and the offline baseline (default: fused on CUDA)")
     parser.add_argument("-o", "--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
@@ -211,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         lm = unmask.load(args.model, device=args.device, dtype=args.dtype, compile=False)
         name = args.model or "unmask-testbed"
+    if args.compile is not None or args.random_weights:
+        lm.compile = args.compile or ("fused" if lm.device.type == "cuda" else "off")
     settings = ServerSettings(model_name=name, spec=args.spec, default_max_tokens=args.max_tokens)
     app = create_app(lm, settings, max_batch=args.max_batch, max_queue=args.num_requests * 2)
     port = free_port()
@@ -239,13 +262,19 @@ def main(argv: list[str] | None = None) -> None:
     server.should_exit = True
     thread.join(timeout=30)
     baseline = solo_baseline(lm, texts[0], args.spec, args.max_tokens, chat=False)
+    offline = offline_baseline(lm, texts, args.spec, args.max_tokens, args.max_batch, chat=False)
+    print(f"offline through generate(slots={args.max_batch}): {offline['output_tokens_per_s']:.1f} tok/s, "
+          f"{offline['step_ms']:.1f} ms per step", flush=True)
+    for row in rows:
+        row["over_offline"] = row["output_tokens_per_s"] / offline["output_tokens_per_s"]
+        row["tpot_over_offline_step"] = row["tpot_ms_p50"] / offline["step_ms"]
     for mode, ms in baseline.items():
         print(f"alone through generate ({mode}): {ms:.0f} ms per request", flush=True)
     device = str(lm.device) + (f" ({torch.cuda.get_device_name(lm.device)})" if lm.device.type == "cuda" else "")
     meta = {"command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "model": name, "device": device, "spec": args.spec, "max_batch": args.max_batch,
             "max_tokens": args.max_tokens, "num_requests": args.num_requests, "torch": torch.__version__,
-            "alone_ms": baseline}
+            "alone_ms": baseline, "offline": offline, "compile": lm.compile}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -253,7 +282,10 @@ def main(argv: list[str] | None = None) -> None:
                  f"spec `{args.spec}`, max batch {args.max_batch}, {args.num_requests} requests per rate, "
                  f"max_tokens {args.max_tokens}, streaming clients. The first request decoded alone through "
                  "`generate` in the same process (median of 3): "
-                 + ", ".join(f"{mode} {ms:.0f} ms" for mode, ms in baseline.items()) + ".", "",
+                 + ", ".join(f"{mode} {ms:.0f} ms" for mode, ms in baseline.items())
+                 + f". The same {args.num_requests} "
+                 f"requests decoded offline (`generate(slots={args.max_batch})`, same process): "
+                 f"{offline['output_tokens_per_s']:.1f} tok/s, {offline['step_ms']:.1f} ms per engine step.", "",
                  "| rate (req/s) | ok | req/s | output tok/s | TTFC p50 / p99 (ms) | TPOT p50 / p99 (ms) | "
                  "latency p50 / p99 (ms) | forwards/token |", "|---|---|---|---|---|---|---|---|"]
         for r in rows:

@@ -196,3 +196,27 @@ def test_on_block_reports_progress(model, policy):
            early_stop=False, on_block=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (8, 8) and {total for _, total in seen} == {8}  # 2 rows x 4 blocks
     assert [done for done, _ in seen] == sorted(set(done for done, _ in seen))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_captured_decode_equals_eager_whatever_ran_before(model):
+    """``unmask bench``'s order: a captured decode first (its graphs hold the kernels compiled for the shapes
+    seen so far), then other shapes, then the same decode's kernels run eagerly. Under dynamo's automatic
+    dynamic shapes the later shapes recompiled every kernel with dynamic sizes and the eager run took those
+    (other roundings, other bf16 tokens); with static per-shape kernels the two agree bit for bit."""
+    import torch._dynamo
+
+    torch._dynamo.reset()  # a fresh compile history, as in a new process
+    cuda_model = type(model)(model.config).to(torch.bfloat16)
+    cuda_model.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    cuda_model = cuda_model.cuda().eval().requires_grad_(False).fuse_projections().compile_kernels(True)
+    mask_id = model.config.mask_token_id
+    x = prompts(1, 16, seed=3).cuda()
+    kw = dict(mask_id=mask_id, gen_length=32, block_length=8, cache="dual", early_stop=False)
+    captured = decode(cuda_model, x, TopK(8), compile="fused", **kw)
+    decode(cuda_model, prompts(3, 11, seed=4).cuda(), TopK(8), compile="fused", **kw)  # other shapes
+    opts = EngineOptions(1, 16 + 32, 32, 8, False, mask_id, "dual", 0.0, False, None, (), False)
+    eager = DecodeEngine(cuda_model, TopK(8), Scorer(), None, opts, graphs=False)
+    run_queue(eager, [RowRequest(x[0], 32)], lambda r: None)
+    assert captured.graphs
+    assert torch.equal(captured.sequences[0], eager.x[0])

@@ -92,9 +92,11 @@ _COMPILED_ARGMAX_CONFIDENCE = None
 def compiled_argmax_confidence():
     """``argmax_confidence`` through ``torch.compile``: split reductions over the vocabulary (few rows,
     long rows) and no float64 copy of the logits in memory."""
+    from unmask.models.llada import compile_kernel
+
     global _COMPILED_ARGMAX_CONFIDENCE
     if _COMPILED_ARGMAX_CONFIDENCE is None:
-        _COMPILED_ARGMAX_CONFIDENCE = torch.compile(_fused_argmax_confidence)
+        _COMPILED_ARGMAX_CONFIDENCE = compile_kernel(_fused_argmax_confidence)  # static shapes, as the model's
     return _COMPILED_ARGMAX_CONFIDENCE
 
 

@@ -208,18 +208,26 @@ class BlockKernels:
 EAGER_KERNELS = BlockKernels()
 _COMPILED_KERNELS: BlockKernels | None = None
 COMPILE_OPTIONS = {"emulate_precision_casts": True}
-RECOMPILE_LIMIT = 64  # variants per block half: cache / columns / residual present or not, x static or dynamic shapes
+# compiled variants per function (every decode shape is its own: step kinds x slot buckets x cache widths)
+RECOMPILE_LIMIT = 1024
 
 
 def compile_kernel(fn: Callable) -> Callable:
-    """``fn`` through ``torch.compile`` (inductor) with ``COMPILE_OPTIONS``, after raising dynamo's
-    per-function recompile limit to ``RECOMPILE_LIMIT``."""
-    # dynamo's default of 8 compiled variants per function is soon reached by the step kinds of a
-    # few decode shapes; past it, it silently runs the function eagerly (other kernels, other bits)
+    """``fn`` through ``torch.compile`` (inductor) with ``COMPILE_OPTIONS`` and static shapes, after raising
+    dynamo's recompile limits to ``RECOMPILE_LIMIT``.
+
+    Static shapes (``dynamic=False``) make the kernels of a shape a function of that shape alone. Under
+    dynamo's default (automatic dynamic shapes) a function is first compiled for its first shape and then
+    recompiled with dynamic sizes once it sees a second one, after which every shape, the first included,
+    runs the dynamic kernels: a CUDA graph captured before that recompile replays other kernels (other
+    roundings) than the same step launched after it, and a decode's bits depended on what ran before it.
+    """
+    # past the limits dynamo silently runs the function eagerly (other kernels, other bits)
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-    return torch.compile(fn, options=COMPILE_OPTIONS)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT)
+    return torch.compile(fn, dynamic=False, options=COMPILE_OPTIONS)
 
 
 def compiled_kernels() -> BlockKernels:

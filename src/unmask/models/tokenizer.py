@@ -10,6 +10,7 @@ Digits are split one per token (``Digits(individual_digits=True)``) so that arit
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -46,13 +47,18 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_template(template: str):
+    return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+
+
 def render_chat(
     messages: Sequence[dict[str, str]], add_generation_prompt: bool = True, template: str = CHAT_TEMPLATE,
     bos_token: str = BOS_TOKEN, eos_token: str = EOS_TOKEN,
 ) -> str:
-    """Render a Jinja chat template as transformers does (sandboxed, trim_blocks and lstrip_blocks)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+    """Render a Jinja chat template as transformers does (sandboxed, trim_blocks and lstrip_blocks); each
+    template is compiled once (compiling costs milliseconds, rendering microseconds)."""
+    return _compiled_template(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
                                             bos_token=bos_token, eos_token=eos_token)
 
 
