@@ -93,10 +93,10 @@ def main() -> None:
                               accuracy=sum(scores) / len(scores))
                 print(json.dumps(result), flush=True)
                 rows.append(result)
-    info = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__, "rows": rows}
-    with open(args.json, "w") as f:
-        json.dump(info, f, indent=1)
+                info = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                        "torch": torch.__version__, "rows": rows}
+                with open(args.json, "w") as f:  # after every row: a run cut short keeps what it measured
+                    json.dump(info, f, indent=1)
 
 
 if __name__ == "__main__":
