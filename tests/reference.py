@@ -37,24 +37,27 @@ def rope(t, positions, theta):
 def with_past(past, k, v, replace=None):
     """A layer's keys/values [B, kv_heads, *, hd] with Fast-dLLM's cache ``past`` = (k, v) of the cached
     columns: the new ones appended (prefix cache), or with ``replace`` = (a, b) written over columns
-    [a, b) of a copy (dual cache); ``past`` None: the new ones alone."""
+    [a, b) of a copy (dual cache), or ``replace`` = a tensor of columns written over those columns;
+    ``past`` None: the new ones alone."""
     if past is None:
         return k, v
     pk, pv = past
     if replace is None:
         return torch.cat([pk, k], 2), torch.cat([pv, v], 2)
     pk, pv = pk.clone(), pv.clone()
-    pk[:, :, replace[0]:replace[1]], pv[:, :, replace[0]:replace[1]] = k, v
+    where = replace if isinstance(replace, torch.Tensor) else slice(replace[0], replace[1])
+    pk[:, :, where], pv[:, :, where] = k, v
     return pk, pv
 
 
-def ref_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=None):
+def ref_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=None, columns=None):
     """Logits for tokens ``x`` [B, n].
 
     past: None, or per layer (k_pre_rope, v) [B, H, S, hd] of cached columns.
     Without ``replace``, queries are at columns [query_start, query_start + n) and keys = past ++ new
     (Fast-dLLM prefix cache, query_start = S). With ``replace`` = (a, b), the new k/v overwrite
-    columns [a, b) of ``past`` (dual cache). Returns (logits, new per-layer (k_pre_rope, v)).
+    columns [a, b) of ``past`` (dual cache). With ``columns`` (a tensor [n]), token i sits at canvas column
+    ``columns[i]`` and its k/v overwrite that column of ``past``. Returns (logits, new per-layer (k_pre_rope, v)).
     """
     p = "model.transformer."
     B, n = x.shape
@@ -68,10 +71,10 @@ def ref_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=None
         q = (a @ w[b + "q_proj.weight"].T).view(B, n, H, hd).transpose(1, 2)
         k = (a @ w[b + "k_proj.weight"].T).view(B, n, kvH, hd).transpose(1, 2)
         v = (a @ w[b + "v_proj.weight"].T).view(B, n, kvH, hd).transpose(1, 2)
-        k, v = with_past(None if past is None else past[layer], k, v, replace)
+        k, v = with_past(None if past is None else past[layer], k, v, replace if columns is None else columns)
         present.append((k, v))
         total = k.shape[2]
-        qpos = torch.arange(query_start, query_start + n)
+        qpos = torch.arange(query_start, query_start + n) if columns is None else columns
         qr, kr = rope(q, qpos, cfg["rope_theta"]), rope(k, torch.arange(total), cfg["rope_theta"])
         kr = kr.repeat_interleave(H // kvH, dim=1)
         vv = v.repeat_interleave(H // kvH, dim=1)
@@ -262,5 +265,38 @@ def ref_prompt_stale_generate(w, cfg, prompt, gen_length, block_length, mask_id,
             mask_index = x[:, s:e] == mask_id
             logits, past = ref_forward(w, cfg, x[:, s:e], past=past, query_start=s, replace=(s, e))
             x0, transfer = _transfer_threshold(logits, mask_index, x[:, s:e], threshold)
+            x[:, s:e][transfer] = x0[transfer]
+    return x, nfe
+
+
+def ref_partial_generate(w, cfg, prompt, gen_length, block_length, mask_id, threshold, budget):
+    """Dual-cache generate with the threshold rule where only block 0 starts with the full forward; every
+    later forward recomputes the block's columns and ``budget`` more: the columns whose token differs from
+    the one their cached keys/values were computed from, then the most steps since their last recompute,
+    then the lower column. One row (batch 1), temperature 0. Returns (x, nfe)."""
+    P = prompt.shape[1]
+    L = P + gen_length
+    x = torch.full((1, L), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    logits, past = ref_forward(w, cfg, x)
+    kv_token, age = x[0].tolist(), [0] * L
+    nfe, first = 0, True
+    for nb in range(gen_length // block_length):
+        s, e = P + nb * block_length, P + (nb + 1) * block_length
+        while (x[:, s:e] == mask_id).any():
+            if first:
+                block_logits, first = logits[:, s:e], False
+            else:
+                others = [c for c in range(L) if not s <= c < e]
+                others.sort(key=lambda c: (int(x[0, c]) != kv_token[c], age[c], -c), reverse=True)
+                columns = torch.tensor(list(range(s, e)) + others[:budget])
+                out, past = ref_forward(w, cfg, x[:, columns], past=past, columns=columns)
+                block_logits = out[:, :e - s]
+                age = [a + 1 for a in age]
+                for c in columns.tolist():
+                    kv_token[c], age[c] = int(x[0, c]), 0
+            nfe += 1
+            mask_index = x[:, s:e] == mask_id
+            x0, transfer = _transfer_threshold(block_logits, mask_index, x[:, s:e], threshold)
             x[:, s:e][transfer] = x0[transfer]
     return x, nfe

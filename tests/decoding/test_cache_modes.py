@@ -1,11 +1,13 @@
-"""Registered cache modes: parsing and errors, and ``prompt_stale(every=N)`` (answer-only refreshes against the
-cached prompt) token for token against a restatement, through ragged batches, continuous batching and the spec."""
+"""Registered cache modes: parsing and errors; ``prompt_stale(every=N)`` (answer-only refreshes against the
+cached prompt) and ``partial(budget=K)`` (no block refresh; the block plus K changed/stalest columns every step)
+token for token against restatements, through ragged batches, continuous batching and the spec."""
 
 import math
+import re
 
 import pytest
 import torch
-from reference import ref_fastdllm_generate, ref_prompt_stale_generate
+from reference import ref_fastdllm_generate, ref_partial_generate, ref_prompt_stale_generate
 
 import unmask
 from unmask.decoding import Threshold, decode
@@ -29,7 +31,9 @@ def prompts(n=2, length=6, seed=4):
 
 
 def test_registry_and_labels():
-    assert {"none", "prefix", "dual", "prompt_stale"} <= set(CACHE_KINDS)
+    assert {"none", "prefix", "dual", "prompt_stale", "partial"} <= set(CACHE_KINDS)
+    assert canonical_cache("partial") == "partial(budget=16)"
+    assert canonical_cache("partial(budget=64)") == "partial(budget=64)"
     assert canonical_cache("prompt_stale") == "prompt_stale(every=4)"
     assert canonical_cache(" prompt_stale(every=inf) ") == "prompt_stale(every=inf)"
     assert parse_cache_mode("prompt_stale(every=2)").knob("every") == 2 and parse_cache_mode("dual").window == "dual"
@@ -43,9 +47,11 @@ def test_registry_and_labels():
     ("prompt_stale(every=2.5)", "every must be an integer >= 1 or inf, got '2.5'"),
     ("prompt_stale(often=2)", "bad option 'often=2' (its options: every)"),
     ("dual(every=2)", "cache mode 'dual': bad option 'every=2' (its options: none)"),
+    ("partial(budget=0)", "budget must be an integer in [1, 4096], got '0'"),
+    ("partial(budget=1.5)", "budget must be an integer in [1, 4096], got '1.5'"),
 ])
 def test_bad_modes_name_the_value(text, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_cache_mode(text)
     with pytest.raises(ValueError, match="cache mode"):
         unmask.DecodeConfig.create(policy="threshold", cache=text)
@@ -75,7 +81,40 @@ def test_every_block_is_dual(model, tiny_cfg):
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.commit_step, b.commit_step)
 
 
-def test_ragged_batch_through_fewer_slots_equals_alone(model, tiny_cfg):
+def test_generate_and_server_signature_take_the_spec(tiny_ckpt):
+    lm = unmask.load(tiny_ckpt, dtype="float64")
+    out = lm.generate(["hello world"], policy="threshold", threshold=0.5, cache="prompt_stale(every=2)",
+                      gen_length=32, block_length=8)
+    assert out.config.cache == "prompt_stale(every=2)" and out.nfe <= 32
+
+
+@pytest.mark.parametrize("budget", [1, 5, 64])
+@pytest.mark.parametrize("tau", [0.3, 0.6])
+def test_partial_equals_its_restatement(model, tiny_cfg, tiny_weights, budget, tau):
+    mask_id = tiny_cfg["mask_token_id"]
+    differs = 0
+    for row in prompts(3):
+        x = row[None]
+        ref, ref_nfe = ref_partial_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, tau, budget)
+        out = decode(model, x, Threshold(tau), mask_id=mask_id, gen_length=32, block_length=8,
+                     cache=f"partial(budget={budget})", early_stop=False)
+        assert torch.equal(out.sequences, ref) and out.nfe == ref_nfe
+        dual, dual_nfe = ref_fastdllm_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, threshold=tau, cache="dual")
+        differs += not torch.equal(dual, ref) or dual_nfe != ref_nfe
+    if budget < 64:  # a budget past the canvas recomputes everything every step: no cache at all
+        assert differs, "the partial refresh never changed a decode: the fixture proves nothing"
+
+
+def test_partial_with_the_whole_canvas_is_no_cache(model, tiny_cfg):
+    """A budget covering every column recomputes the whole canvas every step: the tokens of no cache."""
+    kw = dict(mask_id=tiny_cfg["mask_token_id"], gen_length=32, block_length=8, early_stop=False)
+    a = decode(model, prompts(), Threshold(0.4), cache="partial(budget=4096)", **kw)
+    b = decode(model, prompts(), Threshold(0.4), cache="none", **kw)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.commit_step, b.commit_step)
+
+
+@pytest.mark.parametrize("cache", ["prompt_stale(every=2)", "partial(budget=3)"])
+def test_ragged_batch_through_fewer_slots_equals_alone(model, tiny_cfg, cache):
     g = torch.Generator().manual_seed(3)
     rows = [torch.randint(0, 100, (n,), generator=g) for n in (9, 4, 7, 5)]
     width = max(len(r) for r in rows)
@@ -84,16 +123,9 @@ def test_ragged_batch_through_fewer_slots_equals_alone(model, tiny_cfg):
     for i, r in enumerate(rows):
         batch[i, width - len(r):] = r
         attn[i, width - len(r):] = 1
-    kw = dict(mask_id=tiny_cfg["mask_token_id"], gen_length=32, block_length=8, cache="prompt_stale(every=2)",
+    kw = dict(mask_id=tiny_cfg["mask_token_id"], gen_length=32, block_length=8, cache=cache,
               early_stop=True, stop_ids=(tiny_cfg["eos_token_id"],))
     out = decode(model, batch, Threshold(0.4), attention_mask=attn, slots=2, **kw)
     for i, r in enumerate(rows):
         alone = decode(model, r[None], Threshold(0.4), **kw)
         assert torch.equal(out.tokens[i], alone.tokens[0]) and out.nfe_per_row[i] == alone.nfe_per_row[0]
-
-
-def test_generate_and_server_signature_take_the_spec(tiny_ckpt):
-    lm = unmask.load(tiny_ckpt, dtype="float64")
-    out = lm.generate(["hello world"], policy="threshold", threshold=0.5, cache="prompt_stale(every=2)",
-                      gen_length=32, block_length=8)
-    assert out.config.cache == "prompt_stale(every=2)" and out.nfe <= 32

@@ -149,8 +149,12 @@ def test_generate_exact_mode_on_cpu_is_eager(tiny_ckpt):
     assert lm.generate("hello world", compile="exact", **kw).texts == lm.generate("hello world", **kw).texts
 
 
+REFRESH_LIGHT = [(Threshold(0.3), cache, credit) for cache in ("prompt_stale(every=2)", "partial(budget=5)")
+                 for credit in (None, CreditConfig())]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("policy,cache,credit", CASES, ids=lambda v: repr(v)[:24])
+@pytest.mark.parametrize("policy,cache,credit", CASES + REFRESH_LIGHT, ids=lambda v: repr(v)[:24])
 def test_graph_replay_equals_eager_on_cuda(model, policy, cache, credit):
     cuda_model = type(model)(model.config).to(torch.float32)
     cuda_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})

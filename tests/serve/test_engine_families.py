@@ -20,6 +20,7 @@ SETTINGS = [
     {"policy": "factor", "factor": 1.0, "cache": "prefix"},
     {"policy": "frechet", "margin": 0.25, "cache": "dual"},
     {"policy": "threshold", "threshold": 0.6, "cache": "prompt_stale(every=2)"},  # answer-only refreshes
+    {"policy": "threshold", "threshold": 0.6, "cache": "partial(budget=3)", "credit": True},  # no block refresh
 ]
 
 

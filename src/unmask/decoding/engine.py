@@ -145,7 +145,10 @@ class DecodeEngine:
         self.window = self.mode.window  # none | prefix | dual: what a step inside a block recomputes
         # blocks between full refreshes (the others start with an answer-only refresh): 1 = every block
         self.every = self.mode.knob("every") if self.mode.kind.refresh == "answer" else 1
-        if self.cfg and self.every != 1:
+        # partial(budget=K): block 0 refreshed, then every step recomputes the block plus K changed/stalest columns
+        self.partial = self.mode.kind.refresh == "partial"
+        self.budget = min(int(self.mode.knob("budget")), T - BL) if self.partial else 0
+        if self.cfg and (self.every != 1 or self.partial):
             raise ValueError(f"cfg_scale > 0 is not supported with cache mode {opts.cache!r} (use dual or prefix)")
         self.Bm = 2 * S if self.cfg else S  # rows through the model (CFG adds the unconditional copy)
         longs = {"dtype": torch.long, "device": device}
@@ -174,6 +177,10 @@ class DecodeEngine:
         self.offsets = torch.arange(BL, **longs)
         self.gen_offsets = torch.arange(G, **longs)
         self.columns_T = torch.arange(T, **longs)
+        self.kv_token = self.kv_age = None
+        if self.partial:  # per column: the token its cached keys/values were computed from (-1: never), steps since
+            self.kv_token = torch.full((S, T), -1, **longs)
+            self.kv_age = torch.zeros((S, T), **longs)
         self.cos, self.sin = model.rotary(torch.arange(T, **longs)[None])  # [1, 1, T, hd]: position = column
         self.schedule = None
         if policy.steps_per_block is not None:
@@ -337,6 +344,8 @@ class DecodeEngine:
             buffers.append(self.schedule)
         if self.credit is not None:
             buffers += [self.credit.tokens, self.credit.credit]
+        if self.partial:
+            buffers += [self.kv_token, self.kv_age]
         return buffers
 
     # ---- the step functions (static buffers in, static buffers out) ---------------------------------------
@@ -421,6 +430,9 @@ class DecodeEngine:
                                            torch.cat([logits_rows, logits_rows]) if self.cfg else logits_rows)
         if not direct:
             self._store_rows(model_index, cache)
+        if self.partial:  # every column computed now, from the canvas as it stands
+            self.kv_token.index_copy_(0, index, x)
+            self.kv_age.index_fill_(0, index, 0)
         self.logits.index_copy_(0, index, self._guided(logits))
 
     def _store_rows(self, index: torch.Tensor, cache: StaticKVCache) -> None:
@@ -456,6 +468,32 @@ class DecodeEngine:
         logits = self.model.forward_window(x, cos, sin, self._key_mask(index), cache, columns, block_rows)
         self._store_rows(index, cache)
         self.logits.index_copy_(0, index, logits)
+
+    def _partial_step(self, hi: int) -> None:
+        """``partial(budget=K)``: every slot of ``[0, hi)`` recomputes its block's columns plus K more of its
+        canvas: the columns whose token changed since their keys/values were computed first, then the stalest,
+        ties to the lower column (one key per column, so the choice is a plain top-K), against its cache."""
+        T, K = self.T, self.budget
+        start = self.prompt_length[:hi] + self.block[:hi] * self.BL
+        block = (start[:, None] + self.offsets).clamp(max=T - 1)  # [hi, W]
+        x = self.x[:hi]
+        inside = (self.columns_T >= start[:, None]) & (self.columns_T < start[:, None] + self.BL)
+        valid = self.columns_T < self.canvas_length[:hi, None]
+        changed = (x != self.kv_token[:hi]).long()
+        # changed first, then age, then the lower column; past the canvas: below every valid column; the block: last
+        key = (changed << 40) + self.kv_age[:hi] * T + (T - 1 - self.columns_T)
+        key = torch.where(valid, key, -1 - self.columns_T)
+        key = torch.where(inside, -2 * T - self.columns_T, key)
+        columns = torch.cat([block, key.topk(K, dim=1).indices], dim=1)  # [hi, W + K]
+        tokens = x.gather(1, columns)
+        cache = self.kv if self.Bm == hi else self.kv.head(hi)
+        cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
+        logits = self.model.forward_window(tokens, cos, sin, self._key_mask(hi), cache, columns, self.offsets)
+        self.logits[:hi].copy_(logits)
+        self.kv_token[:hi].scatter_(1, columns, tokens)
+        age = self.kv_age[:hi]
+        age += 1
+        age.scatter_(1, columns, 0)
 
     def _commit_step(self, hi: int) -> None:
         """Credit, scorer, policy and commit for the slots ``[0, hi)``, then each row's bookkeeping."""
@@ -580,13 +618,14 @@ class DecodeEngine:
             self.stats.forwards += 1
             self.stats.computed_row_steps += hi
         else:
-            fresh = [i for i in occupied if self.slots[i].refresh]
-            inside = [i for i in occupied if not self.slots[i].refresh]
+            # partial: only a row's block 0 starts with a refresh; later blocks start with the partial step
+            fresh = [i for i in occupied if self.slots[i].refresh and not (self.partial and self.slots[i].block)]
+            inside = [i for i in occupied if i not in fresh] if fresh else occupied
             if inside:
                 width = BL
                 if self.window == "prefix":
                     width = max(self.slots[i].gen_length - self.slots[i].block * BL for i in inside)
-                self._run(("window", hi, width))
+                self._run(("partial", hi) if self.partial else ("window", hi, width))
                 self.stats.forwards += 1
                 self.stats.computed_row_steps += hi
             full, answer = [], []

@@ -21,6 +21,15 @@ Cache modes are registered (``register_cache``) with their knobs, like the polic
   logits decoding the block), attending to the prompt's cached keys/values from the last full refresh
   (refresh-light caching; the prompt's deeper-layer keys/values are as stale as N blocks). ``every=1`` is
   ``dual``; ``every=inf`` refreshes the prompt at block 0 only.
+- ``partial(budget=K)``: no block refresh after block 0 (which starts with the full one). Every step
+  recomputes the block's columns plus ``K`` more of the row's canvas, chosen on the device: first the
+  columns whose token changed since their keys/values were computed (the tokens committed at the end of
+  the previous block), then the stalest (most steps since their last recompute), ties to the lower
+  column. The prompt and the rest of the answer are thus refreshed a stripe at a time, ``K`` columns per
+  step, at a fixed cost per step (one static shape: block + K columns, graph-captured). The rule follows
+  the per-step partial refreshes of Flash-dLLM (VILA-Lab, 2025: window + newly committed tokens + a
+  fixed budget) and SPA-Cache (arXiv 2602.02544: a per-step token budget), with staleness instead of
+  their attention / value-drift scores as the measure of what to recompute (one set for all layers).
 """
 
 from __future__ import annotations
@@ -52,7 +61,8 @@ class CacheKnob:
 class CacheKind:
     """A registered cache mode: the window its in-block steps recompute (``WINDOWS``), how a block starts
     (``refresh``: ``full`` rewrites the whole cache; ``answer`` may recompute the answer columns only, against the
-    cached prompt) and its knobs."""
+    cached prompt; ``partial``: only block 0 is refreshed, every step recomputes a budget of columns besides the
+    block) and its knobs."""
 
     name: str
     window: str
@@ -86,6 +96,17 @@ register_cache(CacheKind(
                "blocks between full refreshes (the prompt's keys/values are recomputed at blocks 0, N, 2N, ...; "
                "inf: at block 0 only); the other blocks start by recomputing the answer columns only"),),
     "dual cache whose block refresh recomputes only the answer against the cached prompt keys/values"))
+
+
+def _budget(value: float) -> bool:
+    return 1 <= value <= 4096 and float(value).is_integer()
+
+
+register_cache(CacheKind(
+    "partial", "dual", "partial",
+    (CacheKnob("budget", 16.0, "an integer in [1, 4096]", _budget,
+               "columns recomputed per step besides the block: changed tokens first, then the stalest"),),
+    "no block refresh after the first: every step recomputes the block plus a budget of changed/stalest columns"))
 
 CACHE_MODES: tuple[str, ...] = tuple(CACHE_KINDS)  # the registered names
 _MODE_RE = re.compile(r"^(?P<name>[a-z_]+)(?:\((?P<knobs>[^()]*)\))?$")
