@@ -4,9 +4,9 @@ API (``DecodeConfig.create``, ``DiffusionLM.generate``, ``decode``, ``CreditConf
 every setting raises a ``ValueError`` whose message names the value (or the option and its value), never
 an AttributeError / TypeError / ZeroDivisionError / IndexError, and never a silent success.
 
-CLI (``generate``, ``eval``, ``compare``, ``trace``, ``sweep``, ``tune``, ``bench``, ``train``, ``serve``):
-exit code 2, no traceback, one line naming the bad value. ``train`` and ``serve`` must refuse before any
-work: their training run and server are replaced by a tripwire.
+CLI (``generate``, ``eval``, ``compare``, ``trace``, ``sweep``, ``tune``, ``bench``, ``train``, ``serve``,
+``playground``): exit code 2, no traceback, one line naming the bad value. ``train``, ``serve`` and ``playground``
+must refuse before any work: their training run and server are replaced by a tripwire.
 """
 
 from __future__ import annotations
@@ -328,6 +328,7 @@ def cli(lm, tmp_path_factory):
     runner = CliRunner()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(uvicorn, "run", tripwire)
+        patch.setattr(uvicorn.Server, "run", tripwire)
         patch.setattr(pipeline, "run", tripwire)
 
         def invoke(*args, env=None):
@@ -408,6 +409,9 @@ CLI_BAD: dict[str, dict[str, st.SearchStrategy]] = {
               "--max-queue": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**40)).map(str),
               "--request-timeout": BAD_POSITIVE_FLOAT, "--log-level": BAD_WORD, "--spec": BAD_WORD,
               "--threads": BAD_THREADS},
+    "playground": {"--port": st.one_of(st.integers(max_value=0), st.integers(min_value=65536)).map(str),
+                   "--max-batch": BAD_INT, "--block-length": BAD_INT, "--log-level": BAD_WORD, "--spec": BAD_WORD,
+                   "--compile": BAD_WORD, "--threads": BAD_THREADS},
 }
 
 
@@ -427,6 +431,7 @@ def base_args(command: str, model: str, scratch) -> list[str]:
                   "--repeats", 1, "--device", "cpu"],
         "train": ["--out", scratch / "train", "--config", "tiny", "--steps", 1],
         "serve": ["-m", model],
+        "playground": ["-m", model, "--no-browser"],
     }[command]
 
 
@@ -445,7 +450,7 @@ def test_cli_refuses_bad_values_in_one_line(cli, command):
     check()
 
 
-@pytest.mark.parametrize("command", ["generate", "bench", "train", "serve"])
+@pytest.mark.parametrize("command", ["generate", "bench", "train", "serve", "playground"])
 def test_cli_refuses_a_bad_thread_count_from_the_environment(cli, command):
     invoke, model, scratch = cli
     for value in ("0", "-2", "many"):

@@ -153,6 +153,7 @@ class DiffusionLM:
         on_block: Callable[[int, int], None] | None = None,
         slots: int | None = None,
         on_row: Callable[[int, Any], None] | None = None,
+        on_step: Callable[[Any], None] | None = None,
         **settings: Any,
     ) -> GenerateOutput:
         """Decode a response for each prompt.
@@ -172,6 +173,9 @@ class DiffusionLM:
             next prompt takes its slot; every row's answer is the one it gets decoded alone.
         on_row: called as ``on_row(i, RowResult)`` when prompt ``i`` is finished (its tokens, commit steps and
             forwards), before the others are done.
+        on_step: called after every step of every row as ``on_step(StepCommits)``: the row (``key``: the
+            prompt's index), its forwards so far, its block, and the answer positions committed by this step
+            with their tokens and confidences (the canvas filling in; one device read-back per step).
         """
         config = DecodeConfig.create(config, **settings)
         if not isinstance(chat, bool):
@@ -180,6 +184,8 @@ class DiffusionLM:
             raise ValueError(f"on_block must be a function (blocks_done, blocks) or None, got {on_block!r}")
         if on_row is not None and not callable(on_row):
             raise ValueError(f"on_row must be a function (row, result) or None, got {on_row!r}")
+        if on_step is not None and not callable(on_step):
+            raise ValueError(f"on_step must be a function (StepCommits) or None, got {on_step!r}")
         if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
             raise ValueError(f"slots must be a positive integer (rows decoding at once) or None, got {slots!r}")
         if attention_mask is not None and not isinstance(prompts, torch.Tensor):
@@ -211,7 +217,7 @@ class DiffusionLM:
             cache=config.cache, cfg_scale=config.cfg_scale, logits_eos_inf=config.logits_eos_inf,
             eos_id=self.tokenizer.eos_id, stop_ids=self.tokenizer.stop_ids, early_stop=config.early_stop,
             time_steps=time_steps, compile=self.compile if config.compile is None else config.compile,
-            on_block=on_block, slots=slots, on_row=on_row,
+            on_block=on_block, slots=slots, on_row=on_row, on_step=on_step,
         )
         texts = [self.answer_text(row, int(n)) for row, n in zip(result.tokens, result.lengths, strict=True)]
         return GenerateOutput(**vars(result), texts=texts, prompt_ids=input_ids, config=config)

@@ -1,4 +1,5 @@
-"""The ``unmask`` command line: generate, compare, eval, sweep, tune, trace, bench, train, serve."""
+"""The ``unmask`` command line: generate, compare, eval, sweep, tune, trace, bench, train, serve,
+playground."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from unmask.eval.cli import (
 )
 from unmask.eval.spec import SPEC_FORMS, parse_spec
 from unmask.models.cache import cache_forms
-from unmask.serve.cli import serve_command
+from unmask.serve.cli import playground_command, serve_command
 from unmask.threads import THREADS_HELP, set_cpu_threads
 from unmask.train.cli import train_command
 
@@ -215,6 +216,7 @@ app.command("trace")(trace_command)
 app.command("sweep")(sweep_command)
 app.command("tune")(tune_command)
 app.command("serve")(serve_command)
+app.command("playground")(playground_command)
 
 
 @app.command()

@@ -112,3 +112,50 @@ def test_every_row_gets_a_share_of_the_wall_time(lm, early_stop):
     results = []
     run_queue(engine, [RowRequest(r, 16, key=i) for i, r in enumerate(rows)], results.append)
     assert len(results) == 4 and all(r.seconds > 0 for r in results)
+
+
+@pytest.mark.parametrize("policy,cache,credit", CASES[:5], ids=lambda v: repr(v)[:24])
+def test_on_step_reports_every_commit_once(lm, policy, cache, credit):
+    """``on_step`` sees each row's commits as they happen: every committed position exactly once, at the forward
+    that committed it (``commit_step``), with the final token; the last forward reported is the row's NFE."""
+    rows = ragged(4, seed=7)
+    batch, attn = left_padded(rows, lm.tokenizer.pad_id)
+    seen: dict[int, list] = {i: [] for i in range(len(rows))}
+    out = decode(lm.model, batch, policy, attention_mask=attn, mask_id=lm.mask_id, gen_length=32, block_length=8,
+                 cache=cache, credit=credit, stop_ids=lm.tokenizer.stop_ids, slots=2,
+                 on_step=lambda c: seen[c.key].append(c))
+    for i in range(len(rows)):
+        forwards = [c.forward for c in seen[i]]
+        assert forwards == list(range(1, len(forwards) + 1)) and forwards[-1] == int(out.nfe_per_row[i])
+        positions = [p for c in seen[i] for p in c.positions]
+        assert len(positions) == len(set(positions))
+        committed = (out.commit_step[i] >= 0).nonzero().flatten().tolist()
+        assert sorted(positions) == committed
+        for c in seen[i]:
+            assert len(c.positions) == len(c.tokens) == len(c.confidences)
+            for p, t, conf in zip(c.positions, c.tokens, c.confidences, strict=True):
+                assert int(out.commit_step[i, p]) == c.forward - 1 and int(out.tokens[i, p]) == t
+                assert 0.0 <= conf <= 1.0
+
+
+def test_a_failing_on_step_leaves_the_engine_clean(lm):
+    """An exception from a callback stops the decode and frees every slot: the next decode (same cached engine)
+    gives what it gives on a fresh one."""
+    rows = ragged(3, seed=9)
+    batch, attn = left_padded(rows, lm.tokenizer.pad_id)
+    kw = dict(attention_mask=attn, mask_id=lm.mask_id, gen_length=32, block_length=8, cache="dual",
+              stop_ids=lm.tokenizer.stop_ids, slots=2)
+    before = decode(lm.model, batch, Threshold(0.4), **kw)
+    calls = []
+
+    def fail(commits):
+        calls.append(commits)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        decode(lm.model, batch, Threshold(0.4), on_step=fail, **kw)
+    after = decode(lm.model, batch, Threshold(0.4), **kw)
+    assert torch.equal(after.tokens, before.tokens) and torch.equal(after.nfe_per_row, before.nfe_per_row)
+    with pytest.raises(ValueError, match="on_step must be a function"):
+        lm.generate("hi", on_step=3)

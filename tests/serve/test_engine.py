@@ -161,3 +161,19 @@ def test_text_stream_only_grows_and_holds_back_stop_prefixes():
     assert stream.advance([1, 2, 3, 4, 8], False) == (" is 4", False)  # an incomplete character held back
     assert stream.advance([1, 2, 3, 4, 5, 6], True) == ("2", True)  # cut before the stop string
     assert stream.sent == "The answer is 42"
+
+
+def test_shutdown_cancels_active_rows(lm):
+    """Shutting down with a row mid-decode ends it with 'cancelled' (its slot freed in the engine's thread)."""
+    engine = Engine(lm, max_batch=1, max_queue=4).start()
+    updates: list[Update] = []
+    config = DecodeConfig.create(policy="topk", gen_length=1024, block_length=1024)
+    ticket = Ticket(lm.encode_prompts(["hello"])[0][0].tolist(), config, 1024, updates.append, trace=True)
+    engine.submit(ticket)
+    deadline = time.monotonic() + 60
+    while not any(u.commits is not None for u in updates) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.active_rows == 1
+    engine.shutdown()
+    assert updates[-1].finish_reason == "cancelled" and updates[-1].error == "server shutting down"
+    assert engine.active_rows == 0 and engine.thread is None

@@ -116,6 +116,19 @@ class _Slot:
 
 
 @dataclass
+class StepCommits:
+    """What one engine step committed in one row: positions over the row's answer, their tokens and
+    confidences (a live view of the canvas filling in, e.g. the playground's)."""
+
+    key: object  # the row's request key (``decode``: its index in the batch)
+    forward: int  # the row's forwards so far, this step's included
+    block: int  # the block the row decodes next (after this step)
+    positions: list[int]
+    tokens: list[int]
+    confidences: list[float]
+
+
+@dataclass
 class EngineStats:
     """Work counters: row-steps computed (slots through a forward) against row-steps needed."""
 
@@ -288,6 +301,28 @@ class DecodeEngine:
         rows = self.x.index_select(0, index).tolist()
         return [r[self.slots[s].prompt_length:self.slots[s].prompt_length + self.slots[s].gen_length]
                 for s, r in zip(slots, rows, strict=True)]
+
+    def step_commits(self, slots: list[int]) -> list[StepCommits]:
+        """What the last step committed in each of ``slots`` (one copy to the host; call before ``retire``)."""
+        if not slots:
+            return []
+        index = torch.tensor(slots, device=self.device)
+        G = self.G
+        steps = self.commit_step.index_select(0, index)
+        nfe = self.nfe.index_select(0, index)
+        now = steps == (nfe - 1)[:, None]
+        rows = torch.cat([now.long(), steps, self.x.index_select(0, index), nfe[:, None],
+                          self.block.index_select(0, index)[:, None]], dim=1).cpu()
+        confidence = self.commit_confidence.index_select(0, index).cpu()
+        out = []
+        for j, slot in enumerate(slots):
+            row = self.slots[slot]
+            P = row.prompt_length
+            x = rows[j, 2 * G:2 * G + self.T]
+            positions = [g for g in range(row.gen_length) if rows[j, g]]
+            out.append(StepCommits(row.request.key, int(rows[j, -2]), int(rows[j, -1]), positions,
+                                   [int(x[P + g]) for g in positions], [float(confidence[j, g]) for g in positions]))
+        return out
 
     def compact(self) -> dict[int, int]:
         """Move rows down into free slots so that the active rows fill ``[0, count)`` and the step runs over
@@ -693,23 +728,29 @@ def run_queue(
     on_step: Callable[[DecodeEngine, list[int]], None] | None = None, time_steps: bool = False,
 ) -> tuple[int, list[float]]:
     """Decode ``requests`` in order through ``engine`` with continuous batching: admit while slots are free,
-    step, hand finished rows to ``on_result``, compact. Returns (engine steps, step seconds)."""
+    step, hand finished rows to ``on_result``, compact. Returns (engine steps, step seconds). If a callback
+    raises (or the run is interrupted), the rows still in the engine are taken out before the error goes on:
+    the engine is left empty for the next run."""
     waiting = list(reversed(requests))
     steps, times = 0, []
     engine.last_step_end = None
-    while waiting or engine.count:
-        if waiting and engine.free_slots():
-            engine.admit_many([waiting.pop() for _ in range(min(len(waiting), engine.free_slots()))])
-        tic = time.perf_counter()
-        done, stepped = engine.step()
-        steps += 1
-        if time_steps:
-            times.append(time.perf_counter() - tic)
-        if on_step is not None:
-            on_step(engine, stepped)
-        for result in engine.retire(done):
-            on_result(result)
-        engine.compact()
+    try:
+        while waiting or engine.count:
+            if waiting and engine.free_slots():
+                engine.admit_many([waiting.pop() for _ in range(min(len(waiting), engine.free_slots()))])
+            tic = time.perf_counter()
+            done, stepped = engine.step()
+            steps += 1
+            if time_steps:
+                times.append(time.perf_counter() - tic)
+            if on_step is not None:
+                on_step(engine, stepped)
+            for result in engine.retire(done):
+                on_result(result)
+            engine.compact()
+    except BaseException:
+        engine.retire([i for i, s in enumerate(engine.slots) if s is not None])
+        raise
     return steps, times
 
 
@@ -741,11 +782,13 @@ def engine_decode(
     logits_eos_inf: bool, eos_id: int | None, stop_ids: tuple[int, ...], early_stop: bool, time_steps: bool,
     graphs: bool, bucket: bool = False, slots: int | None = None,
     on_row: Callable[[int, RowResult], None] | None = None, on_block: Callable[[int, int], None] | None = None,
+    on_step: Callable[[StepCommits], None] | None = None,
 ) -> tuple[list[RowResult], int, list[float], DecodeEngine]:
     """The rows of ``input_ids`` (left-padded by ``attention_mask``) through one engine with ``slots`` slots
     (default: the batch; with ``graphs`` or ``bucket`` rounded up to the next power of two up to 64, then to
     multiples of 64): (results in row order, engine steps, step seconds, the engine). ``on_row(i, result)`` is
-    called as row ``i`` finishes."""
+    called as row ``i`` finishes, ``on_step(StepCommits)`` for every row after every step it took part in
+    (a read-back per step)."""
     B = input_ids.shape[0]
     keep = None if attention_mask is None else attention_mask.bool()
     prompts = [input_ids[i] if keep is None else input_ids[i][keep[i]] for i in range(B)]
@@ -766,6 +809,9 @@ def engine_decode(
 
     def progress(engine: DecodeEngine, stepped: list[int]) -> None:
         nonlocal blocks_done
+        if on_step is not None:
+            for commits in engine.step_commits(stepped):
+                on_step(commits)
         if on_block is None:
             return
         advanced = sum(1 for i in stepped if engine.slots[i].refresh)

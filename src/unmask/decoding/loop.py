@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from unmask.decoding.credit import CreditConfig
-from unmask.decoding.engine import FILLED_BY_EARLY_STOP, NOT_COMMITTED, RowResult, engine_decode
+from unmask.decoding.engine import FILLED_BY_EARLY_STOP, NOT_COMMITTED, RowResult, StepCommits, engine_decode
 from unmask.decoding.policies import Policy, TopK
 from unmask.decoding.scorers import Scorer
 from unmask.models.cache import check_cache_mode
@@ -180,6 +180,7 @@ def decode(
     on_block: Callable[[int, int], None] | None = None,
     slots: int | None = None,
     on_row: Callable[[int, RowResult], None] | None = None,
+    on_step: Callable[[StepCommits], None] | None = None,
 ) -> DecodeResult:
     """Decode ``gen_length`` tokens after left-padded prompts ``input_ids`` [B, P].
 
@@ -190,7 +191,9 @@ def decode(
     order); the engine (buffers, graphs) is kept per decode signature on the model and reused by later
     calls. ``nfe`` counts engine steps (every row in a slot advances one forward per step),
     ``nfe_per_row`` each row's own forwards. ``time_steps`` records each step's latency; ``on_block(done,
-    total)`` reports blocks decoded over all rows; ``on_row(i, RowResult)`` is called as row ``i`` finishes.
+    total)`` reports blocks decoded over all rows; ``on_row(i, RowResult)`` is called as row ``i`` finishes;
+    ``on_step(StepCommits)`` after every step of every row with what it committed (positions, tokens,
+    confidences; one read-back per step).
     """
     check_decode_args(model, input_ids, policy, attention_mask=attention_mask, gen_length=gen_length,
                       block_length=block_length, scorer=scorer, credit=credit, cache=cache, cfg_scale=cfg_scale,
@@ -208,11 +211,11 @@ def decode(
     kw = dict(mask_id=mask_id, attention_mask=attention_mask, gen_length=gen_length, block_length=block_length,
               scorer=scorer, credit=credit, cache=cache, cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
               eos_id=eos_id, stop_ids=tuple(stop_ids), early_stop=early_stop, time_steps=time_steps, slots=slots,
-              bucket=mode == "fused", on_row=on_row, on_block=on_block)
+              bucket=mode == "fused", on_row=on_row, on_block=on_block, on_step=on_step)
     try:
         rows, steps, step_times, engine = engine_decode(model, input_ids, policy, graphs=graphs, **kw)
     except Exception as err:  # capture is an optimisation: fall back to eager steps, never to wrong tokens
-        if not graphs or on_row is not None:
+        if not graphs or on_row is not None or on_step is not None:
             raise
         warnings.warn(f"CUDA graph capture failed, decoding eagerly ({type(err).__name__}: {err})", stacklevel=2)
         model.__dict__.pop("_decode_engines", None)

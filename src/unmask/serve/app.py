@@ -2,7 +2,8 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the model's
 chat template), both with ``stream: true`` as server-sent events; ``GET /health``; ``GET /metrics``
-(Prometheus text). Errors have OpenAI's body ``{"error": {"message", "type", "param", "code"}}``.
+(Prometheus text); the playground page at ``GET /`` and its ``/v1/playground/*`` endpoints
+(``serve/playground.py``). Errors have OpenAI's body ``{"error": {"message", "type", "param", "code"}}``.
 
 Besides OpenAI's fields (``max_tokens``, ``temperature`` (default 0: greedy), ``seed``, ``stop``,
 ``stream``, ``stream_options.include_usage``), a request may carry unmask's decoding fields: ``spec``
@@ -36,6 +37,7 @@ from unmask.decoding.credit import CreditConfig
 from unmask.decoding.policies import knob_names
 from unmask.eval.spec import parse_spec
 from unmask.serve.engine import Engine, QueueFull, Ticket, Update
+from unmask.serve.playground import add_playground
 
 # OpenAI fields a client may send that do not change a diffusion decode here; anything else unknown is an error
 IGNORED_FIELDS = {"top_p", "frequency_penalty", "presence_penalty", "logit_bias", "user", "suffix", "top_k",
@@ -388,6 +390,19 @@ def create_app(lm: DiffusionLM, settings: ServerSettings | None = None, max_batc
             raise APIError(400, f"the chat template rejected the messages: {err}", param="messages") from None
         return await run(request, [prompt], req, chat=True)
 
+    async def encode_prompt(text: str, chat: bool) -> list[int]:
+        """A prompt's token ids (through the chat template as one user message if ``chat``), checked as ``run``."""
+        if not text.strip():
+            raise APIError(400, "prompt is empty", param="prompt")
+        check_text(text, "prompt")
+        if len(text) > max_length * max_token_chars:
+            raise APIError(400, f"prompt ({len(text)} characters) exceeds the model's context of {max_length} "
+                                "tokens", param="prompt", code="context_length_exceeded")
+        if chat:
+            text = await asyncio.to_thread(lm.tokenizer.apply_chat_template, [{"role": "user", "content": text}])
+        return await asyncio.to_thread(lm.tokenizer.encode, text)
+
+    add_playground(app, lm, engine, settings, max_length, encode_prompt, decode_config, APIError)
     return app
 
 

@@ -1,10 +1,14 @@
-"""``unmask serve``: the OpenAI-compatible server on uvicorn (mounted by ``unmask.cli``)."""
+"""``unmask serve``: the OpenAI-compatible server on uvicorn, and ``unmask playground``: the same server with its
+page opened in a browser (both mounted by ``unmask.cli``)."""
 
 from __future__ import annotations
 
 import os
 import socket
 import sys
+import threading
+import time
+import webbrowser
 from pathlib import Path
 
 import typer
@@ -63,7 +67,6 @@ def serve_command(
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
     """Serve a model over HTTP with OpenAI's completions and chat API (streaming, continuous batching)."""
-    import uvicorn
 
     import unmask
     from unmask.eval.spec import parse_spec
@@ -111,4 +114,74 @@ def serve_command(
                               default_max_tokens=max_tokens, api_key=api_key, request_timeout_s=request_timeout,
                               max_body_bytes=int(max_body_mb * (1 << 20)))
     app = create_app(lm, settings, max_batch=max_batch, max_queue=max_queue)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+    run_server(app, host, port, log_level.lower())
+
+
+def page_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
+def run_server(app: object, host: str, port: int, log_level: str, open_browser: bool = False) -> None:
+    """Run ``app`` on uvicorn until interrupted; with ``open_browser`` open the page once the server listens."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    if open_browser:
+        def open_when_started() -> None:
+            deadline = time.monotonic() + 60
+            while not server.started and time.monotonic() < deadline and not server.should_exit:
+                time.sleep(0.1)
+            if server.started:
+                webbrowser.open(page_url(host, port))
+
+        threading.Thread(target=open_when_started, daemon=True).start()
+    server.run()
+
+
+@friendly_errors
+def playground_command(
+    model: str | None = typer.Option(None, "--model", "-m", help="Folder or hub id; default: the embedded model."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(7860, help="Port to listen on."),
+    spec: str = typer.Option("threshold:0.9@dual", "--spec", "-s",
+                             help="The server's default spec (the page picks its own per column)."),
+    block_length: int = typer.Option(32, "--block-length", help="Default block length."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Rows decoding at once (two columns take two)."),
+    browser: bool = typer.Option(True, "--browser/--no-browser", help="Open the page in the default browser."),
+    compile: str = typer.Option("auto", "--compile",
+                                help="fused | exact | off | auto (fused CUDA graphs on a GPU, eager on the CPU)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
+    log_level: str = typer.Option("warning", "--log-level", help=f"uvicorn log level: {', '.join(LOG_LEVELS)}."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+) -> None:
+    """Open the playground: watch a model unmask its answer step by step, two specs side by side.
+
+    The page is ``unmask serve``'s own ``/`` (the same engine and endpoints); this command serves
+    the embedded model by default and opens the page in a browser."""
+    import unmask
+    from unmask.eval.spec import parse_spec
+    from unmask.serve.app import ServerSettings, create_app
+
+    parse_spec(spec)
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {port}")
+    for name, value in (("--max-batch", max_batch), ("--block-length", block_length)):
+        if not 1 <= value <= MAX_COUNT:
+            raise ValueError(f"{name} must be in [1, {MAX_COUNT}], got {value}")
+    if compile not in ("auto", "fused", "exact", "off"):
+        raise ValueError(f"--compile must be one of auto, fused, exact, off; got {compile!r}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise ValueError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    check_listen(host, port)
+    set_cpu_threads(device, threads)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=None if compile == "auto" else compile)
+    if block_length > lm.model.config.max_sequence_length:
+        raise ValueError(f"--block-length {block_length} exceeds the model's max_sequence_length "
+                         f"{lm.model.config.max_sequence_length}")
+    name = model.rstrip("/").split("/")[-1] if model and os.path.isdir(model) else model
+    settings = ServerSettings(model_name=name or "unmask-testbed", spec=spec, block_length=block_length)
+    app = create_app(lm, settings, max_batch=max_batch, max_queue=64)
+    print(f"unmask playground: {page_url(host, port)}  (Ctrl+C to stop)", file=sys.stderr)
+    run_server(app, host, port, log_level.lower(), open_browser=browser)

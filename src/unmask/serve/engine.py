@@ -30,7 +30,7 @@ import torch
 
 from unmask.api import DiffusionLM
 from unmask.decoding.config import DecodeConfig
-from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest
+from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, StepCommits
 from unmask.decoding.loop import resolve_compile
 from unmask.decoding.scorers import Scorer
 
@@ -58,6 +58,7 @@ class Update:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "timeout" | "error"
     usage: Usage | None = None
     error: str | None = None
+    commits: StepCommits | None = None  # a traced request: what this step committed (the playground's canvas)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Ticket:
     sink: Callable[[Update], None]
     stop: tuple[str, ...] = ()
     timeout_s: float | None = None
+    trace: bool = False  # also report every step's commits (``Update.commits``)
     id: int = field(default_factory=itertools.count().__next__)
     submitted: float = field(default_factory=time.monotonic)
     cancelled: bool = False
@@ -294,9 +296,9 @@ class Engine:
                 for batch in list(self.batches.values()):
                     if batch.active:
                         self._step(batch)
-        for batch in self.batches.values():  # shutting down: nobody waits forever
-            for slot, row in list(batch.rows.items()):
-                self._finish(batch, slot, row, Update(finish_reason="cancelled", error="server shutting down"))
+            for batch in self.batches.values():  # shutting down: nobody waits forever
+                for slot, row in list(batch.rows.items()):
+                    self._finish(batch, slot, row, Update(finish_reason="cancelled", error="server shutting down"))
         for ticket in self.waiting:
             ticket.sink(Update(finish_reason="cancelled", error="server shutting down"))
 
@@ -359,6 +361,9 @@ class Engine:
             self.batches.pop(batch.signature, None)
             return
         self.stats.record_step(len(stepped), self.active_rows, self.max_batch)
+        traced = [slot for slot, row in stepped if row.ticket.trace]
+        for slot, commits in zip(traced, batch.engine.step_commits(traced), strict=True):
+            batch.rows[slot].ticket.sink(Update(commits=commits))
         canvases = batch.engine.canvases([slot for slot, _ in stepped])  # one copy
         for (slot, row), gen in zip(stepped, canvases, strict=True):
             tokens, stopped = settled_answer(gen, batch.mask_id, self.stop_ids)
