@@ -379,7 +379,7 @@ CLI_BAD: dict[str, dict[str, st.SearchStrategy]] = {
                  "--seed": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**64)).map(str),
                  "--cache": BAD_WORD, "--scorer": BAD_WORD, "--policy": BAD_WORD, "--compile": BAD_WORD,
                  "--spec": BAD_WORD, "--dtype": BAD_WORD, "--device": BAD_WORD, "--threads": BAD_THREADS,
-                 "--threshold": BAD_UNIT, "--credit-alpha": BAD_NON_NEGATIVE_FLOAT},
+                 "--threshold": BAD_UNIT, "--credit-alpha": BAD_NON_NEGATIVE_FLOAT, "--confidence-dtype": BAD_WORD},
     "eval": {"--n": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**40)).map(str),
              "--batch-size": st.integers(max_value=0).map(str), "--gen-length": BAD_INT,
              "--temperature": BAD_NON_NEGATIVE_FLOAT, "--spec": BAD_WORD, "--task": BAD_WORD, "--split": BAD_WORD,

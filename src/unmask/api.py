@@ -14,7 +14,6 @@ import torch
 
 from unmask.decoding.config import DecodeConfig
 from unmask.decoding.loop import DecodeResult, decode, resolve_compile, stop_lengths
-from unmask.decoding.scorers import Scorer
 from unmask.models.llada import LLaDAModel
 from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device, resolve_model_path
 from unmask.models.tokenizer import Tokenizer
@@ -208,12 +207,10 @@ class DiffusionLM:
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        eot = self.tokenizer.eot_id
-        exclude = (eot,) if config.confidence_eos_eot_inf and eot is not None else ()
         result = decode(
             self.model, input_ids, config.build_policy(), mask_id=self.mask_id, attention_mask=attention_mask,
             gen_length=config.gen_length, block_length=config.block_length,
-            scorer=Scorer(config.scorer, config.temperature, generator, exclude), credit=config.credit_config,
+            scorer=config.build_scorer(self.tokenizer.eot_id, generator), credit=config.credit_config,
             cache=config.cache, cfg_scale=config.cfg_scale, logits_eos_inf=config.logits_eos_inf,
             eos_id=self.tokenizer.eos_id, stop_ids=self.tokenizer.stop_ids, early_stop=config.early_stop,
             time_steps=time_steps, compile=self.compile if config.compile is None else config.compile,

@@ -148,6 +148,9 @@ def generate(
     cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance scale (LLaDA)."),
     logits_eos_inf: bool = typer.Option(False, "--logits-eos-inf", help="Never propose end-of-text (LLaDA)."),
     confidence_eos_eot_inf: bool = typer.Option(False, "--confidence-eos-eot-inf", help="LLaDA's EoT confidence 0."),
+    confidence_dtype: str = typer.Option("float64", "--confidence-dtype",
+                                         help="float64 (Fast-dLLM, LLaDA's earlier generate.py) or logits (the "
+                                              "softmax in the logits' dtype, as LLaDA's generate.py at HEAD)."),
     early_stop: bool = EARLY_STOP_OPTION,
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the chat template to prompts."),
     seed: int | None = typer.Option(None, help="Random seed (sampling, random scorer)."),
@@ -179,7 +182,8 @@ def generate(
     texts = read_prompts(prompts, file)
     mode = compile_mode(compile, no_compile)
     DecodeConfig.create(gen_length=gen_length, block_length=block_length, **decoding, temperature=temperature,
-                        scorer=scorer, cfg_scale=cfg_scale, seed=seed)  # every setting checked before loading
+                        scorer=scorer, cfg_scale=cfg_scale, seed=seed,
+                        confidence_dtype=confidence_dtype)  # every setting checked before loading
     lm = load_model(model, device, dtype, mode, threads)
     with Progress(TextColumn("[dim]decoding {task.fields[rows]} prompt(s)"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("blocks"), TimeElapsedColumn(), console=console, transient=True,
@@ -190,6 +194,7 @@ def generate(
             on_block=lambda done, total: bar.update(task, completed=done),
             temperature=temperature, scorer=scorer, cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
             confidence_eos_eot_inf=confidence_eos_eot_inf, early_stop=early_stop, chat=chat, seed=seed,
+            confidence_dtype=confidence_dtype,
         )
     if as_json:
         for i, text in enumerate(out.texts):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from reference import ref_fastdllm_generate, ref_llada_generate
+from reference import _num_transfer, ref_fastdllm_generate, ref_llada_generate
 
 from unmask.decoding import Factor, Threshold, TopK, decode
 from unmask.models import load_model
@@ -95,3 +95,51 @@ def test_llada_options_equal_reference(tmp_path, tiny_cfg, tiny_weights, options
     plain = lm.generate(x, attention_mask=attn, policy="topk", steps=16, gen_length=16, block_length=8,
                         early_stop=False)
     assert not torch.equal(plain.sequences, ref), "the option had no effect on this fixture"
+
+
+def llada_head_generate(model, prompt, steps, gen_length, block_length, mask_id):
+    """LLaDA's generate.py at HEAD (temperature 0, low_confidence) over unmask's own forward: the confidence
+    softmax in the logits' dtype (``F.softmax(logits)``), top-k ties to the lowest position."""
+    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x[:, :prompt.shape[1]] = prompt
+    num_blocks = gen_length // block_length
+    for nb in range(num_blocks):
+        s = prompt.shape[1] + nb * block_length
+        quota = _num_transfer(x[:, s:s + block_length] == mask_id, steps // num_blocks)
+        for i in range(steps // num_blocks):
+            mask_index = x == mask_id
+            logits = model.forward(x)
+            x0 = logits.argmax(-1)
+            p = torch.softmax(logits, dim=-1)  # bf16 in, bf16 out
+            conf = p.gather(-1, x0[..., None]).squeeze(-1).double()
+            conf[:, s + block_length:] = -torch.inf
+            conf = torch.where(mask_index, conf, -torch.inf)
+            for j in range(x.shape[0]):
+                order = conf[j].sort(descending=True, stable=True).indices[: int(quota[j, i])]
+                x[j, order] = x0[j, order]
+    return x
+
+
+def test_confidence_in_the_logits_dtype_equals_llada_head(tmp_path):
+    """``confidence_dtype="logits"`` reproduces LLaDA's generate.py at HEAD in bf16 (softmax in bf16, whose
+    rounded probabilities tie and reorder commits), where the float64 default follows the earlier revision.
+    The LM head is scaled up so that confidences sit near 1, where bf16 steps are 2^-8 and ties are common."""
+    from llada_fixtures import random_weights, tiny_config, write_checkpoint
+
+    from unmask.decoding.scorers import Scorer
+
+    cfg = tiny_config()
+    weights = random_weights(cfg)
+    weights["model.transformer.ff_out.weight"] *= 6
+    model = load_model(write_checkpoint(tmp_path / "peaked", cfg, weights), dtype="bfloat16")
+    mask_id = cfg["mask_token_id"]
+    differs = 0
+    for seed in range(6):
+        x = prompts(2, seed=seed)
+        head = llada_head_generate(model, x, 16, 16, 8, mask_id)
+        out = decode(model, x, TopK(8), mask_id=mask_id, gen_length=16, block_length=8, early_stop=False,
+                     scorer=Scorer(confidence_dtype="logits"))
+        assert torch.equal(out.sequences, head)
+        wide = decode(model, x, TopK(8), mask_id=mask_id, gen_length=16, block_length=8, early_stop=False)
+        differs += not torch.equal(wide.sequences, head)
+    assert differs  # the option matters in bf16

@@ -18,7 +18,7 @@ import torch
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.loop import check_lengths, resolve_compile
 from unmask.decoding.policies import CommitPolicy, knob_names, make_policy, policy_names
-from unmask.decoding.scorers import SCORER_NAMES
+from unmask.decoding.scorers import CONFIDENCE_DTYPES, SCORER_NAMES, Scorer
 from unmask.models.cache import canonical_cache
 
 
@@ -31,6 +31,8 @@ class DecodeConfig:
     keywords). credit: ``True`` (paper defaults) or a ``CreditConfig``. cache: none | prefix | dual.
     temperature: Gumbel sampling temperature (0: greedy). scorer: confidence | margin | entropy | random.
     cfg_scale: LLaDA's unsupervised classifier-free guidance. compile: ``None`` = the model's setting.
+    confidence_dtype: ``float64`` (Fast-dLLM, LLaDA's earlier generate.py) or ``logits`` (LLaDA's generate.py at
+    HEAD: the confidence softmax in the logits' dtype, bf16 on a GPU); float32/float64 models: the same result.
     """
 
     policy: str | CommitPolicy = "topk"
@@ -47,6 +49,7 @@ class DecodeConfig:
     early_stop: bool = True
     seed: int | None = None
     compile: bool | str | None = None
+    confidence_dtype: str = "float64"
 
     def __post_init__(self) -> None:
         check_lengths(self.gen_length, self.block_length)
@@ -68,6 +71,9 @@ class DecodeConfig:
         self.cfg_scale = _check_number("cfg_scale", self.cfg_scale, ">= 0", lambda v: v >= 0)
         if not isinstance(self.scorer, str) or self.scorer not in SCORER_NAMES:
             raise ValueError(f"unknown scorer {self.scorer!r} (allowed: {', '.join(SCORER_NAMES)})")
+        if not isinstance(self.confidence_dtype, str) or self.confidence_dtype not in CONFIDENCE_DTYPES:
+            raise ValueError(f"confidence_dtype must be one of {', '.join(CONFIDENCE_DTYPES)}, "
+                             f"got {self.confidence_dtype!r}")
         for name in ("logits_eos_inf", "confidence_eos_eot_inf", "early_stop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -102,6 +108,11 @@ class DecodeConfig:
         if isinstance(self.policy, CommitPolicy):
             return self.policy
         return make_policy(self.policy, gen_length=self.gen_length, block_length=self.block_length, **self.options)
+
+    def build_scorer(self, eot_id: int | None = None, generator: torch.Generator | None = None) -> Scorer:
+        """The scorer of these settings (``eot_id``: the tokenizer's end of turn, for ``confidence_eos_eot_inf``)."""
+        exclude = (eot_id,) if self.confidence_eos_eot_inf and eot_id is not None else ()
+        return Scorer(self.scorer, self.temperature, generator, exclude, self.confidence_dtype)
 
     @property
     def credit_config(self) -> CreditConfig | None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 
 SCORER_NAMES: tuple[str, ...] = ("confidence", "margin", "entropy", "random")
+# where the confidence softmax is taken: float64 (Fast-dLLM; LLaDA's generate.py before it changed) or the
+# logits' own dtype (LLaDA's generate.py at HEAD: ``F.softmax(logits)``, bf16 on a GPU)
+CONFIDENCE_DTYPES: tuple[str, ...] = ("float64", "logits")
 CHUNK_ELEMENTS = 1 << 24  # float64 elements per chunk (128 MiB)
 
 
@@ -126,16 +129,24 @@ class Scorer:
     ``confidence_exclude`` lists token ids whose logits are set to -inf for the confidence only,
     after the candidate is chosen: LLaDA's ``confidence_eos_eot_inf`` (whose reference line only
     affects end-of-turn: a candidate equal to it gets confidence 0).
+
+    ``confidence_dtype``: ``float64`` (default; Fast-dLLM and LLaDA's earlier ``generate.py``) or ``logits``:
+    the softmax in the logits' own dtype, as LLaDA's ``generate.py`` at HEAD (``F.softmax(logits)``: bf16
+    probabilities on a GPU, with their ties), then widened to float64 for the policy.
     """
 
     kind: str = "confidence"
     temperature: float = 0.0
     generator: torch.Generator | None = None
     confidence_exclude: Sequence[int] = ()
+    confidence_dtype: str = "float64"
 
     def __post_init__(self) -> None:
         if self.kind not in SCORER_NAMES:
             raise ValueError(f"unknown scorer {self.kind!r} (allowed: {', '.join(SCORER_NAMES)})")
+        if self.confidence_dtype not in CONFIDENCE_DTYPES:
+            raise ValueError(f"confidence_dtype must be one of {', '.join(CONFIDENCE_DTYPES)}, "
+                             f"got {self.confidence_dtype!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 
@@ -164,7 +175,8 @@ class Scorer:
         self, logits: torch.Tensor, noise: Noise | None = None, fused: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(candidate, confidence) per position; ``fused`` runs the greedy confidence through ``torch.compile``."""
-        if self.kind == "confidence" and self.temperature == 0 and not self.confidence_exclude:
+        native = self.confidence_dtype == "logits"
+        if self.kind == "confidence" and self.temperature == 0 and not self.confidence_exclude and not native:
             return (compiled_argmax_confidence() if fused else argmax_confidence)(logits)
         if noise is None and self.random:
             B, L, V = logits.shape
@@ -176,9 +188,16 @@ class Scorer:
             logits = logits.clone()
             for token in self.confidence_exclude:
                 logits[..., token] = -torch.inf
-        if self.kind == "confidence":
+        if native:  # the reference's own dtype: probabilities rounded to it (bf16: 8 significant bits)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            if self.kind == "confidence":
+                probs = torch.softmax(logits, dim=-1)
+                return candidates, probs.gather(-1, candidates[..., None]).squeeze(-1).double()
+            log_probs = log_probs.double()
+        elif self.kind == "confidence":
             return candidates, candidate_probability(logits, candidates)
-        log_probs = log_probs_float64(logits)
+        else:
+            log_probs = log_probs_float64(logits)
         if self.kind == "margin":
             top2 = log_probs.topk(2, dim=-1).values.exp()
             return candidates, top2[..., 0] - top2[..., 1]

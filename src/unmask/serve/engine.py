@@ -32,7 +32,6 @@ from unmask.api import DiffusionLM
 from unmask.decoding.config import DecodeConfig
 from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, StepCommits
 from unmask.decoding.loop import resolve_compile
-from unmask.decoding.scorers import Scorer
 
 
 class QueueFull(RuntimeError):
@@ -84,7 +83,8 @@ class Ticket:
 def batch_signature(config: DecodeConfig) -> tuple:
     """Requests decode in one ``SlotBatch`` iff these agree (the policy's repr carries its knob)."""
     return (repr(config.build_policy()), repr(config.credit_config), config.cache, config.block_length,
-            config.scorer, config.temperature, config.logits_eos_inf, config.confidence_eos_eot_inf, config.compile)
+            config.scorer, config.temperature, config.logits_eos_inf, config.confidence_eos_eot_inf, config.compile,
+            config.confidence_dtype)
 
 
 class TextStream:
@@ -149,9 +149,7 @@ class SlotBatch:
         self.signature = batch_signature(config)
         self.config, self.block_length, self.cache = config, config.block_length, config.cache
         tokenizer = lm.tokenizer
-        eot = tokenizer.eot_id
-        exclude = (eot,) if config.confidence_eos_eot_inf and eot is not None else ()
-        self.scorer = Scorer(config.scorer, config.temperature, None, exclude)
+        self.scorer = config.build_scorer(tokenizer.eot_id)
         self.policy = config.build_policy()
         self.mask_id, self.slots = lm.mask_id, slots
         self.rows: dict[int, Row] = {}  # slot -> row
