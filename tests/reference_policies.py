@@ -1,5 +1,5 @@
-"""Plain, slow restatements of the Fréchet (Fast-dLLM++) and CreditDecoding reference semantics, written
-independently of unmask's code (torch only; nothing here calls unmask).
+"""Plain, slow restatements of the Fréchet (Fast-dLLM++), EB-Sampler, KLASS and CreditDecoding reference
+semantics, written independently of unmask's code (torch only; nothing here calls unmask).
 
 - ``transfer_frechet``: Fast-dLLM++ (Kasa et al. 2026, arXiv 2606.02955), repository
   Ringo-Star/FastdLLM_plusplus, ``v1/llada/generate.py``: ``get_transfer_index_frechet_profile``. With the
@@ -79,6 +79,27 @@ def transfer_frechet(logits, mask_index, x, margin):
     return x0, transfer & mask_index
 
 
+def transfer_eb(logits, mask_index, x, gamma):
+    """EB-Sampler (Ben-Hamu et al. 2025, Alg. 1 with the confidence proxy; SGLang ``eb_sampling.py`` uses the
+    entropy proxy with the same budget): walk the masked positions from the most confident (ties: lower
+    position first), add each to U and keep it while sum(H_U) - max(H_U) <= gamma, else stop; H = the
+    entropy in nats of softmax(logits) in float64."""
+    x0, confidence, transfer = _candidates(logits, mask_index, x)
+    p = torch.softmax(logits.double(), -1)
+    h = -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(-1)
+    for j in range(confidence.shape[0]):
+        masked = mask_index[j].nonzero().flatten().tolist()
+        order = sorted(masked, key=lambda i: (-float(confidence[j, i]), i))
+        chosen: list[int] = []
+        for i in order:
+            trial = [float(h[j, c]) for c in chosen + [i]]
+            if sum(trial) - max(trial) > gamma:
+                break
+            chosen.append(i)
+        transfer[j, chosen] = True
+    return x0, transfer
+
+
 class DenseCredit:
     """CreditDecoding's trace credit of one row: a dense float64 [block_length, V] matrix (see the module doc)."""
 
@@ -127,9 +148,10 @@ def stop_reached(gen: torch.Tensor, mask_id: int, stop_ids: tuple[int, ...]) -> 
 def ref_policy_generate(w, cfg, prompt, gen_length, block_length, mask_id, rule, value, cache="none", credit=None,
                         steps=None, stop_ids=(), reset_credit=True) -> RefDecode:
     """Fast-dLLM++ generate loops for one prompt [1, P] (no padding) with ``rule`` in threshold (tau), factor
-    (f), frechet (margin) or topk (``value`` = forwards in all, LLaDA's ``get_num_transfer_tokens`` quota per
-    step). ``credit``: a ``DenseCredit`` (reset at each block unless ``reset_credit`` is False, which is only
-    there to show that the reset matters); ``stop_ids``: early stop (module doc)."""
+    (f), frechet (margin), eb (gamma: EB-Sampler's rule in the same loops) or topk (``value`` = forwards in
+    all, LLaDA's ``get_num_transfer_tokens`` quota per step). ``credit``: a ``DenseCredit`` (reset at each block
+    unless ``reset_credit`` is False, which is only there to show that the reset matters); ``stop_ids``: early
+    stop (module doc)."""
     assert prompt.shape[0] == 1, "Fast-dLLM's loops are batch-size-1 semantics"
     P = prompt.shape[1]
     x = torch.full((1, P + gen_length), mask_id, dtype=torch.long)
@@ -147,6 +169,8 @@ def ref_policy_generate(w, cfg, prompt, gen_length, block_length, mask_id, rule,
             return _transfer_factor(logits, mask_index, cur, value)
         if rule == "frechet":
             return transfer_frechet(logits, mask_index, cur, value)
+        if rule == "eb":
+            return transfer_eb(logits, mask_index, cur, value)
         return transfer_topk(logits, mask_index, cur, quota[:, min(i, steps_per_block - 1)])
 
     for nb in range(num_blocks):
@@ -188,4 +212,92 @@ def ref_policy_generate(w, cfg, prompt, gen_length, block_length, mask_id, rule,
                 gen = x[0, P:]
                 gen[gen == mask_id] = stop_ids[0]
                 return RefDecode(x, nfe, block_nfe)
+    return RefDecode(x, nfe, block_nfe)
+
+
+def ref_klass_generate(w, cfg, prompt, gen_length, block_length, mask_id, tau, eps, history, steps=None,
+                       cache="none", stop_ids=(), keep_next=None) -> RefDecode:
+    """KLASS (Kim et al. 2025; shkim0116/KLASS ``src/model/llada_klass.py``, ``stable_confident_decode``) for one
+    prompt [1, P] at temperature 0, restated from the public code:
+
+    - every forward: p = softmax(logits in float64) at every column the forward computed; x0 = argmax p,
+      c = p(x0); KL = sum_v p (log(p + 1e-12) - log(p_prev + 1e-12)) against the previous forward's p at the
+      same column; a rolling window of the last ``history`` KL values per column;
+    - ready = masked in the block & all(window < eps) & c > tau, only from the block's step ``history - 1`` on;
+      ready non-empty: commit all of it; else the top ``quota[step]`` by confidence (LLaDA's
+      ``get_num_transfer_tokens`` with ``steps / num_blocks`` per block);
+    - the block ends when it has no mask (the reference stops after ``steps / num_blocks`` forwards; with the
+      default ``steps = gen_length`` both are the same, as every step commits at least one token).
+
+    The reference computes every column every forward (no cache) and starts p_prev at zeros (a first KL of
+    about 27: never stable). With a cache (unmask's extension, no reference) a forward computes only its
+    window's columns (dual: the block; prefix: the block and everything after it) and unmask keeps only the
+    block's (and, without a cache, the next block's): a column the previous forward did not give is not
+    stable. ``keep_next=False`` drops the next block's columns without a cache too (to show that they matter).
+    Early stop as ``ref_policy_generate``."""
+    assert prompt.shape[0] == 1
+    P = prompt.shape[1]
+    x = torch.full((1, P + gen_length), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    num_blocks = gen_length // block_length
+    spb = (gen_length if steps is None else steps) // num_blocks
+    prev: dict[int, torch.Tensor] = {}  # column -> p of the previous forward (only the columns it kept)
+    window: dict[int, list[float]] = {}
+    nfe, block_nfe = 0, []
+    for nb in range(num_blocks):
+        s, e = P + nb * block_length, P + (nb + 1) * block_length
+        quota = _num_transfer(x[:, s:e] == mask_id, spb)[0]
+        block_nfe.append(0)
+        past, i = None, 0
+        while (x[:, s:e] == mask_id).any():
+            if cache == "none" or i == 0:
+                logits, present = ref_forward(w, cfg, x)
+                offset = 0
+                if cache == "prefix":
+                    past = [(k[:, :, :s], v[:, :, :s]) for k, v in present]
+                elif cache == "dual":
+                    past = present
+            elif cache == "prefix":
+                logits, _ = ref_forward(w, cfg, x[:, s:], past=past, query_start=s)
+                offset = s
+            else:
+                logits, past = ref_forward(w, cfg, x[:, s:e], past=past, query_start=s, replace=(s, e))
+                offset = s
+            nfe += 1
+            block_nfe[-1] += 1
+            p = torch.softmax(logits[0].double(), -1)
+            nxt = (cache == "none") if keep_next is None else keep_next
+            kept = range(s, min(e + block_length, P + gen_length)) if nxt else range(s, e)
+            new_prev = {}
+            for col in kept:
+                q = p[col - offset]
+                kl = (q * (torch.log(q + 1e-12) - torch.log(prev[col] + 1e-12))).sum() if col in prev else torch.inf
+                window[col] = (window.get(col, []) + [float(kl)])[-history:]
+                new_prev[col] = q
+            prev = new_prev
+            block = p[s - offset:e - offset]
+            x0 = block.argmax(-1)
+            conf = block.gather(-1, x0[:, None]).squeeze(-1)
+            masked = x[0, s:e] == mask_id
+            ready = torch.zeros_like(masked)
+            if i >= history - 1:
+                for j in range(block_length):
+                    hist = window[s + j]
+                    ready[j] = bool(masked[j]) and len(hist) == history and all(v < eps for v in hist) \
+                        and float(conf[j]) > tau
+            if ready.any():
+                transfer = ready
+            else:
+                n = max(int(quota[min(i, spb - 1)]) if i < spb else 0, 1)
+                order = torch.where(masked, conf, -torch.inf).sort(descending=True, stable=True).indices
+                transfer = torch.zeros_like(masked)
+                transfer[order[:min(n, int(masked.sum()))]] = True
+            x[0, s:e] = torch.where(transfer, x0, x[0, s:e])
+            i += 1
+            if stop_ids and stop_reached(x[0, P:], mask_id, stop_ids):
+                gen = x[0, P:]
+                gen[gen == mask_id] = stop_ids[0]
+                return RefDecode(x, nfe, block_nfe)
+        for col in range(s, e):  # a finished block's columns leave the history (never read again)
+            window.pop(col, None)
     return RefDecode(x, nfe, block_nfe)

@@ -1,4 +1,4 @@
-"""Fréchet (Fast-dLLM++) and CreditDecoding decodes, token for token and in NFE, against the plain
+"""Fréchet (Fast-dLLM++), EB-Sampler and CreditDecoding decodes, token for token and in NFE, against the plain
 restatements of tests/reference_policies.py: every cache mode, ragged (left-padded) batches decoded at once by
 unmask and row by row by the reference (Fast-dLLM's loops are batch-size-1 semantics)."""
 
@@ -12,6 +12,7 @@ from llada_fixtures import random_weights, tiny_config, write_checkpoint
 from reference_policies import DenseCredit, RefDecode, ref_policy_generate
 
 from unmask.decoding import CreditConfig, DecodeResult, Factor, Frechet, Policy, Threshold, TopK, decode, make_policy
+from unmask.decoding.policies.eb import EntropyBounded
 from unmask.models import load_model
 
 GEN, BLOCK = 24, 8
@@ -43,6 +44,10 @@ CASES = {
     "credit-topk": Case(TopK(4), "topk", 12, {"alpha": 1.0}),
     "credit-adaptive-threshold": Case(Threshold(0.3), "threshold", 0.3, {"adaptive": True}),
     "credit-adaptive-frechet": Case(Frechet(-2.0), "frechet", -2.0, {"adaptive": True}),
+    # entropies here are near log V (a random model): SGLang's default budget commits one token per step
+    "eb-default": Case(EntropyBounded(), "eb", 0.15, parallel=False),
+    "eb-9": Case(EntropyBounded(9.0), "eb", 9.0),
+    "credit-eb": Case(make_policy("eb", gamma=12.0), "eb", 12.0, {"alpha": 1.0}),
 }
 
 

@@ -38,6 +38,7 @@ import torch
 
 from unmask.decoding.credit import CreditConfig, CreditState
 from unmask.decoding.policies import Policy
+from unmask.decoding.policies.base import StepContext
 from unmask.decoding.scorers import Scorer
 from unmask.models.cache import StaticKVCache, parse_cache_mode
 
@@ -201,7 +202,11 @@ class DecodeEngine:
         self.credit = None if credit is None else CreditState(credit, S, BL, device)
         vocab = model.config.embedding_size
         self.noise = scorer.allocate_noise(S, BL, vocab, device)
-        self.logits = torch.zeros((S, BL, vocab), dtype=model.dtype, device=device)
+        # a policy that looks at the next block (KLASS's history across a block boundary) gets its logits where the
+        # step computes them anyway: without a cache every column goes through the model
+        self.lookahead = policy.wants_next_block and self.window == "none"
+        self.logits = torch.zeros((S, 2 * BL if self.lookahead else BL, vocab), dtype=model.dtype, device=device)
+        self.policy_state = policy.allocate_state(S, BL, vocab, device, model.dtype)
         self.kv = self.refresh_store = None
         if self.window != "none":
             self.kv = StaticKVCache.for_model(model.config, self.Bm, T, model.dtype, device)
@@ -265,6 +270,8 @@ class DecodeEngine:
         if self.credit is not None:
             self.credit.tokens.index_fill_(0, index, -1)
             self.credit.credit.index_fill_(0, index, 0.0)
+        if self.policy_state is not None:
+            self.policy_state.reset_rows(index)
         for slot, request, (P, G, _) in zip(slots, requests, lengths, strict=True):
             self.slots[slot] = _Slot(request, P, G)
         self.hi = max(self.hi, slot_bucket(slots[-1] + 1, self.S))
@@ -381,6 +388,8 @@ class DecodeEngine:
             buffers += [self.credit.tokens, self.credit.credit]
         if self.partial:
             buffers += [self.kv_token, self.kv_age]
+        if self.policy_state is not None:
+            buffers += list(self.policy_state.buffers.values())
         return buffers
 
     # ---- the step functions (static buffers in, static buffers out) ---------------------------------------
@@ -412,6 +421,8 @@ class DecodeEngine:
     def _full_step(self, hi: int) -> None:
         """No cache: every slot of ``[0, hi)`` through a forward over its whole canvas."""
         rows = self._block_columns(hi)
+        if self.lookahead:  # and the next block's columns (past the canvas: clamped, never read)
+            rows = torch.cat([rows, (rows + self.BL).clamp(max=self.T - 1)], dim=1)
         x = self._model_rows(self.x[:hi], self.prompt_length[:hi])
         logits = self.model.forward_window(x, self.cos, self.sin, self._key_mask(hi), None, None,
                                            torch.cat([rows, rows]) if self.cfg else rows)
@@ -538,7 +549,7 @@ class DecodeEngine:
         current = self.x[:hi].gather(1, columns)
         masked = (current == opts.mask_id) & active[:, None]
         self.nfe[:hi] += masked.any(dim=-1).long()
-        logits = self.logits[:hi]
+        logits = self.logits[:hi, :BL] if self.lookahead else self.logits[:hi]
         if opts.logits_eos_inf:
             logits[..., opts.eos_id] = -torch.inf
         if self.credit is not None:
@@ -548,7 +559,12 @@ class DecodeEngine:
         confidence = torch.where(masked, confidence, -torch.inf)
         step = self.step_index[:hi]
         schedule = None if self.schedule is None else self.schedule[:hi]
-        commit = self.policy(confidence, masked, step[:, None], schedule)
+        state = None if self.policy_state is None else self.policy_state.head(hi)
+        if self.policy.uses_context:
+            context = StepContext(logits, candidates, state, self.logits[:hi, BL:] if self.lookahead else None)
+            commit = self.policy(confidence, masked, step[:, None], schedule, context)
+        else:
+            commit = self.policy(confidence, masked, step[:, None], schedule)
         x = self.x[:hi]
         x.scatter_(1, columns, torch.where(commit, candidates, current))
         gen_columns = (columns - self.prompt_length[:hi, None]).clamp(0, self.G - 1)  # a free slot's: unchanged
@@ -591,6 +607,8 @@ class DecodeEngine:
             schedule.copy_(torch.where(advance[:, None], self.policy.start_block(next_masked), schedule))
         if self.credit is not None:
             self.credit.head(hi).reset_where(advance)
+        if state is not None:
+            self.policy.advance_state(state, advance)
         self.status[:hi].copy_(active.to(torch.uint8) * ACTIVE + advance.to(torch.uint8) * ADVANCED
                                + done.to(torch.uint8) * DONE)
         active &= ~done

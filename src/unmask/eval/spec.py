@@ -9,6 +9,8 @@ Grammar: ``POLICY[:VALUE][+credit|+credit-adaptive][@CACHE]``, for example
 - ``threshold:0.9+credit@dual`` CreditDecoding fused with the threshold rule, dual KV cache
 - ``threshold:0.9+credit(alpha=0.5,beta=0.9)``  credit with other coefficients (``alpha``, ``beta``,
   ``gamma`` of ``CreditConfig``; the label keeps only those that differ from the defaults)
+- ``klass:0.6(kl=0.015)``        a policy's further options in parentheses after its value (the label keeps
+  only those that differ from the defaults)
 
 Commas inside the parentheses do not separate specs in ``parse_specs``.
 """
@@ -27,7 +29,7 @@ CREDIT_OPTIONS = ("credit", "credit-adaptive")
 CREDIT_PARAMS = ("alpha", "beta", "gamma")  # the CreditConfig coefficients a spec may set
 _CREDIT_DEFAULTS = {name: getattr(CreditConfig(), name) for name in CREDIT_PARAMS}
 SPEC_FORMS = (
-    "POLICY[:VALUE][+credit[(alpha=A,beta=B,gamma=G)]|+credit-adaptive][@CACHE] with POLICY in {"
+    "POLICY[:VALUE][(OPTION=V,...)][+credit[(alpha=A,beta=B,gamma=G)]|+credit-adaptive][@CACHE] with POLICY in {"
     + ", ".join(REGISTRY) + "}, CACHE in {" + cache_forms() + "}; VALUE: "
     + ", ".join(f"{name} {cls.knob.name} {cls.knob.allowed}" for name, cls in REGISTRY.items())
     + "; e.g. topk, threshold:0.9, factor:1.0, frechet:0.25, threshold:0.9+credit@dual, "
@@ -36,7 +38,8 @@ SPEC_FORMS = (
 _OPTION = r"\+[a-z-]+(?:\([^()]*\))?"
 _CACHE = r"[a-z_]*(?:\([^()]*\))?"  # a registered cache mode, with its knobs: dual, prompt_stale(every=4)
 _SPEC_RE = re.compile(
-    rf"^(?P<policy>[a-z_]+)(?::(?P<value>[^+@]*))?(?P<options>(?:{_OPTION})*)(?:@(?P<cache>{_CACHE}))?$"
+    rf"^(?P<policy>[a-z_]+)(?::(?P<value>[^+@()]*))?(?:\((?P<params>[^()]*)\))?(?P<options>(?:{_OPTION})*)"
+    rf"(?:@(?P<cache>{_CACHE}))?$"
 )
 _OPTION_RE = re.compile(r"\+(?P<name>[a-z-]+)(?:\((?P<params>[^()]*)\))?")
 _SEPARATOR_RE = re.compile(r"(?:\s*,\s*|\s+)(?![^()]*\))")  # a comma or blank outside parentheses
@@ -52,8 +55,18 @@ class DecodeSpec:
     cache: str = "none"
     # credit coefficients that differ from CreditConfig's defaults, as sorted (name, value) pairs
     credit_params: tuple[tuple[str, float], ...] = ()
+    # the policy's further options that differ from their defaults, in the policy's order
+    policy_params: tuple[tuple[str, float | int], ...] = ()
 
     def __post_init__(self) -> None:
+        options = {o.name: o for o in get_policy_class(self.policy).options}
+        given = dict(self.policy_params)
+        unknown = sorted(k for k in given if k not in options)
+        if unknown:
+            raise ValueError(f"policy {self.policy!r} has no option(s) {', '.join(unknown)} "
+                             f"(its options: {', '.join(options) or 'none'})")
+        object.__setattr__(self, "policy_params", tuple(
+            (k, given[k]) for k in options if k in given and given[k] != options[k].default))
         params = dict(self.credit_params)
         if params and self.credit != "credit":
             raise ValueError(f"credit coefficients {params} need credit='credit', got {self.credit!r}")
@@ -67,6 +80,9 @@ class DecodeSpec:
         text = self.policy
         if self.value is not None:
             text += f":{self.value:g}" if isinstance(self.value, float) else f":{self.value}"
+        if self.policy_params:
+            text += "(" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in self.policy_params) + ")"
         if self.credit:
             text += f"+{self.credit}"
         if self.credit_params:
@@ -85,6 +101,7 @@ class DecodeSpec:
         kwargs: dict = {"policy": self.policy, "cache": self.cache}
         if self.value is not None:
             kwargs[get_policy_class(self.policy).knob.name] = self.value
+        kwargs.update(self.policy_params)
         if self.credit == "credit":
             kwargs["credit"] = CreditConfig(**dict(self.credit_params)) if self.credit_params else True
         elif self.credit == "credit-adaptive":
@@ -109,6 +126,9 @@ def parse_spec(text: str) -> DecodeSpec:
     value: float | int | None = None
     if match["value"] is not None:
         value = _parse_value(text, policy, match["value"])
+    policy_params: tuple[tuple[str, float | int], ...] = ()
+    if match["params"] is not None:
+        policy_params = _parse_policy_params(text, policy, match["params"])
     credit = None
     params: tuple[tuple[str, float], ...] = ()
     for option in _OPTION_RE.finditer(match["options"]):
@@ -128,7 +148,27 @@ def parse_spec(text: str) -> DecodeSpec:
         cache = canonical_cache(cache)
     except ValueError as err:
         raise ValueError(f"bad decoding spec {text!r}: {err}; allowed: {SPEC_FORMS}") from None
-    return DecodeSpec(policy=policy, value=value, credit=credit, cache=cache, credit_params=params)
+    return DecodeSpec(policy=policy, value=value, credit=credit, cache=cache, credit_params=params,
+                      policy_params=policy_params)
+
+
+def _parse_policy_params(text: str, policy: str, params_text: str) -> tuple[tuple[str, float | int], ...]:
+    """``kl=0.015,history=3`` -> (("kl", 0.015), ("history", 3)), each checked by its knob."""
+    options = {o.name: o for o in get_policy_class(policy).options}
+    params: dict[str, float | int] = {}
+    for item in params_text.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or name not in options:
+            allowed = ", ".join(options) if options else "none (it has no options)"
+            raise ValueError(f"bad decoding spec {text!r}: {policy} option {item.strip()!r} must be NAME=VALUE "
+                             f"with NAME in {{{allowed}}}; allowed: {SPEC_FORMS}")
+        if name in params:
+            raise ValueError(f"bad decoding spec {text!r}: {policy} option {name} given twice; allowed: {SPEC_FORMS}")
+        try:
+            params[name] = options[name].parse(value, policy, text=True)
+        except ValueError as err:
+            raise ValueError(f"bad decoding spec {text!r}: {err}; allowed: {SPEC_FORMS}") from None
+    return tuple(params.items())
 
 
 def _parse_credit_params(text: str, params_text: str) -> tuple[tuple[str, float], ...]:

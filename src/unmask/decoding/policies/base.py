@@ -7,8 +7,18 @@ call ``(confidence [B, L], masked [B, L], step, schedule) -> commit [B, L] bool`
 - ``step`` (the step index inside the block) is an int or a 0-d device tensor, so a policy runs
   inside a captured CUDA graph without a host sync;
 - ``start_block(masked)`` returns the per-row state of a block (a fixed schedule) or ``None``;
-- every policy commits at least the top-1 masked position of each row that has one (so decoding
-  always progresses) and nothing elsewhere; rows are handled together, no per-row loops.
+- every policy commits at least one masked position of each row that has one (so decoding always
+  progresses; the seed papers' rules: at least the top-1) and nothing elsewhere; rows are handled
+  together, no per-row loops.
+
+A policy may declare further ``options`` (knobs with defaults, e.g. KLASS's KL bound and history length):
+``generate(policy="klass", threshold=0.6, kl=0.015)``, spec ``klass:0.6(kl=0.015)``.
+
+Policies that need more than the confidences set ``uses_context``: they are called with a fifth argument,
+a ``StepContext`` holding the block's scored logits [B, L, V] (credit fused), the candidates [B, L] and
+the policy's own per-row ``PolicyState`` (buffers it allocates once with ``allocate_state``; the engine
+moves them with their rows, resets a row's at admission and calls ``advance_state`` for the rows that start
+a new block). Everything stays on the device, in place, so the step is still one captured graph.
 
 The knob declares its name (the keyword of ``generate`` and ``make_policy``, the ``--NAME`` option
 and the value of a ``POLICY:VALUE`` spec), type, default, allowed range and help, so the spec parser,
@@ -81,16 +91,65 @@ def finite_number(value: float) -> bool:
     return math.isfinite(value)
 
 
+class PolicyState:
+    """Per-row buffers of a stateful policy, each ``[S, ...]``, allocated once; ``fills`` gives each buffer's
+    value for a fresh row. ``head(rows)`` is a view of the first rows (writes land here)."""
+
+    def __init__(self, buffers: dict[str, torch.Tensor], fills: dict[str, float | bool]) -> None:
+        self.buffers, self.fills = buffers, fills
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self.__dict__["buffers"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def head(self, rows: int) -> PolicyState:
+        return PolicyState({k: v[:rows] for k, v in self.buffers.items()}, self.fills)
+
+    def reset_rows(self, index: torch.Tensor) -> None:
+        """Fresh state for the rows ``index`` (a new request in those slots)."""
+        for name, buffer in self.buffers.items():
+            buffer.index_fill_(0, index, self.fills[name])
+
+    def reset_where(self, rows: torch.Tensor) -> None:
+        """Fresh state where ``rows`` [B] is True, in place, no sync."""
+        for name, buffer in self.buffers.items():
+            buffer.masked_fill_(rows.view(-1, *([1] * (buffer.dim() - 1))), self.fills[name])
+
+
+@dataclass
+class StepContext:
+    """What a step hands a policy with ``uses_context``, besides the confidences."""
+
+    logits: torch.Tensor  # [B, L, V] the block's logits as scored (credit fused)
+    candidates: torch.Tensor  # [B, L] the token each position would commit
+    state: PolicyState | None  # the policy's rows (views)
+    next_logits: torch.Tensor | None = None  # [B, L, V] the next block's, where the step computed them
+
+
 class CommitPolicy:
     """Base of the registered policies; subclasses are dataclasses holding their knob's value."""
 
     name: ClassVar[str]
     knob: ClassVar[Knob]
+    options: ClassVar[tuple[Knob, ...]] = ()  # further knobs, each with its default
+    uses_context: ClassVar[bool] = False  # called with a StepContext as a fifth argument
+    wants_next_block: ClassVar[bool] = False  # the step also computes the next block's logits where it can
     steps_per_block: int | None = None  # a fixed number of forwards per block (topk), else None
 
     def start_block(self, masked: torch.Tensor) -> torch.Tensor | None:
         """The per-row state of a block, from its masked positions at the block's start."""
         return None
+
+    def allocate_state(self, slots: int, block_length: int, vocab: int, device: torch.device,
+                       dtype: torch.dtype) -> PolicyState | None:
+        """The per-row buffers of a stateful policy (``None``: stateless)."""
+        return None
+
+    def advance_state(self, state: PolicyState, rows: torch.Tensor) -> None:
+        """The rows where ``rows`` [B] is True start a new block (default: fresh state)."""
+        state.reset_where(rows)
 
     def __call__(
         self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor, schedule: torch.Tensor | None
@@ -99,9 +158,10 @@ class CommitPolicy:
 
     @classmethod
     def from_knob(cls, value: float | int | None, gen_length: int | None = None,
-                  block_length: int | None = None) -> CommitPolicy:
-        """The policy for a knob value (``None``: the default); the decode's lengths where the knob needs them."""
-        return cls(cls.knob.default if value is None else value)
+                  block_length: int | None = None, **options: float | int) -> CommitPolicy:
+        """The policy for a knob value (``None``: the default) and its options; the decode's lengths where the
+        knob needs them."""
+        return cls(cls.knob.default if value is None else value, **options)
 
 
 REGISTRY: dict[str, type[CommitPolicy]] = {}
@@ -126,8 +186,9 @@ def get_policy_class(name: str) -> type[CommitPolicy]:
 
 
 def knob_names() -> set[str]:
-    """Every policy option name (knobs and their aliases)."""
-    return {name for cls in REGISTRY.values() for name in (cls.knob.name, *cls.knob.aliases)}
+    """Every policy option name (knobs, their aliases and the policies' further options)."""
+    return {name for cls in REGISTRY.values()
+            for name in (cls.knob.name, *cls.knob.aliases, *(o.name for o in cls.options))}
 
 
 def make_policy(
@@ -143,18 +204,22 @@ def make_policy(
     for key in given:
         if key not in known:
             raise ValueError(f"unknown policy option {key!r} (options: {', '.join(sorted(known))})")
-    own = {cls.knob.name, *cls.knob.aliases}
+    extras = {o.name: o for o in cls.options}
+    own = {cls.knob.name, *cls.knob.aliases, *extras}
     foreign = sorted(k for k in given if k not in own)
     if foreign:
-        raise ValueError(f"option(s) {', '.join(foreign)} do not apply to policy {name!r} (its option: "
-                         f"{cls.knob.name}; given {', '.join(f'{k}={given[k]!r}' for k in foreign)})")
-    if len(given) > 1:
-        raise ValueError(f"give policy {name!r} one of {', '.join(sorted(given))}, not several")
+        names = ", ".join([cls.knob.name, *extras])
+        raise ValueError(f"option(s) {', '.join(foreign)} do not apply to policy {name!r} (its option"
+                         f"{'s' if extras else ''}: {names}; given {', '.join(f'{k}={given[k]!r}' for k in foreign)})")
+    main = {k: v for k, v in given.items() if k not in extras}
+    if len(main) > 1:
+        raise ValueError(f"give policy {name!r} one of {', '.join(sorted(main))}, not several")
     value = None
-    for key, raw in given.items():  # at most one
+    for key, raw in main.items():  # at most one
         # the knob itself, or an alias such as frechet's factor budget f (margin 1 - f)
         value = cls.knob.parse(raw, name) if key == cls.knob.name else cls.knob.aliases[key](raw)
-    return cls.from_knob(value, gen_length=gen_length, block_length=block_length)
+    options = {k: extras[k].parse(v, name) for k, v in given.items() if k in extras}
+    return cls.from_knob(value, gen_length=gen_length, block_length=block_length, **options)
 
 
 def sorted_confidence(
