@@ -50,14 +50,17 @@ def with_past(past, k, v, replace=None):
     return pk, pv
 
 
-def ref_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=None, columns=None):
+def ref_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=None, columns=None, positions=None,
+                attn_mask=None):
     """Logits for tokens ``x`` [B, n].
 
     past: None, or per layer (k_pre_rope, v) [B, H, S, hd] of cached columns.
     Without ``replace``, queries are at columns [query_start, query_start + n) and keys = past ++ new
     (Fast-dLLM prefix cache, query_start = S). With ``replace`` = (a, b), the new k/v overwrite
     columns [a, b) of ``past`` (dual cache). With ``columns`` (a tensor [n]), token i sits at canvas column
-    ``columns[i]`` and its k/v overwrite that column of ``past``. Returns (logits, new per-layer (k_pre_rope, v)).
+    ``columns[i]`` and its k/v overwrite that column of ``past``. Without ``past``: ``positions`` [n] are the
+    tokens' rotary positions (default 0..n-1) and ``attn_mask`` [n, n] (True: query i may attend key j) a mask
+    over queries and keys (WINO's shadow block). Returns (logits, new per-layer (k_pre_rope, v)).
     """
     p = "model.transformer."
     B, n = x.shape
@@ -75,12 +78,17 @@ def ref_forward(w, cfg, x, key_mask=None, past=None, query_start=0, replace=None
         present.append((k, v))
         total = k.shape[2]
         qpos = torch.arange(query_start, query_start + n) if columns is None else columns
-        qr, kr = rope(q, qpos, cfg["rope_theta"]), rope(k, torch.arange(total), cfg["rope_theta"])
+        kpos = torch.arange(total)
+        if positions is not None:
+            qpos = kpos = positions
+        qr, kr = rope(q, qpos, cfg["rope_theta"]), rope(k, kpos, cfg["rope_theta"])
         kr = kr.repeat_interleave(H // kvH, dim=1)
         vv = v.repeat_interleave(H // kvH, dim=1)
         scores = qr @ kr.transpose(-1, -2) / math.sqrt(hd)
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask[None, None], float("-inf"))
         att = torch.softmax(scores, -1) @ vv
         h = h + att.transpose(1, 2).reshape(B, n, -1) @ w[b + "attn_out.weight"].T
         m = rms_norm(h, w[b + "ff_norm.weight"], cfg["rms_norm_eps"])

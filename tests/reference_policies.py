@@ -301,3 +301,75 @@ def ref_klass_generate(w, cfg, prompt, gen_length, block_length, mask_id, tau, e
         for col in range(s, e):  # a finished block's columns leave the history (never read again)
             window.pop(col, None)
     return RefDecode(x, nfe, block_nfe)
+
+
+def ref_wino_generate(w, cfg, prompt, gen_length, block_length, mask_id, tau1, tau2, stop_ids=()) -> RefDecode:
+    """WINO (Hong et al. 2025, arXiv 2507.18578; Feng-Hong/WINO-DLLM ``LLaDA/decoding.py``, ``decoding_wino``)
+    for one prompt [1, P] at temperature 0, restated from the public code:
+
+    - the forward's input is the canvas followed by a *shadow* block of ``block_length`` masks at the current
+      block's positions; canvas queries attend to every canvas column and no shadow column (their logits are a
+      plain LLaDA forward's), shadow query i attends to every column except the block's column i
+      (leave-one-out) and to the shadow block;
+    - draft (wide in): masked block positions with c > tau1 (c = p(argmax), float64 softmax), at most
+      clamp(int(0.7 * masked), 5, 20) of them (the most confident), and the argmax one if none passes;
+    - verify (narrow out), only if more than one token was drafted this step: a token drafted in an earlier
+      step whose shadow probability p_shadow_i(token) < tau2 goes back to mask; if as many as the previous
+      step's draft count would go, only the (previous count - 1) least confident do;
+    - the block ends when it has no mask left (its last drafts are never verified); earlier blocks are fixed.
+
+    Early stop (unmask's, not the reference's) as ``ref_policy_generate``."""
+    assert prompt.shape[0] == 1
+    P = prompt.shape[1]
+    T = P + gen_length
+    x = torch.full((1, T), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    nfe, block_nfe = 0, []
+    for nb in range(gen_length // block_length):
+        s, e = P + nb * block_length, P + (nb + 1) * block_length
+        n = T + block_length
+        positions = torch.cat([torch.arange(T), torch.arange(s, e)])
+        allowed = torch.zeros(n, n, dtype=torch.bool)
+        allowed[:T, :T] = True
+        allowed[T:, :] = True
+        for i in range(block_length):
+            allowed[T + i, s + i] = False
+        last_accept = 30
+        block_nfe.append(0)
+        while (x[0, s:e] == mask_id).any():
+            shadow = torch.full((1, block_length), mask_id, dtype=torch.long)
+            logits, _ = ref_forward(w, cfg, torch.cat([x, shadow], 1), positions=positions, attn_mask=allowed)
+            nfe += 1
+            block_nfe[-1] += 1
+            p = torch.softmax(logits[0].double(), -1)
+            block, verify = p[s:e], p[T:]
+            x0 = block.argmax(-1)
+            conf = block.gather(-1, x0[:, None]).squeeze(-1)
+            masked = x[0, s:e] == mask_id
+            drafted_before = ~masked
+            current = x[0, s:e]
+            verify_conf = verify.gather(-1, current.clamp(max=p.shape[-1] - 1)[:, None]).squeeze(-1)
+            # wide in
+            max_accept = min(max(int(0.7 * int(masked.sum())), 5), 20)
+            order = sorted((j for j in range(block_length) if masked[j]), key=lambda j: (-float(conf[j]), j))
+            chosen = [j for j in order if float(conf[j]) > tau1]
+            if len(chosen) > max_accept:
+                chosen = order[:max_accept]
+            elif not chosen:
+                chosen = order[:1]
+            # narrow out
+            remask: list[int] = []
+            if len(chosen) > 1:
+                remask = [j for j in range(block_length) if drafted_before[j] and float(verify_conf[j]) < tau2]
+                if len(remask) >= last_accept:
+                    remask = sorted(remask, key=lambda j: (float(verify_conf[j]), j))[:last_accept - 1]
+            for j in chosen:
+                x[0, s + j] = x0[j]
+            for j in remask:
+                x[0, s + j] = mask_id
+            last_accept = len(chosen)
+            if stop_ids and stop_reached(x[0, P:], mask_id, stop_ids):
+                gen = x[0, P:]
+                gen[gen == mask_id] = stop_ids[0]
+                return RefDecode(x, nfe, block_nfe)
+    return RefDecode(x, nfe, block_nfe)

@@ -10,6 +10,9 @@ import unmask
 from unmask.decoding import CreditConfig, Factor, Frechet, Scorer, Threshold, TopK, decode
 from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, run_queue
 from unmask.decoding.loop import resolve_compile
+from unmask.decoding.policies.eb import EntropyBounded
+from unmask.decoding.policies.klass import KLASS
+from unmask.decoding.policies.wino import Wino
 from unmask.decoding.scorers import CHUNK_ELEMENTS, argmax_confidence
 from unmask.models import load_model
 
@@ -151,10 +154,26 @@ def test_generate_exact_mode_on_cpu_is_eager(tiny_ckpt):
 
 REFRESH_LIGHT = [(Threshold(0.3), cache, credit) for cache in ("prompt_stale(every=2)", "partial(budget=5)")
                  for credit in (None, CreditConfig())]
+# the context policies (entropy budget; KL history in per-row state; WINO's shadow block and re-masks)
+CONTEXT_RULES = [(EntropyBounded(6.0), "dual", CreditConfig()), (EntropyBounded(6.0), "none", None),
+                 (KLASS(0.05, 0.5, 2, 8), "none", None), (KLASS(0.05, 0.5, 2, 8), "dual", CreditConfig()),
+                 (Wino(0.05, 0.5), "none", None), (Wino(0.05, 0.5), "none", CreditConfig())]
+
+
+@pytest.mark.parametrize("policy,cache,credit", CONTEXT_RULES, ids=lambda v: repr(v)[:24])
+def test_compiled_kernels_give_the_eager_tokens_for_context_rules(model, policy, cache, credit):
+    x = prompts(3, 9, seed=2)
+    attn = torch.ones_like(x)
+    attn[0, :4] = 0
+    kw = dict(mask_id=model.config.mask_token_id, attention_mask=attn, gen_length=24, block_length=8, cache=cache,
+              credit=credit, early_stop=False)
+    eager = decode(model, x, policy, compile=False, **kw)
+    fused = decode(model, x, policy, compile="fused", **kw)
+    assert torch.equal(eager.sequences, fused.sequences) and torch.equal(eager.commit_step, fused.commit_step)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("policy,cache,credit", CASES + REFRESH_LIGHT, ids=lambda v: repr(v)[:24])
+@pytest.mark.parametrize("policy,cache,credit", CASES + REFRESH_LIGHT + CONTEXT_RULES, ids=lambda v: repr(v)[:24])
 def test_graph_replay_equals_eager_on_cuda(model, policy, cache, credit):
     cuda_model = type(model)(model.config).to(torch.float32)
     cuda_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})

@@ -17,7 +17,7 @@ import torch
 
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.loop import check_lengths, resolve_compile
-from unmask.decoding.policies import CommitPolicy, knob_names, make_policy, policy_names
+from unmask.decoding.policies import CommitPolicy, get_policy_class, knob_names, make_policy, policy_names
 from unmask.decoding.scorers import CONFIDENCE_DTYPES, SCORER_NAMES, Scorer
 from unmask.models.cache import canonical_cache
 
@@ -67,6 +67,10 @@ class DecodeConfig:
         if not isinstance(self.credit, (bool, CreditConfig)):
             raise ValueError(f"credit must be True, False or a CreditConfig, got {self.credit!r}")
         self.cache = canonical_cache(self.cache)  # checked; one spelling per mode (batch signatures, engines)
+        policy_class = type(self.policy) if isinstance(self.policy, CommitPolicy) else get_policy_class(self.policy)
+        if policy_class.shadow_block and self.cache != "none":
+            raise ValueError(f"policy {policy_class.name!r} verifies with a shadow block in a forward over the whole "
+                             f"canvas: cache must be 'none', got {self.cache!r}")
         self.temperature = _check_number("temperature", self.temperature, ">= 0", lambda v: v >= 0)
         self.cfg_scale = _check_number("cfg_scale", self.cfg_scale, ">= 0", lambda v: v >= 0)
         if not isinstance(self.scorer, str) or self.scorer not in SCORER_NAMES:

@@ -127,6 +127,7 @@ class StepCommits:
     positions: list[int]
     tokens: list[int]
     confidences: list[float]
+    remasked: list[int] = field(default_factory=list)  # positions sent back to mask (revocable policies)
 
 
 @dataclass
@@ -205,7 +206,16 @@ class DecodeEngine:
         # a policy that looks at the next block (KLASS's history across a block boundary) gets its logits where the
         # step computes them anyway: without a cache every column goes through the model
         self.lookahead = policy.wants_next_block and self.window == "none"
-        self.logits = torch.zeros((S, 2 * BL if self.lookahead else BL, vocab), dtype=model.dtype, device=device)
+        self.shadow = policy.shadow_block  # WINO: a leave-one-out shadow block after the canvas
+        if self.shadow and (self.window != "none" or self.cfg):
+            raise ValueError(f"policy {policy.name!r} verifies with a shadow block in a forward over the whole canvas: "
+                             f"cache 'none' only (got {opts.cache!r}{', and cfg_scale > 0' if self.cfg else ''})")
+        if self.shadow and model.shifted_prediction:
+            raise ValueError(f"policy {policy.name!r} needs a model whose output at a column predicts that column "
+                             "(LLaDA, LLaDA-MoE); Dream predicts the next one")
+        wide = self.lookahead or self.shadow  # the logits buffer holds a second block: the next one or the shadow
+        self.logits = torch.zeros((S, 2 * BL if wide else BL, vocab), dtype=model.dtype, device=device)
+        self.remasked = torch.zeros((S, G), dtype=torch.bool, device=device) if policy.revocable else None
         self.policy_state = policy.allocate_state(S, BL, vocab, device, model.dtype)
         self.kv = self.refresh_store = None
         if self.window != "none":
@@ -318,8 +328,11 @@ class DecodeEngine:
         steps = self.commit_step.index_select(0, index)
         nfe = self.nfe.index_select(0, index)
         now = steps == (nfe - 1)[:, None]
-        rows = torch.cat([now.long(), steps, self.x.index_select(0, index), nfe[:, None],
-                          self.block.index_select(0, index)[:, None]], dim=1).cpu()
+        parts = [now.long(), steps, self.x.index_select(0, index), nfe[:, None],
+                 self.block.index_select(0, index)[:, None]]
+        if self.remasked is not None:
+            parts.append(self.remasked.index_select(0, index).long())
+        rows = torch.cat(parts, dim=1).cpu()
         confidence = self.commit_confidence.index_select(0, index).cpu()
         out = []
         for j, slot in enumerate(slots):
@@ -327,8 +340,12 @@ class DecodeEngine:
             P = row.prompt_length
             x = rows[j, 2 * G:2 * G + self.T]
             positions = [g for g in range(row.gen_length) if rows[j, g]]
-            out.append(StepCommits(row.request.key, int(rows[j, -2]), int(rows[j, -1]), positions,
-                                   [int(x[P + g]) for g in positions], [float(confidence[j, g]) for g in positions]))
+            tail = 2 * G + self.T  # after now, steps, x: nfe, block (, remasked)
+            remasked = [] if self.remasked is None else \
+                [g for g in range(row.gen_length) if rows[j, tail + 2 + g]]
+            out.append(StepCommits(row.request.key, int(rows[j, tail]), int(rows[j, tail + 1]), positions,
+                                   [int(x[P + g]) for g in positions], [float(confidence[j, g]) for g in positions],
+                                   remasked))
         return out
 
     def compact(self) -> dict[int, int]:
@@ -420,6 +437,9 @@ class DecodeEngine:
 
     def _full_step(self, hi: int) -> None:
         """No cache: every slot of ``[0, hi)`` through a forward over its whole canvas."""
+        if self.shadow:
+            self._shadow_forward(hi)
+            return
         rows = self._block_columns(hi)
         if self.lookahead:  # and the next block's columns (past the canvas: clamped, never read)
             rows = torch.cat([rows, (rows + self.BL).clamp(max=self.T - 1)], dim=1)
@@ -427,6 +447,26 @@ class DecodeEngine:
         logits = self.model.forward_window(x, self.cos, self.sin, self._key_mask(hi), None, None,
                                            torch.cat([rows, rows]) if self.cfg else rows)
         self.logits[:hi].copy_(self._guided(logits))
+
+    def _shadow_forward(self, hi: int) -> None:
+        """WINO's forward: the canvas, then a shadow block of masks at the current block's positions. Canvas
+        queries see the canvas only; shadow query i sees the canvas except the block's column i, and the shadow
+        block. Logits: the block's columns, then the shadow's."""
+        T, BL = self.T, self.BL
+        block = self._block_columns(hi)  # [hi, BL]
+        x = torch.cat([self.x[:hi], torch.full((hi, BL), self.opts.mask_id, dtype=torch.long, device=self.device)], 1)
+        positions = torch.cat([self.columns_T.expand(hi, T), block], dim=1)  # [hi, T + BL]
+        cos, sin = self.cos[0, 0][positions][:, None], self.sin[0, 0][positions][:, None]
+        keys = torch.cat([self.columns_T, torch.full((BL,), -1, dtype=torch.long, device=self.device)])  # [T + BL]
+        canvas_key = keys >= 0
+        if self.opts.padded:
+            canvas_key = canvas_key & (keys < self.canvas_length[:hi, None])  # [hi, T + BL]
+        canvas_key = canvas_key.expand(hi, T + BL)
+        # [hi, BL, T + BL]: every key but the block's own column (and the padding), and the shadow block
+        shadow_rows = (keys[None, None, :] != block[:, :, None]) & (canvas_key[:, None, :] | (keys < 0))
+        mask = torch.cat([canvas_key[:, None, :].expand(hi, T, T + BL), shadow_rows], dim=1)[:, None]
+        rows = torch.cat([block, T + self.offsets.expand(hi, BL)], dim=1)
+        self.logits[:hi].copy_(self.model.forward_window(x, cos, sin, mask, None, None, rows))
 
     def _window_step(self, hi: int, width: int) -> None:
         """Cached modes: the window of every slot of ``[0, hi)`` (``width`` columns from its block start)
@@ -549,7 +589,7 @@ class DecodeEngine:
         current = self.x[:hi].gather(1, columns)
         masked = (current == opts.mask_id) & active[:, None]
         self.nfe[:hi] += masked.any(dim=-1).long()
-        logits = self.logits[:hi, :BL] if self.lookahead else self.logits[:hi]
+        logits = self.logits[:hi, :BL] if self.lookahead or self.shadow else self.logits[:hi]
         if opts.logits_eos_inf:
             logits[..., opts.eos_id] = -torch.inf
         if self.credit is not None:
@@ -560,19 +600,32 @@ class DecodeEngine:
         step = self.step_index[:hi]
         schedule = None if self.schedule is None else self.schedule[:hi]
         state = None if self.policy_state is None else self.policy_state.head(hi)
+        remask = None
         if self.policy.uses_context:
-            context = StepContext(logits, candidates, state, self.logits[:hi, BL:] if self.lookahead else None)
+            extra = self.logits[:hi, BL:] if self.lookahead or self.shadow else None
+            context = StepContext(logits, candidates, state, extra, current, active[:, None].expand_as(masked))
             commit = self.policy(confidence, masked, step[:, None], schedule, context)
+            if self.policy.revocable:
+                commit, remask = commit
+                remask = remask & ~masked & active[:, None]
         else:
             commit = self.policy(confidence, masked, step[:, None], schedule)
         x = self.x[:hi]
-        x.scatter_(1, columns, torch.where(commit, candidates, current))
+        new = torch.where(commit, candidates, current)
+        if remask is not None:
+            new = torch.where(remask, opts.mask_id, new)
+        x.scatter_(1, columns, new)
         gen_columns = (columns - self.prompt_length[:hi, None]).clamp(0, self.G - 1)  # a free slot's: unchanged
         record = self.nfe[:hi, None] - 1
         commit_step, commit_confidence = self.commit_step[:hi], self.commit_confidence[:hi]
         commit_step.scatter_(1, gen_columns, torch.where(commit, record, commit_step.gather(1, gen_columns)))
         commit_confidence.scatter_(1, gen_columns, torch.where(
             commit, confidence.float(), commit_confidence.gather(1, gen_columns)))
+        if remask is not None:  # back to mask: not committed; the step reports them (``step_commits``)
+            commit_step.scatter_(1, gen_columns, torch.where(remask, NOT_COMMITTED, commit_step.gather(1, gen_columns)))
+            remasked = self.remasked[:hi]
+            remasked.zero_()
+            remasked.scatter_(1, gen_columns, remask & active[:, None])
         finished = self.finished[:hi]
         if opts.early_stop:
             valid = self.gen_offsets < self.gen_length[:hi, None]

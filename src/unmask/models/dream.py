@@ -114,6 +114,8 @@ class DreamModel(MaskPredictor):
     c - 1's output (row 0 of its own), Dream's shifted prediction, with the reference's ``tok_idx``
     positions for padded rows."""
 
+    shifted_prediction = True
+
     def __init__(self, config: DreamConfig) -> None:
         super().__init__(config)
         self.model = DreamBaseModel(config)

@@ -350,6 +350,7 @@ class MaskPredictor(nn.Module):
 
     _eager_kernels: ClassVar[Any] = EAGER_KERNELS
     _compiled_kernels: ClassVar[Callable[[], Any]] = staticmethod(compiled_kernels)
+    shifted_prediction: ClassVar[bool] = False  # Dream: the output at column c predicts column c + 1
 
     def __init__(self, config: Any) -> None:
         super().__init__()

@@ -20,6 +20,12 @@ the policy's own per-row ``PolicyState`` (buffers it allocates once with ``alloc
 moves them with their rows, resets a row's at admission and calls ``advance_state`` for the rows that start
 a new block). Everything stays on the device, in place, so the step is still one captured graph.
 
+A *revocable* policy (``revocable``, WINO) returns ``(commit, remask)``: ``remask`` [B, L] sends tokens the
+row committed earlier in this block back to mask (never the same step's commits, never an earlier block's);
+a step still makes progress as long as it commits more than it re-masks over the block's life (WINO's cap
+bounds a block by its length in forwards). ``shadow_block`` asks the step to add WINO's leave-one-out shadow
+block, whose logits arrive as ``StepContext.next_logits``.
+
 The knob declares its name (the keyword of ``generate`` and ``make_policy``, the ``--NAME`` option
 and the value of a ``POLICY:VALUE`` spec), type, default, allowed range and help, so the spec parser,
 the command line, the Python API and the lm-eval adapter all read it from here: adding a policy is
@@ -125,7 +131,9 @@ class StepContext:
     logits: torch.Tensor  # [B, L, V] the block's logits as scored (credit fused)
     candidates: torch.Tensor  # [B, L] the token each position would commit
     state: PolicyState | None  # the policy's rows (views)
-    next_logits: torch.Tensor | None = None  # [B, L, V] the next block's, where the step computed them
+    next_logits: torch.Tensor | None = None  # [B, L, V] the next block's (or the shadow block's), where computed
+    current: torch.Tensor | None = None  # [B, L] the block's tokens before this step
+    in_block: torch.Tensor | None = None  # [B, L] the block's columns of the rows that decode
 
 
 class CommitPolicy:
@@ -136,6 +144,8 @@ class CommitPolicy:
     options: ClassVar[tuple[Knob, ...]] = ()  # further knobs, each with its default
     uses_context: ClassVar[bool] = False  # called with a StepContext as a fifth argument
     wants_next_block: ClassVar[bool] = False  # the step also computes the next block's logits where it can
+    shadow_block: ClassVar[bool] = False  # the step adds WINO's leave-one-out shadow block (no cache only)
+    revocable: ClassVar[bool] = False  # the call returns (commit, remask): drafted tokens may go back to mask
     steps_per_block: int | None = None  # a fixed number of forwards per block (topk), else None
 
     def start_block(self, masked: torch.Tensor) -> torch.Tensor | None:
