@@ -241,3 +241,21 @@ def test_a_server_with_a_key_asks_for_it(browser, server):
     assert not browser.find_element(By.ID, "key-row").is_displayed()
     assert not browser.find_element(By.ID, "error").is_displayed()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#col-a .policy option")) == len(REGISTRY)
+
+
+def test_pickers_keep_a_policys_options(browser, open_server):
+    """A spec typed with a policy's further options sets the pickers; the pickers keep the options."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(open_server + "/")
+    wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true", 30)
+    column = browser.find_element(By.ID, "col-a")
+    spec = column.find_element(By.CLASS_NAME, "spec-text")
+    spec.clear()
+    spec.send_keys("klass:0.6(kl=0.02)", Keys.TAB)  # change event
+    assert column.find_element(By.CLASS_NAME, "policy").get_attribute("value") == "klass"
+    assert column.find_element(By.CLASS_NAME, "knob").get_attribute("value") == "0.6"
+    assert "kl=0.01" in column.find_element(By.CLASS_NAME, "knob").get_attribute("title")
+    column.find_element(By.CLASS_NAME, "credit").click()
+    assert spec.get_attribute("value") == "klass:0.6(kl=0.02)+credit"

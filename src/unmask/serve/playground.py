@@ -56,7 +56,9 @@ def asset(name: str) -> bytes:
 def options(settings: Any, max_length: int) -> dict:
     """What the page's pickers offer: every registered policy with its knob, every cache mode with its knobs."""
     policies = [{"name": name, "knob": cls.knob.name, "default": cls.knob.default, "allowed": cls.knob.allowed,
-                 "help": cls.knob.help} for name, cls in REGISTRY.items()]
+                 "help": cls.knob.help,
+                 "options": [{"name": o.name, "default": o.default, "allowed": o.allowed} for o in cls.options]}
+                for name, cls in REGISTRY.items()]
     caches = [{"name": kind.name, "help": kind.help,
                "knobs": [{"name": k.name, "default": k.default, "allowed": k.allowed} for k in kind.knobs]}
               for kind in CACHE_KINDS.values()]

@@ -32,17 +32,19 @@ function policyKind(name) {
 
 // POLICY[:VALUE][+credit[(...)]][@CACHE[(KNOB=VALUE)]] -> the pickers (best effort: the text stays the truth)
 function parseSpec(text) {
-  const m = /^([a-z_]+)(?::([^+@]+))?(\+credit(?:\([^)]*\))?)?(?:@(.+))?$/.exec(text.trim());
+  const m = /^([a-z_]+)(?::([^+@(]+))?(\([^)]*\))?(\+credit(?:\([^)]*\))?)?(?:@(.+))?$/.exec(text.trim());
   if (!m) return null;
-  const cache = /^([a-z_]+)(?:\(([a-z_]+)=([^)]*)\))?$/.exec(m[4] || "none");
-  return { policy: m[1], value: m[2] || "", credit: Boolean(m[3]), cache: cache ? cache[1] : "none",
-           cacheValue: cache && cache[3] ? cache[3] : "" };
+  const cache = /^([a-z_]+)(?:\(([a-z_]+)=([^)]*)\))?$/.exec(m[5] || "none");
+  return { policy: m[1], value: m[2] || "", options: m[3] || "", credit: Boolean(m[4]),
+           cache: cache ? cache[1] : "none", cacheValue: cache && cache[3] ? cache[3] : "" };
 }
 
 function buildSpec(col) {
   let spec = col.policy.value;
   const value = col.knob.value.trim();
   if (value !== "") spec += `:${value}`;
+  const parsed = parseSpec(col.specText.value);  // options typed into the spec stay while the policy does
+  if (parsed && parsed.policy === col.policy.value) spec += parsed.options;
   if (col.credit.checked) spec += "+credit";
   const cache = col.cache.value;
   if (cache !== "none") {
@@ -57,7 +59,10 @@ function buildSpec(col) {
 function showKnobs(col) {
   const policy = policyKind(col.policy.value);
   col.knobName.textContent = policy ? policy.knob : "value";
-  col.knob.title = policy ? `${policy.knob} ${policy.allowed}: ${policy.help}` : "";
+  const extra = policy && policy.options.length
+    ? `; more options in the spec: ${policy.name}:VALUE(${policy.options.map((o) => `${o.name}=${o.default}`).join(",")})`
+    : "";
+  col.knob.title = policy ? `${policy.knob} ${policy.allowed}: ${policy.help}${extra}` : "";
   const kind = cacheKind(col.cache.value);
   const knob = kind && kind.knobs.length ? kind.knobs[0] : null;
   col.cacheKnobLabel.hidden = !knob;
