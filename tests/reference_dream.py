@@ -172,3 +172,38 @@ def ref_fastdllm_dream_generate(w, cfg, prompt, gen_length, block_length, mask_i
                 break
     assert x.shape[1] == T
     return x, nfe
+
+
+def ref_fastdllm_dream_threshold(w, cfg, prompt, gen_length, steps, mask_id, threshold):
+    """Fast-dLLM's no-cache Dream generate with ``alg=confidence_threshold`` (``dream/model/generation_utils.py``,
+    ``_sample``), batch size 1, temperature 0: no blocks; n = masked / steps; each step takes the top
+    ``n + left`` masked positions by confidence (``left``: last step's rejections) and commits the first and
+    every other with confidence >= threshold; at the last step a rejection sets n = 0 and adds a step (once per
+    step: later rejections of that step only carry). Returns (x, nfe)."""
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id, dtype=torch.long)], 1)
+    n = int((x == mask_id).sum()) // steps
+    left, i, nfe = 0, 0, 0
+    while i < steps:
+        mask_index = x == mask_id
+        logits = shift(ref_forward(w, cfg, x)[0])
+        nfe += 1
+        confidence, x0 = _confidence(logits[mask_index], "maskgit_plus")
+        full = torch.full(x.shape, float("-inf"), dtype=logits.dtype)
+        full[mask_index] = confidence
+        candidates = torch.full_like(x, mask_id)
+        candidates[mask_index] = x0
+        current, left = n + left, 0
+        values, order = full[0].sort(descending=True, stable=True)  # torch.topk in the reference; ties: lower first
+        transfer = [int(order[0])]
+        for k in range(1, current):
+            if values[k] < threshold:
+                if i < steps - 1:
+                    left += 1
+                else:
+                    n, steps, left = 0, steps + 1, left + 1
+            else:
+                transfer.append(int(order[k]))
+        for j in transfer:
+            x[0, j] = candidates[0, j]
+        i += 1
+    return x, nfe

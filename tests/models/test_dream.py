@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 from dream_fixtures import SPECIAL_IDS, random_weights, tiny_config, write_checkpoint
-from reference_dream import ref_dream_generate, ref_fastdllm_dream_generate, ref_forward, shift
+from reference_dream import (
+    ref_dream_generate,
+    ref_fastdllm_dream_generate,
+    ref_fastdllm_dream_threshold,
+    ref_forward,
+    shift,
+)
 
 import unmask
 from unmask.decoding import CreditConfig, Scorer, decode
@@ -217,6 +223,24 @@ def test_lead_policies_equal_fastdllm_dream(model, cfg, weights, cache, rule):
                      mask_id=cfg["mask_token_id"], gen_length=24, block_length=8, cache=cache, early_stop=False)
         assert torch.equal(out.sequences, ref)
         assert out.nfe == ref_nfe
+
+
+@pytest.mark.parametrize("threshold,steps", [(0.3, 4), (0.3, 8), (0.6, 4), (0.9, 3)])
+def test_threshold_budget_equals_fastdllm_dream_without_cache(model, cfg, weights, threshold, steps):
+    """Fast-dLLM's no-cache Dream generate (alg=confidence_threshold): one block over the answer, a budget of
+    masked / steps per step, rejections carried over and extra steps past the nominal ones."""
+    extended = 0
+    for row in prompts(3, 6, seed=4):  # batch-size-1 semantics
+        x = row[None]
+        ref, ref_nfe = ref_fastdllm_dream_threshold(weights, cfg, x.clone(), 24, steps, cfg["mask_token_id"],
+                                                    threshold)
+        policy = make_policy("threshold_budget", threshold=threshold, steps=steps, gen_length=24, block_length=24)
+        out = decode(model, x, policy, mask_id=cfg["mask_token_id"], gen_length=24, block_length=24,
+                     early_stop=False)
+        assert torch.equal(out.sequences, ref)
+        assert out.nfe == ref_nfe
+        extended += ref_nfe > steps
+    assert extended, "the fixture never runs past the nominal steps"
 
 
 def test_fixture_exercises_parallel_and_empty_steps(model, cfg):
