@@ -69,9 +69,24 @@ def ref_forward(w, cfg, x, attention_mask=None, tok_idx=None, past=None, query_s
     return h @ head.T, present
 
 
-def _confidence(logits, alg):
+def _filters(logits, top_p=None, top_k=None):
+    """``sample_tokens``'s nucleus then top-k filters (dropped logits at the dtype's minimum)."""
+    if top_p is not None and top_p < 1:
+        sorted_logits, sorted_indices = torch.sort(logits, descending=True)
+        remove = torch.cumsum(torch.softmax(sorted_logits, -1), -1) > top_p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = 0
+        logits = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, sorted_indices, remove),
+                                    torch.finfo(logits.dtype).min)
+    if top_k is not None:
+        remove = logits < torch.topk(logits, min(top_k, logits.size(-1)))[0][..., -1, None]
+        logits = logits.masked_fill(remove, torch.finfo(logits.dtype).min)
+    return logits
+
+
+def _confidence(logits, alg, top_p=None, top_k=None):
     """Dream's ``sample_tokens`` at temperature 0: (confidence, candidate) of each row of ``logits``."""
-    probs = torch.softmax(logits, -1)
+    probs = torch.softmax(_filters(logits, top_p, top_k), -1)
     confidence, x0 = probs.max(-1)
     if alg == "topk_margin":
         top = probs.sort(-1, descending=True).values
@@ -82,7 +97,7 @@ def _confidence(logits, alg):
 
 
 def ref_dream_generate(w, cfg, prompt, gen_length, steps, mask_id, alg="maskgit_plus", attention_mask=None,
-                       eps=1e-3):
+                       eps=1e-3, top_p=None, top_k=None):
     """Dream's diffusion_generate at temperature 0 (one block over the whole generation)."""
     B = prompt.shape[0]
     x = torch.cat([prompt, torch.full((B, gen_length), mask_id, dtype=torch.long)], 1)
@@ -94,7 +109,7 @@ def ref_dream_generate(w, cfg, prompt, gen_length, steps, mask_id, alg="maskgit_
     for i in range(steps):
         mask_index = x == mask_id
         logits = shift(ref_forward(w, cfg, x, am, tok_idx)[0])
-        confidence, x0 = _confidence(logits[mask_index], alg)
+        confidence, x0 = _confidence(logits[mask_index], alg, top_p, top_k)
         n_masked = mask_index.sum() / B  # the reference divides the batch's total: float32
         t, s = timesteps[i], timesteps[i + 1]
         k = int(n_masked * (1 - s / t)) if i < steps - 1 else int(n_masked)

@@ -148,6 +148,11 @@ def generate(
     cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Classifier-free guidance scale (LLaDA)."),
     logits_eos_inf: bool = typer.Option(False, "--logits-eos-inf", help="Never propose end-of-text (LLaDA)."),
     confidence_eos_eot_inf: bool = typer.Option(False, "--confidence-eos-eot-inf", help="LLaDA's EoT confidence 0."),
+    top_p: float | None = typer.Option(None, "--top-p", help="Nucleus filter before sampling (Dream), in (0, 1]."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Top-k filter before sampling (Dream), >= 1."),
+    confidence_from: str = typer.Option("logits", "--confidence-from",
+                                        help="logits (the model's softmax: LLaDA, Fast-dLLM) or sampling (the "
+                                             "distribution the candidate is drawn from: Dream)."),
     confidence_dtype: str = typer.Option("float64", "--confidence-dtype",
                                          help="float64 (Fast-dLLM, LLaDA's earlier generate.py) or logits (the "
                                               "softmax in the logits' dtype, as LLaDA's generate.py at HEAD)."),
@@ -183,7 +188,8 @@ def generate(
     mode = compile_mode(compile, no_compile)
     DecodeConfig.create(gen_length=gen_length, block_length=block_length, **decoding, temperature=temperature,
                         scorer=scorer, cfg_scale=cfg_scale, seed=seed,
-                        confidence_dtype=confidence_dtype)  # every setting checked before loading
+                        confidence_dtype=confidence_dtype, top_p=top_p, top_k=top_k,
+                        confidence_from=confidence_from)  # every setting checked before loading
     lm = load_model(model, device, dtype, mode, threads)
     with Progress(TextColumn("[dim]decoding {task.fields[rows]} prompt(s)"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("blocks"), TimeElapsedColumn(), console=console, transient=True,
@@ -194,7 +200,7 @@ def generate(
             on_block=lambda done, total: bar.update(task, completed=done),
             temperature=temperature, scorer=scorer, cfg_scale=cfg_scale, logits_eos_inf=logits_eos_inf,
             confidence_eos_eot_inf=confidence_eos_eot_inf, early_stop=early_stop, chat=chat, seed=seed,
-            confidence_dtype=confidence_dtype,
+            confidence_dtype=confidence_dtype, top_p=top_p, top_k=top_k, confidence_from=confidence_from,
         )
     if as_json:
         for i, text in enumerate(out.texts):

@@ -225,6 +225,24 @@ def test_lead_policies_equal_fastdllm_dream(model, cfg, weights, cache, rule):
         assert out.nfe == ref_nfe
 
 
+@pytest.mark.parametrize("alg,scorer", [("maskgit_plus", "confidence"), ("entropy", "entropy")])
+@pytest.mark.parametrize("top_p,top_k", [(0.9, None), (None, 3), (0.95, 40)])
+def test_dream_greedy_with_filters_equals_diffusion_generate(model, cfg, weights, alg, scorer, top_p, top_k):
+    """At temperature 0 Dream's top-p / top-k still reshape the confidence (the kept tokens' renormalised
+    probabilities): ``confidence_from="sampling"`` decodes as ``diffusion_generate`` does, and top-k 3 changes
+    this decode. (A nucleus that keeps one token makes its confidence exactly 1: ties, which the reference's
+    ``torch.topk`` orders in no stated way; the settings here keep two or more.)"""
+    mask_id = cfg["mask_token_id"]
+    x = prompts(2, 7, seed=5)
+    ref = ref_dream_generate(weights, cfg, x.clone(), 16, 8, mask_id, alg, top_p=top_p, top_k=top_k)
+    policy = make_policy("dream", steps=8, gen_length=16, block_length=16)
+    kw = dict(mask_id=mask_id, gen_length=16, block_length=16, early_stop=False)
+    out = decode(model, x, policy, scorer=Scorer(scorer, top_p=top_p, top_k=top_k, confidence_from="sampling"), **kw)
+    assert torch.equal(out.sequences, ref)
+    if top_k == 3:  # a tight filter reorders the commits here (a loose one may not)
+        assert not torch.equal(decode(model, x, policy, scorer=Scorer(scorer), **kw).sequences, ref)
+
+
 @pytest.mark.parametrize("threshold,steps", [(0.3, 4), (0.3, 8), (0.6, 4), (0.9, 3)])
 def test_threshold_budget_equals_fastdllm_dream_without_cache(model, cfg, weights, threshold, steps):
     """Fast-dLLM's no-cache Dream generate (alg=confidence_threshold): one block over the answer, a budget of

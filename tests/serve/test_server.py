@@ -288,3 +288,17 @@ def test_api_key_on_the_command_line_warns(tmp_path):
         sys.argv = argv
     assert "--api-key on the command line is readable by every local process" in result.output
     assert result.exit_code == 2  # then the bad host stops it, in one line
+
+
+def test_sampling_filters_are_decoding_fields(server, lm):
+    """OpenAI's top_p (1: no filter) and a top_k field reach the decode; out-of-range values are a 400."""
+    body = {"model": MODEL, "prompt": prompts(1)[0], "max_tokens": 16, "temperature": 0.7, "seed": 3}
+    first = post(server, body | {"top_p": 0.9, "top_k": 5})
+    assert first.status_code == 200, first.text
+    again = post(server, body | {"top_p": 0.9, "top_k": 5})
+    assert again.json()["choices"][0]["text"] == first.json()["choices"][0]["text"]  # seeded
+    assert post(server, body | {"top_p": 1}).status_code == 200
+    for field, value, fragment in (("top_p", 1.5, "top_p must be"), ("top_k", 0, "top_k must be"),
+                                   ("top_p", "x", "top_p must be")):
+        r = post(server, body | {field: value})
+        assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.text

@@ -18,7 +18,7 @@ import torch
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.loop import check_lengths, resolve_compile
 from unmask.decoding.policies import CommitPolicy, get_policy_class, knob_names, make_policy, policy_names
-from unmask.decoding.scorers import CONFIDENCE_DTYPES, SCORER_NAMES, Scorer
+from unmask.decoding.scorers import CONFIDENCE_DTYPES, CONFIDENCE_FROM, SCORER_NAMES, Scorer
 from unmask.models.cache import canonical_cache
 
 
@@ -33,6 +33,9 @@ class DecodeConfig:
     cfg_scale: LLaDA's unsupervised classifier-free guidance. compile: ``None`` = the model's setting.
     confidence_dtype: ``float64`` (Fast-dLLM, LLaDA's earlier generate.py) or ``logits`` (LLaDA's generate.py at
     HEAD: the confidence softmax in the logits' dtype, bf16 on a GPU); float32/float64 models: the same result.
+    top_p / top_k: Dream's sampling filters (nucleus, then top-k) on logits / temperature before the candidate is
+    drawn (at temperature 0 they change only a ``sampling`` confidence). confidence_from: ``logits`` (the model's
+    softmax; LLaDA, Fast-dLLM) or ``sampling`` (the distribution the candidate is drawn from; Dream).
     """
 
     policy: str | CommitPolicy = "topk"
@@ -50,6 +53,9 @@ class DecodeConfig:
     seed: int | None = None
     compile: bool | str | None = None
     confidence_dtype: str = "float64"
+    top_p: float | None = None
+    top_k: int | None = None
+    confidence_from: str = "logits"
 
     def __post_init__(self) -> None:
         check_lengths(self.gen_length, self.block_length)
@@ -78,6 +84,14 @@ class DecodeConfig:
         if not isinstance(self.confidence_dtype, str) or self.confidence_dtype not in CONFIDENCE_DTYPES:
             raise ValueError(f"confidence_dtype must be one of {', '.join(CONFIDENCE_DTYPES)}, "
                              f"got {self.confidence_dtype!r}")
+        if self.top_p is not None:
+            self.top_p = _check_number("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                                       or self.top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}")
+        if not isinstance(self.confidence_from, str) or self.confidence_from not in CONFIDENCE_FROM:
+            raise ValueError(f"confidence_from must be one of {', '.join(CONFIDENCE_FROM)}, "
+                             f"got {self.confidence_from!r}")
         for name in ("logits_eos_inf", "confidence_eos_eot_inf", "early_stop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -116,7 +130,8 @@ class DecodeConfig:
     def build_scorer(self, eot_id: int | None = None, generator: torch.Generator | None = None) -> Scorer:
         """The scorer of these settings (``eot_id``: the tokenizer's end of turn, for ``confidence_eos_eot_inf``)."""
         exclude = (eot_id,) if self.confidence_eos_eot_inf and eot_id is not None else ()
-        return Scorer(self.scorer, self.temperature, generator, exclude, self.confidence_dtype)
+        return Scorer(self.scorer, self.temperature, generator, exclude, self.confidence_dtype, self.top_p, self.top_k,
+                      self.confidence_from)
 
     @property
     def credit_config(self) -> CreditConfig | None:

@@ -216,6 +216,9 @@ class DecodeEngine:
         wide = self.lookahead or self.shadow  # the logits buffer holds a second block: the next one or the shadow
         self.logits = torch.zeros((S, 2 * BL if wide else BL, vocab), dtype=model.dtype, device=device)
         self.remasked = torch.zeros((S, G), dtype=torch.bool, device=device) if policy.revocable else None
+        # a policy that draws (Dream's origin and alg_temp): one uniform per block position and step
+        self.policy_uniform = torch.zeros((S, BL), dtype=torch.float64, device=device) \
+            if policy.needs_uniform else None
         self.policy_state = policy.allocate_state(S, BL, vocab, device, model.dtype)
         self.kv = self.refresh_store = None
         if self.window != "none":
@@ -603,7 +606,9 @@ class DecodeEngine:
         remask = None
         if self.policy.uses_context:
             extra = self.logits[:hi, BL:] if self.lookahead or self.shadow else None
-            context = StepContext(logits, candidates, state, extra, current, active[:, None].expand_as(masked))
+            uniform = None if self.policy_uniform is None else self.policy_uniform[:hi]
+            context = StepContext(logits, candidates, state, extra, current, active[:, None].expand_as(masked),
+                                  uniform)
             commit = self.policy(confidence, masked, step[:, None], schedule, context)
             if self.policy.revocable:
                 commit, remask = commit
@@ -699,17 +704,25 @@ class DecodeEngine:
         return graph
 
     def _draw_noise(self) -> None:
-        if not self.scorer.random:
+        """The step's random draws, before the captured commit: the scorer's, then the policy's uniforms."""
+        scorer, uniform = self.scorer.random, self.policy_uniform
+        if not scorer and uniform is None:
             return
         noise = self.noise if self.hi == self.S else self.noise.head(0, self.hi)
         own = [s is not None and s.request.generator is not None for s in self.slots[:self.hi]]
         if not any(own):
-            self.scorer.draw(noise)
+            if scorer:
+                self.scorer.draw(noise)
+            if uniform is not None:
+                uniform[:self.hi].uniform_(generator=self.scorer.generator)
             return
         for i, slot in enumerate(self.slots[:self.hi]):  # each request's own generator, in the order alone
             generator = slot.request.generator if slot is not None and slot.request.generator is not None \
                 else self.scorer.generator
-            self.scorer.draw(noise.head(i, i + 1), generator)
+            if scorer:
+                self.scorer.draw(noise.head(i, i + 1), generator)
+            if uniform is not None:
+                uniform[i:i + 1].uniform_(generator=generator)
 
     def step(self) -> tuple[list[int], list[int]]:
         """One step of every occupied slot; returns (slots that finished, slots that stepped)."""

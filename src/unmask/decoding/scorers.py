@@ -18,6 +18,27 @@ SCORER_NAMES: tuple[str, ...] = ("confidence", "margin", "entropy", "random")
 # where the confidence softmax is taken: float64 (Fast-dLLM; LLaDA's generate.py before it changed) or the
 # logits' own dtype (LLaDA's generate.py at HEAD: ``F.softmax(logits)``, bf16 on a GPU)
 CONFIDENCE_DTYPES: tuple[str, ...] = ("float64", "logits")
+# what the confidence is the probability under: the model's softmax (LLaDA, Fast-dLLM) or the distribution the
+# candidate is drawn from, softmax(filter(logits / T)) (Dream's ``sample_tokens``)
+CONFIDENCE_FROM: tuple[str, ...] = ("logits", "sampling")
+
+
+def top_p_top_k(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """Dream's ``sample_tokens`` filters, in its order: nucleus (keep the most likely tokens up to and including
+    the first whose cumulative probability exceeds ``top_p``; the top-1 always), then top-k (drop logits below
+    the k-th largest; ties with it stay). Dropped logits become -inf (the reference: the dtype's minimum, the same
+    probabilities: exactly 0)."""
+    if top_p is not None and top_p < 1:
+        values, order = logits.sort(dim=-1, descending=True)
+        cumulative = values.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative > top_p
+        drop[..., 1:] = drop[..., :-1].clone()
+        drop[..., 0] = False
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -torch.inf)
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    return logits
 CHUNK_ELEMENTS = 1 << 24  # float64 elements per chunk (128 MiB)
 
 
@@ -133,6 +154,11 @@ class Scorer:
     ``confidence_dtype``: ``float64`` (default; Fast-dLLM and LLaDA's earlier ``generate.py``) or ``logits``:
     the softmax in the logits' own dtype, as LLaDA's ``generate.py`` at HEAD (``F.softmax(logits)``: bf16
     probabilities on a GPU, with their ties), then widened to float64 for the policy.
+
+    ``top_p`` / ``top_k`` (Dream's ``sample_tokens``): the candidate is drawn from (T = 0: the argmax of)
+    q = softmax(top_k(top_p(logits / T))) (``top_p_top_k``; T = 0: no division). ``confidence_from``: the
+    confidence, margin or entropy of ``logits`` (the model's softmax: LLaDA, Fast-dLLM) or of ``sampling``, q
+    itself (Dream: the probability of the token it drew under the distribution it drew it from).
     """
 
     kind: str = "confidence"
@@ -140,6 +166,9 @@ class Scorer:
     generator: torch.Generator | None = None
     confidence_exclude: Sequence[int] = ()
     confidence_dtype: str = "float64"
+    top_p: float | None = None
+    top_k: int | None = None
+    confidence_from: str = "logits"
 
     def __post_init__(self) -> None:
         if self.kind not in SCORER_NAMES:
@@ -149,6 +178,13 @@ class Scorer:
                              f"got {self.confidence_dtype!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.confidence_from not in CONFIDENCE_FROM:
+            raise ValueError(f"confidence_from must be one of {', '.join(CONFIDENCE_FROM)}, "
+                             f"got {self.confidence_from!r}")
 
     @property
     def random(self) -> bool:
@@ -176,12 +212,22 @@ class Scorer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(candidate, confidence) per position; ``fused`` runs the greedy confidence through ``torch.compile``."""
         native = self.confidence_dtype == "logits"
-        if self.kind == "confidence" and self.temperature == 0 and not self.confidence_exclude and not native:
+        filtered = self.top_p is not None or self.top_k is not None or self.confidence_from == "sampling"
+        if self.kind == "confidence" and self.temperature == 0 and not self.confidence_exclude and not native \
+                and not filtered:
             return (compiled_argmax_confidence() if fused else argmax_confidence)(logits)
         if noise is None and self.random:
             B, L, V = logits.shape
             noise = self.draw(self.allocate_noise(B, L, V, logits.device))
-        candidates = gumbel_argmax(logits, self.temperature, None if noise is None else noise.uniform)
+        uniform = None if noise is None else noise.uniform
+        if filtered:  # Dream's sample_tokens: temperature, top-p, top-k, then draw from what is left
+            scaled = logits.double() / self.temperature if self.temperature > 0 else logits.double()
+            sampling = top_p_top_k(scaled, self.top_p, self.top_k)
+            candidates = gumbel_argmax(sampling, 1.0 if self.temperature > 0 else 0.0, uniform)
+            if self.confidence_from == "sampling":
+                logits = sampling
+        else:
+            candidates = gumbel_argmax(logits, self.temperature, uniform)
         if self.kind == "random":
             return candidates, noise.random_confidence
         if self.confidence_exclude:

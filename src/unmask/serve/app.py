@@ -40,8 +40,9 @@ from unmask.serve.engine import Engine, QueueFull, Ticket, Update
 from unmask.serve.playground import add_playground
 
 # OpenAI fields a client may send that do not change a diffusion decode here; anything else unknown is an error
-IGNORED_FIELDS = {"top_p", "frequency_penalty", "presence_penalty", "logit_bias", "user", "suffix", "top_k",
-                  "parallel_tool_calls", "service_tier", "store", "metadata"}
+IGNORED_FIELDS = {"frequency_penalty", "presence_penalty", "logit_bias", "user", "suffix", "parallel_tool_calls",
+                  "service_tier", "store", "metadata"}
+SAMPLING_FIELDS = ("top_p", "top_k")  # Dream's sampling filters (DecodeConfig), checked there
 MAX_STOP_STRINGS = 4
 MAX_TEMPERATURE = 2.0  # OpenAI's range
 
@@ -148,7 +149,7 @@ def decode_config(req: DecodeFields, settings: ServerSettings, prompt_length: in
         raise APIError(400, "echo is not supported", param="echo")
     knobs = knob_names()
     extra = dict(req.model_extra or {})
-    unknown = sorted(k for k in extra if k not in knobs and k not in IGNORED_FIELDS)
+    unknown = sorted(k for k in extra if k not in knobs and k not in IGNORED_FIELDS and k not in SAMPLING_FIELDS)
     if unknown:
         raise APIError(400, f"unknown field(s) {', '.join(unknown)} (decoding fields: spec, policy, "
                             f"{', '.join(sorted(knobs))}, credit, cache, block_length)", param=unknown[0])
@@ -201,7 +202,9 @@ def decode_config(req: DecodeFields, settings: ServerSettings, prompt_length: in
     try:
         config = DecodeConfig.create(
             gen_length=gen_length, block_length=block_length, early_stop=True, compile=None,
-            temperature=0.0 if req.temperature is None else req.temperature, seed=req.seed, **fields)
+            temperature=0.0 if req.temperature is None else req.temperature, seed=req.seed,
+            top_p=None if extra.get("top_p") in (None, 1, 1.0) else extra["top_p"], top_k=extra.get("top_k"),
+            **fields)
     except (ValueError, TypeError) as err:
         raise APIError(400, str(err)) from None
     return config, max_tokens, stop

@@ -84,7 +84,7 @@ def batch_signature(config: DecodeConfig) -> tuple:
     """Requests decode in one ``SlotBatch`` iff these agree (the policy's repr carries its knob)."""
     return (repr(config.build_policy()), repr(config.credit_config), config.cache, config.block_length,
             config.scorer, config.temperature, config.logits_eos_inf, config.confidence_eos_eot_inf, config.compile,
-            config.confidence_dtype)
+            config.confidence_dtype, config.top_p, config.top_k, config.confidence_from)
 
 
 class TextStream:

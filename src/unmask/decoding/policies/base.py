@@ -134,6 +134,7 @@ class StepContext:
     next_logits: torch.Tensor | None = None  # [B, L, V] the next block's (or the shadow block's), where computed
     current: torch.Tensor | None = None  # [B, L] the block's tokens before this step
     in_block: torch.Tensor | None = None  # [B, L] the block's columns of the rows that decode
+    uniform: torch.Tensor | None = None  # [B, L] U(0, 1) draws of this step, for a policy with ``needs_uniform``
 
 
 class CommitPolicy:
@@ -146,6 +147,7 @@ class CommitPolicy:
     wants_next_block: ClassVar[bool] = False  # the step also computes the next block's logits where it can
     shadow_block: ClassVar[bool] = False  # the step adds WINO's leave-one-out shadow block (no cache only)
     revocable: ClassVar[bool] = False  # the call returns (commit, remask): drafted tokens may go back to mask
+    needs_uniform: ClassVar[bool] = False  # the step draws U(0, 1) per block position for it (StepContext.uniform)
     steps_per_block: int | None = None  # a fixed number of forwards per block (topk), else None
 
     def start_block(self, masked: torch.Tensor) -> torch.Tensor | None:
