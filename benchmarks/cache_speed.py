@@ -9,6 +9,10 @@ GPU time of all step kinds (CUDA events around every replay, read after the run)
     PYTHONPATH=src python benchmarks/cache_speed.py --shape llada-8b --batch 1 --batch 32 \
         --tokens-per-step 1 --tokens-per-step 4 --cache dual --cache 'prompt_stale(every=inf)' \
         --cache 'partial(budget=16)' --json out.json
+
+``--quantize int8|int4|fp8`` quantizes the linear layers first (weight-only, ``unmask.models.quantize``); every
+row carries the model's stored weight bytes and its weight-read floor (those bytes over the copy bandwidth
+measured in this process), so a quantized step is judged against its own floor.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch
 
 from unmask.decoding import TopK, decode
 from unmask.decoding import engine as engine_module
-from unmask.eval.speed import SHAPES
+from unmask.eval.speed import SHAPES, memory_bandwidth
 from unmask.models.loading import random_model
+from unmask.models.quantize import quantize_model, weight_bytes
 
 REFRESH_KINDS = ("refresh", "answer")
 EVENTS: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
@@ -84,12 +89,18 @@ def main() -> None:
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--compile", default="fused")
     ap.add_argument("--device", default="cuda", help="cuda (cpu: a smoke run, no GPU times)")
+    ap.add_argument("--quantize", default=None, help="int8, int4 or fp8 (default: the model's dtype)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     instrument()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = random_model(SHAPES[args.shape], dtype=dtype, device=device).fuse_projections()
+    model = random_model(SHAPES[args.shape], dtype=dtype, device=device)
+    if args.quantize:
+        quantize_model(model, args.quantize)
+    model.fuse_projections()
+    stored = weight_bytes(model)
+    floor_ms = 1e3 * stored / memory_bandwidth(device, gib=2.0 if device.type == "cuda" else 0.25)
     generator = torch.Generator(device=device).manual_seed(0)
     rows: list[dict] = []
     caches = args.cache or ["dual", "prompt_stale(every=inf)", "partial(budget=16)"]
@@ -100,7 +111,8 @@ def main() -> None:
             dual = None
             for cache in caches:
                 row = measure(model, prompts, cache, tps, args)
-                row.update(shape=args.shape, compile=args.compile)
+                row.update(shape=args.shape, compile=args.compile, quantize=args.quantize or str(dtype)[6:],
+                           weight_bytes=stored, floor_ms=floor_ms)
                 if cache == "dual":
                     dual = row["tok_s"]
                 row["speedup_vs_dual"] = row["tok_s"] / dual if dual else None

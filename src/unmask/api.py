@@ -15,7 +15,16 @@ import torch
 from unmask.decoding.config import DecodeConfig
 from unmask.decoding.loop import DecodeResult, decode, resolve_compile, stop_lengths
 from unmask.models.llada import LLaDAModel
-from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device, resolve_model_path
+from unmask.models.loading import (
+    INDEX_NAME,
+    load_model,
+    parse_dtype,
+    random_model,
+    resolve_device,
+    resolve_model_path,
+    save_pretrained,
+)
+from unmask.models.quantize import quantize_model
 from unmask.models.tokenizer import Tokenizer
 
 EMBEDDED_MODEL = "testbed"  # the default model of every command
@@ -114,6 +123,16 @@ class DiffusionLM:
     @property
     def mask_id(self) -> int:
         return self.model.config.mask_token_id
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write the model (config.json + safetensors in its dtype; a quantized model as quantized: Q and its
+        scales under the checkpoint's names, ``quantization_config`` in config.json) and the tokenizer files of
+        the folder it was loaded from, atomically. ``unmask.load(path)`` loads it back as it was."""
+        source = self.path or embedded_model_path()
+        skip = {"config.json", INDEX_NAME}
+        files = {f.name: f.read_text() for f in sorted(Path(source).iterdir())
+                 if f.is_file() and f.suffix in (".json", ".txt", ".jinja") and f.name not in skip}
+        return save_pretrained(self.model, path, dtype=self.model.dtype, extra_files=files)
 
     def encode_prompts(self, prompts: str | list[str], chat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Chat-templated (or raw) prompts -> left-padded ``input_ids`` and ``attention_mask``."""
@@ -226,6 +245,8 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     compile: bool | str | None = None,
+    quantize: str | None = None,
+    quantize_head: bool = False,
 ) -> DiffusionLM:
     """Load a checkpoint (local folder or hub id; its ``model_type`` picks the architecture: LLaDA, Dream, ...);
     ``None`` loads the embedded testbed model, and the name of an embedded model (``EMBEDDED_MODELS``:
@@ -235,11 +256,18 @@ def load(
     is unchanged). ``compile``: default of ``generate(compile=...)``: ``None`` = CUDA graphs and
     ``torch.compile`` on a CUDA device, eager on the CPU; ``"exact"`` = CUDA graphs over the eager
     kernels; ``False`` = eager. ``"random:SHAPE"`` (benchmarks only): ``random_weights_lm``.
+    ``quantize``: ``"int8"``, ``"int4"`` or ``"fp8"`` weight-only quantization of the linear layers
+    (``models/quantize.py``; the LM head too with ``quantize_head``); a checkpoint saved quantized
+    (``DiffusionLM.save_pretrained``) loads quantized as it is.
     """
     if isinstance(path_or_id, str) and path_or_id.startswith(RANDOM_PREFIX):
-        return random_weights_lm(path_or_id.removeprefix(RANDOM_PREFIX), device=device, dtype=dtype, compile=compile)
+        return random_weights_lm(path_or_id.removeprefix(RANDOM_PREFIX), device=device, dtype=dtype, compile=compile,
+                                 quantize=quantize)
+    if not isinstance(quantize_head, bool):
+        raise ValueError(f"quantize_head must be True or False, got {quantize_head!r}")
     folder = named_model_folder(path_or_id) or resolve_model_path(path_or_id)
-    model = load_model(folder, dtype=dtype, device=device).fuse_projections()
+    model = load_model(folder, dtype=dtype, device=device, quantize=quantize,
+                       quantize_head=quantize_head).fuse_projections()
     resolve_compile(compile, model.device)  # a bad mode fails here, not at the first generate
     tokenizer = Tokenizer.from_pretrained(folder, mask_token_id=model.config.mask_token_id)
     return DiffusionLM(model, tokenizer, folder, compile=compile)
@@ -251,6 +279,7 @@ def random_weights_lm(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     compile: bool | str | None = None,
+    quantize: str | None = None,
 ) -> DiffusionLM:
     """Benchmarks only: a model of a named shape (``unmask bench --random-weights``: llada-8b, dream-7b, ...)
     with N(0, 0.02) weights drawn from seed 0 (the same model in every process) and the embedded model's
@@ -262,6 +291,8 @@ def random_weights_lm(
     dev = resolve_device(device)
     model = random_model(SHAPES[shape], dtype=parse_dtype(dtype) or (torch.bfloat16 if dev.type == "cuda"
                                                                       else torch.float32), device=dev)
+    if quantize is not None:
+        quantize_model(model, quantize)
     model.fuse_projections()
     resolve_compile(compile, model.device)
     tokenizer = Tokenizer.from_pretrained(embedded_model_path(), mask_token_id=model.config.mask_token_id)

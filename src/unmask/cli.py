@@ -22,6 +22,8 @@ from unmask.eval.cli import (
     EARLY_STOP_OPTION,
     MODEL_OPTION,
     NO_COMPILE_OPTION,
+    QUANTIZE_HELP,
+    QUANTIZE_OPTION,
     TEMPERATURE_OPTION,
     THREADS_OPTION,
     compare_command,
@@ -161,6 +163,7 @@ def generate(
     seed: int | None = typer.Option(None, help="Random seed (sampling, random scorer)."),
     device: str | None = DEVICE_OPTION,
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
+    quantize: str | None = QUANTIZE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per prompt."),
     compile: str = COMPILE_OPTION,
     no_compile: bool = NO_COMPILE_OPTION,
@@ -190,7 +193,7 @@ def generate(
                         scorer=scorer, cfg_scale=cfg_scale, seed=seed,
                         confidence_dtype=confidence_dtype, top_p=top_p, top_k=top_k,
                         confidence_from=confidence_from)  # every setting checked before loading
-    lm = load_model(model, device, dtype, mode, threads)
+    lm = load_model(model, device, dtype, mode, threads, quantize)
     with Progress(TextColumn("[dim]decoding {task.fields[rows]} prompt(s)"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("blocks"), TimeElapsedColumn(), console=console, transient=True,
                   disable=as_json or quiet or not console.is_terminal) as bar:
@@ -252,6 +255,7 @@ def bench(
         help="eager, exact (CUDA graphs), fused (CUDA graphs + torch.compile); default: all on CUDA, eager on CPU.",
     ),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quantize: str | None = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
 ) -> None:
     """Per-step latency and tokens/s of each cache mode, beside the weight-read and FLOP floors."""
     from unmask.eval.speed import run_bench
@@ -261,7 +265,8 @@ def bench(
     set_cpu_threads(device, threads)
     command = "unmask " + " ".join(sys.argv[1:])
     run_bench(model, random_weights, out, tuple(batch), tuple(cache), prompt_length, gen_length, block_length,
-              dtype, device, repeats, command, log=console.print, modes=tuple(mode) if mode else None)
+              dtype, device, repeats, command, log=console.print, modes=tuple(mode) if mode else None,
+              quantize=quantize)
 
 
 if __name__ == "__main__":

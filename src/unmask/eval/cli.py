@@ -40,6 +40,9 @@ COMPILE_OPTION = typer.Option("auto", "--compile", help=COMPILE_HELP)
 NO_COMPILE_OPTION = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off).")
 THREADS_OPTION = typer.Option(None, "--threads", help=THREADS_HELP)
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
+QUANTIZE_HELP = ("Weight-only quantization of the linear layers at load: int8, int4 (groups of 128) or fp8 "
+                 "(default: the checkpoint's dtype; a checkpoint saved quantized loads as saved).")
+QUANTIZE_OPTION = typer.Option(None, "--quantize", help=QUANTIZE_HELP)
 
 
 def gen_length_option(default: int) -> Any:
@@ -62,12 +65,12 @@ def show_progress(progress: bool, quiet: bool) -> bool:
 
 
 def load_model(model: str | None, device: str | None, dtype: str | None, compile: bool | str | None,
-               threads: int | None) -> Any:
+               threads: int | None, quantize: str | None = None) -> Any:
     """Set torch's CPU threads, then load the model: the last step before a command decodes."""
     import unmask
 
     set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=compile, quantize=quantize)
     if lm.device.type != "cuda" and compile in ("fused", "exact"):
         import sys
 
@@ -136,6 +139,7 @@ def eval_command(
     overwrite: bool = OVERWRITE_OPTION,
     device: str | None = DEVICE_OPTION,
     dtype: str | None = DTYPE_OPTION,
+    quantize: str | None = QUANTIZE_OPTION,
     progress: bool = PROGRESS_OPTION,
     compile: str = COMPILE_OPTION,
     no_compile: bool = NO_COMPILE_OPTION,
@@ -151,7 +155,7 @@ def eval_command(
     task_map = resolve_tasks(tasks)
     check_run(n, batch_size, gen_length, block_length, temperature)
     mode = compile_mode(compile, no_compile)
-    lm = load_model(model, device, dtype, mode, threads)
+    lm = load_model(model, device, dtype, mode, threads, quantize)
     report = run_eval(lm, spec_list, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop,
                       temperature=temperature, model_name=model, overwrite=overwrite,
@@ -174,6 +178,7 @@ def compare_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Keep records/results/plot here (default: discard)."),
     device: str | None = DEVICE_OPTION,
     dtype: str | None = DTYPE_OPTION,
+    quantize: str | None = QUANTIZE_OPTION,
     progress: bool = PROGRESS_OPTION,
     compile: str = COMPILE_OPTION,
     no_compile: bool = NO_COMPILE_OPTION,
@@ -187,7 +192,8 @@ def compare_command(
     mode = compile_mode(compile, no_compile)
     set_cpu_threads(device, threads)
     run_compare(model, n=n, batch_size=batch_size, gen_length=gen_length, block_length=block_length, out_dir=out,
-                device=device, dtype=dtype, progress=show_progress(progress, quiet), console=console, compile=mode)
+                device=device, dtype=dtype, progress=show_progress(progress, quiet), console=console, compile=mode,
+                quantize=quantize)
 
 
 @friendly_errors
@@ -202,6 +208,7 @@ def trace_command(
     chat: bool = typer.Option(True, "--chat/--raw", help="Apply the chat template to the prompt."),
     device: str | None = DEVICE_OPTION,
     dtype: str | None = DTYPE_OPTION,
+    quantize: str | None = QUANTIZE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the trace summary as JSON."),
     compile: str = COMPILE_OPTION,
     no_compile: bool = NO_COMPILE_OPTION,
@@ -215,7 +222,7 @@ def trace_command(
     decode_spec = parse_spec(spec)
     check_lengths(gen_length, block_length)
     mode = compile_mode(compile, no_compile)
-    lm = load_model(model, device, dtype, mode, threads)
+    lm = load_model(model, device, dtype, mode, threads, quantize)
     trace = trace_generation(lm, prompt, decode_spec, gen_length=gen_length, block_length=block_length,
                              early_stop=early_stop, chat=chat, out=out)
     summary = {"spec": trace.spec, "nfe": trace.nfe, "tokens": trace.length, "tokens_per_nfe": trace.tokens_per_nfe,
@@ -296,6 +303,7 @@ def sweep_command(
     overwrite: bool = OVERWRITE_OPTION,
     device: str | None = DEVICE_OPTION,
     dtype: str | None = DTYPE_OPTION,
+    quantize: str | None = QUANTIZE_OPTION,
     progress: bool = PROGRESS_OPTION,
     compile: str = COMPILE_OPTION,
     no_compile: bool = NO_COMPILE_OPTION,
@@ -318,7 +326,7 @@ def sweep_command(
         if is_main():
             _print_specs(specs, n, list(task_map))
         return
-    lm = load_model(model, device, dtype, mode, threads)
+    lm = load_model(model, device, dtype, mode, threads, quantize)
     report = run_sweep(lm, sweep_grid, task_map, out, n=n, split=split, seed=seed, batch_size=batch_size,
                        gen_length=gen_length, block_length=block_length, early_stop=early_stop, drop=drop,
                        samples=samples, boot_seed=boot_seed, confidence=confidence, model_name=model,
@@ -360,6 +368,7 @@ def tune_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier records in the dev and test folders."),
     device: str | None = DEVICE_OPTION,
     dtype: str | None = DTYPE_OPTION,
+    quantize: str | None = QUANTIZE_OPTION,
     progress: bool = PROGRESS_OPTION,
     compile: str = COMPILE_OPTION,
     no_compile: bool = NO_COMPILE_OPTION,
@@ -384,7 +393,7 @@ def tune_command(
         raise ValueError(f"--test-n must be >= 0 examples per task, got {test_n}")
     check_bootstrap(samples, boot_seed, confidence)
     mode = compile_mode(compile, no_compile)
-    lm = load_model(model, device, dtype, mode, threads)
+    lm = load_model(model, device, dtype, mode, threads, quantize)
     report = run_tune(lm, sweep_grid, task_map, out, eps=eps, n=n, test_n=test_n, dev_split=dev_split,
                       test_split=test_split, sweep_dir=sweep_dir, seed=seed, batch_size=batch_size,
                       gen_length=gen_length, block_length=block_length, early_stop=early_stop, samples=samples,

@@ -43,6 +43,7 @@ def run_compare(
     dtype: str | None = None,
     compile: bool | None = None,
     progress: bool = True,
+    quantize: str | None = None,
     console: Any = None,
 ) -> EvalReport:
     """Compare the policies on ``n`` test examples per task and print the table (returns the report).
@@ -55,7 +56,7 @@ def run_compare(
     if lm is None:
         import unmask
 
-        lm = unmask.load(model, device=device, dtype=dtype, compile=compile)
+        lm = unmask.load(model, device=device, dtype=dtype, compile=compile, quantize=quantize)
     on_gpu = getattr(getattr(lm, "device", None), "type", "cpu") == "cuda"
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1 example per task, got {n}")

@@ -47,6 +47,7 @@ from unmask.models.dream_config import DREAM_7B, DreamConfig
 from unmask.models.llada import LLaDAModel
 from unmask.models.llada_moe_config import LLADA_MOE_7B_A1B, LLaDAMoEConfig
 from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device
+from unmask.models.quantize import check_mode, parameter_count, quantize_model, weight_bytes
 from unmask.threads import available_cores, load_average
 
 SHAPES: dict[str, LLaDAConfig | LLaDAMoEConfig | DreamConfig] = {
@@ -187,7 +188,7 @@ def weights_read(
 ) -> tuple[int, int]:
     """Weight bytes read by the steady-state step and by the refresh of ``block``: every weight for a dense
     model; for a MoE model (``weight_bytes_read``) those outside the experts plus the routed experts."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total = weight_bytes(model)
     measure = getattr(model, "weight_bytes_read", None)
     if measure is None:
         return total, total
@@ -237,21 +238,21 @@ def bench_model(
             raise ValueError(f"unknown bench mode {mode!r} (allowed: {', '.join(BENCH_MODES)})")
         if mode != "eager" and not on_gpu:
             raise ValueError(f"mode {mode!r} captures CUDA graphs and needs a CUDA device")
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = parameter_count(model)
     n_active = getattr(model, "active_parameters", n_params)  # per token: a MoE model multiplies k of E experts
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    stored_bytes = weight_bytes(model)
     bandwidth = memory_bandwidth(device, gib=2.0 if on_gpu else 0.25)
     flops = matmul_rate(device, model.dtype)
     env = {
         "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
         "dtype": str(model.dtype).removeprefix("torch."), "params": n_params, "active_params": n_active,
-        "weight_bytes": weight_bytes,
+        "weight_bytes": stored_bytes, "quantize": (getattr(model, "quantization_config", None) or {}).get("mode"),
         "measured_bandwidth_GBps": bandwidth / 1e9, "measured_matmul_TFLOPs": flops / 1e12,
         "torch": torch.__version__,
     }
     if not on_gpu:
         env.update(threads=torch.get_num_threads(), cores=available_cores(), load_average=load)
-    log(f"{env['device']}: {n_params / 1e9:.3f}B params, {weight_bytes / 2**30:.2f} GiB, "
+    log(f"{env['device']}: {n_params / 1e9:.3f}B params, {stored_bytes / 2**30:.2f} GiB, "
         f"copy {bandwidth / 1e9:.0f} GB/s, matmul {rate(flops)}")
     if not on_gpu:
         log(cpu_note(env))
@@ -380,6 +381,7 @@ def run_bench(
     command: str,
     log: Callable[[str], None] = print,
     modes: tuple[str, ...] | None = None,
+    quantize: str | None = None,
 ) -> list[BenchRow]:
     check_lengths(gen_length, block_length)
     for cache in caches:
@@ -393,6 +395,8 @@ def run_bench(
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_BENCH_REPEATS:
         raise ValueError(f"repeats must be an integer in [1, {MAX_BENCH_REPEATS}], got {repeats!r}")
     dev = resolve_device(device)
+    if quantize is not None:
+        check_mode(quantize, dev)
     for mode in modes or ():
         if mode not in BENCH_MODES:
             raise ValueError(f"unknown bench mode {mode!r} (allowed: {', '.join(BENCH_MODES)})")
@@ -412,6 +416,8 @@ def run_bench(
     if prompt_length + gen_length > model.config.max_sequence_length:
         raise ValueError(f"prompt_length {prompt_length} + gen_length {gen_length} exceeds the model's "
                          f"max_sequence_length {model.config.max_sequence_length}")
+    if quantize is not None and getattr(model, "quantization_config", None) is None:
+        quantize_model(model, quantize)
     model.fuse_projections()
     rows, env = bench_model(model, batches, caches, prompt_length, gen_length, block_length, repeats, log, modes)
     if out is not None:

@@ -30,7 +30,15 @@ from torch import nn
 
 from unmask.models.cache import StaticKVCache
 from unmask.models.dream_config import DreamConfig
-from unmask.models.llada import EAGER_KERNELS, BlockKernels, MaskPredictor, RMSNorm, fuse_parameters, pick_rows
+from unmask.models.llada import (
+    EAGER_KERNELS,
+    BlockKernels,
+    MaskPredictor,
+    RMSNorm,
+    fuse_parameters,
+    pick_rows,
+    store_fused,
+)
 
 
 class DreamAttention(nn.Module):
@@ -67,10 +75,9 @@ class DreamLayer(nn.Module):
         if self.fused:
             return
         qkv = [self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj]
-        self.register_buffer("qkv_weight", fuse_parameters(qkv), persistent=False)
+        store_fused(self, "qkv_weight", fuse_parameters(qkv))
         self.register_buffer("qkv_bias", fuse_parameters(qkv, "bias"), persistent=False)
-        gate_up = fuse_parameters([self.mlp.gate_proj, self.mlp.up_proj])
-        self.register_buffer("gate_up_weight", gate_up, persistent=False)
+        store_fused(self, "gate_up_weight", fuse_parameters([self.mlp.gate_proj, self.mlp.up_proj]))
         self.fused = True
 
     def qkv(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:

@@ -32,6 +32,8 @@ from torch import nn
 from unmask.models import rope_kv, skinny
 from unmask.models.cache import StaticKVCache, write_kv
 from unmask.models.config import LLaDAConfig
+from unmask.models.quantize import QuantizedLinear, QuantizedWeight, fuse_quantized
+from unmask.models.quantize import linear as quantized_linear
 from unmask.models.skinny import fast_linear
 
 
@@ -89,7 +91,7 @@ def attention_inputs(
     x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
     qkv_weights: tuple[torch.Tensor, ...], n_heads: int, n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
     cache: torch.Tensor | None = None, columns: torch.Tensor | None = None,
-    qkv_biases: tuple[torch.Tensor, ...] | None = None, linear: Callable[..., torch.Tensor] = F.linear,
+    qkv_biases: tuple[torch.Tensor, ...] | None = None, linear: Callable[..., torch.Tensor] = quantized_linear,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The block input x + mlp_out (the previous block's last residual add, done here so that it fuses
     with this norm), and q, k (after RoPE), v [B, heads, L, head_dim] from it.
@@ -122,7 +124,7 @@ def attention_inputs(
 def attention_output_and_mlp(
     x: torch.Tensor, attended: torch.Tensor, out_weight: torch.Tensor, norm_weight: torch.Tensor, eps: float,
     gate_up_weights: tuple[torch.Tensor, ...], down_weight: torch.Tensor,
-    linear: Callable[..., torch.Tensor] = F.linear,
+    linear: Callable[..., torch.Tensor] = quantized_linear,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h = x + attn_out(attended) and the MLP's output ff_out(silu(gate(m)) * up(m)), m = ff_norm(h).
 
@@ -179,7 +181,7 @@ class FusedAttentionInputs:
 
 def final_logits(
     x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, head_weight: torch.Tensor,
-    linear: Callable[..., torch.Tensor] = F.linear,
+    linear: Callable[..., torch.Tensor] = quantized_linear,
 ) -> torch.Tensor:
     """Logits of the last layer's outputs x + mlp_out: the final RMSNorm, then the LM head."""
     return linear(residual_norm(x, mlp_out, norm_weight, eps)[1], head_weight)
@@ -253,12 +255,23 @@ def as_views(fused: torch.Tensor, params: list[tuple[nn.Module, str]]) -> None:
         row += rows
 
 
-def fuse_parameters(modules: list[nn.Module], name: str = "weight") -> torch.Tensor:
+def fuse_parameters(modules: list[nn.Module], name: str = "weight") -> torch.Tensor | QuantizedWeight:
     """The ``name`` parameters of ``modules`` concatenated along dim 0 (one matmul for all of them); each
-    module's parameter becomes a view into the result, so the checkpoint's names and values are unchanged."""
+    module's parameter becomes a view into the result, so the checkpoint's names and values are unchanged.
+    Quantized linears (``models/quantize.py``) fuse into one ``QuantizedWeight``."""
+    if name == "weight" and all(isinstance(m, QuantizedLinear) for m in modules):
+        return fuse_quantized(modules)
     fused = torch.cat([getattr(m, name).detach() for m in modules], dim=0)
     as_views(fused, [(m, name) for m in modules])
     return fused
+
+
+def store_fused(module: nn.Module, name: str, fused: torch.Tensor | QuantizedWeight) -> None:
+    """Keep a fused weight on ``module``: a non-persistent buffer, or a plain attribute for a quantized one."""
+    if isinstance(fused, QuantizedWeight):
+        setattr(module, name, fused)
+    else:
+        module.register_buffer(name, fused, persistent=False)
 
 
 def pick_rows(t: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
@@ -293,7 +306,7 @@ class LLaDABlock(nn.Module):
             return
         groups = (("qkv_weight", ("q_proj", "k_proj", "v_proj")), ("gate_up_weight", ("ff_proj", "up_proj")))
         for fused_name, names in groups:
-            self.register_buffer(fused_name, fuse_parameters([getattr(self, n) for n in names]), persistent=False)
+            store_fused(self, fused_name, fuse_parameters([getattr(self, n) for n in names]))
         self.fused = True
 
     def qkv_weights(self) -> tuple[torch.Tensor, ...]:

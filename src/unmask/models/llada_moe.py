@@ -47,9 +47,12 @@ from unmask.models.llada import (
     fuse_parameters,
     residual_norm,
     rms_norm,
+    store_fused,
     with_fast_linear,
 )
 from unmask.models.llada_moe_config import LLaDAMoEConfig
+from unmask.models.quantize import QuantizedLinear, fuse_quantized
+from unmask.models.quantize import linear as quantized_linear
 
 EXPERT_PATHS = ("auto", "grouped", "loop")
 
@@ -65,7 +68,7 @@ def attention_inputs(
     x: torch.Tensor, mlp_out: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
     qkv_weights: tuple[torch.Tensor, ...], qk_norm: tuple[torch.Tensor, torch.Tensor] | None, n_heads: int,
     n_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor | None = None,
-    columns: torch.Tensor | None = None, linear: Callable[..., torch.Tensor] = F.linear,
+    columns: torch.Tensor | None = None, linear: Callable[..., torch.Tensor] = quantized_linear,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The layer input x + mlp_out and its q, k (per-head RMSNorm, then RoPE) and v [B, heads, L, hd].
 
@@ -92,7 +95,7 @@ def attention_inputs(
 
 def attention_output(
     x: torch.Tensor, attended: torch.Tensor, out_weight: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-    linear: Callable[..., torch.Tensor] = F.linear,
+    linear: Callable[..., torch.Tensor] = quantized_linear,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h = x + o_proj(attended) and the MLP's input m = post_attention_layernorm(h)."""
     B, L, _ = x.shape
@@ -102,8 +105,8 @@ def attention_output(
 
 def swiglu(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     """down(silu(gate(x)) * up(x)) with ``gate_up`` = [gate; up] stacked on the output dimension."""
-    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, down)
+    gate, up = quantized_linear(x, gate_up).chunk(2, dim=-1)
+    return quantized_linear(F.silu(gate) * up, down)
 
 
 # ---- routing and experts ----------------------------------------------------------------------------
@@ -178,11 +181,15 @@ class MLP(nn.Module):
     def fuse(self) -> None:
         """One [gate; up] matrix (``gate_up_weight``); the named weights become views into it."""
         if not self.fused:
-            self.register_buffer("gate_up_weight", fuse_parameters([self.gate_proj, self.up_proj]), persistent=False)
+            store_fused(self, "gate_up_weight", fuse_parameters([self.gate_proj, self.up_proj]))
             self.fused = True
 
     def gate_up(self) -> torch.Tensor:
-        return self.gate_up_weight if self.fused else torch.cat([self.gate_proj.weight, self.up_proj.weight])
+        if self.fused:
+            return self.gate_up_weight
+        if isinstance(self.gate_proj, QuantizedLinear):  # a quantized shared expert, before fusing
+            return fuse_quantized([self.gate_proj, self.up_proj])
+        return torch.cat([self.gate_proj.weight, self.up_proj.weight])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return swiglu(x, self.gate_up(), self.down_proj.weight)
@@ -289,7 +296,7 @@ class DecoderLayer(nn.Module):
         if self.fused:
             return
         attn = self.self_attn
-        self.register_buffer("qkv_weight", fuse_parameters([attn.q_proj, attn.k_proj, attn.v_proj]), persistent=False)
+        store_fused(self, "qkv_weight", fuse_parameters([attn.q_proj, attn.k_proj, attn.v_proj]))
         self.mlp.fuse()
         if hasattr(self, "shared_expert"):
             self.shared_expert.fuse()

@@ -19,6 +19,7 @@ from unmask.models.dream_config import DreamConfig
 from unmask.models.llada import LLaDAModel
 from unmask.models.llada_moe import LLaDAMoEModel
 from unmask.models.llada_moe_config import LLaDAMoEConfig
+from unmask.models.quantize import check_mode, prepare_quantized, quantize_model
 
 # config.json's ``model_type`` -> (config class with ``from_dict``, model class). Every architecture
 # unmask builds natively is listed here; the model class takes the config and has the checkpoint's names.
@@ -179,19 +180,45 @@ def default_dtype(config, device: torch.device) -> torch.dtype:
     return _DTYPES.get(str(config.torch_dtype), torch.bfloat16)
 
 
+def read_quantization(folder: Path) -> dict | None:
+    """config.json's ``quantization_config`` (a checkpoint saved quantized by unmask), or None."""
+    return json.loads((folder / "config.json").read_text()).get("quantization_config")
+
+
+def is_quantized_tensor(name: str, tensor: torch.Tensor) -> bool:
+    """A quantized weight (int8, packed int4, float8) or its float32 scales: kept as stored."""
+    return name.endswith(".weight_scale") or not (tensor.is_floating_point() and tensor.element_size() >= 2)
+
+
 def load_model(
     path_or_id: str | os.PathLike,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    quantize: str | None = None,
+    quantize_head: bool = False,
 ) -> torch.nn.Module:
-    """Build the model (its class chosen by ``model_type``) from a folder or hub id; load its weights by name."""
+    """Build the model (its class chosen by ``model_type``) from a folder or hub id; load its weights by name.
+
+    ``quantize`` (int8 | int4 | fp8): quantize its linear layers at load (``models/quantize.py``); a checkpoint
+    saved quantized loads as it was saved (``quantize`` must then be None or its own mode)."""
     folder = resolve_model_path(path_or_id)
     config = read_config(folder)
     device = resolve_device(device)
     dtype = parse_dtype(dtype) or default_dtype(config, device)
+    stored = read_quantization(folder)
+    if quantize is not None:
+        check_mode(quantize, device)
+        if stored is not None and stored.get("mode") != quantize:
+            raise CheckpointError(f"checkpoint {str(folder)!r} is saved quantized as {stored.get('mode')!r}; "
+                                  f"load it with quantize=None or {stored.get('mode')!r}, not {quantize!r}")
     state = load_state_dict(folder)
     with torch.device("meta"):
         model = model_class(config)(config)
+    if stored is not None:
+        try:
+            prepare_quantized(model, stored)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {str(folder)!r}: {err}") from None
     expected = {name: p.shape for name, p in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -204,14 +231,18 @@ def load_model(
     for name, shape in expected.items():
         if state[name].shape != shape:
             raise CheckpointError(f"weight {name} has shape {tuple(state[name].shape)}, config implies {tuple(shape)}")
-    state = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
+    state = {name: t.to(device) if is_quantized_tensor(name, t) else t.to(device=device, dtype=dtype)
+             for name, t in state.items()}
     for name, tensor in state.items():  # one pass over the weights, where they already are
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and tensor.element_size() >= 2 and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise CheckpointError(f"checkpoint {str(folder)!r}: weight {name} holds {bad} non-finite value(s) "
                                   f"(NaN or inf) of {tensor.numel()}; the checkpoint is broken")
     model.load_state_dict(state, assign=True)
-    return model.eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
+    if quantize is not None and stored is None:
+        quantize_model(model, quantize, head=quantize_head)
+    return model
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -284,8 +315,11 @@ def save_pretrained(
     """
     out = Path(path)
     dtype = parse_dtype(dtype) or model.dtype
-    # clone views (fused projections share storage), which safetensors refuses to write
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    # clone views (fused projections share storage), which safetensors refuses to write; quantized weights and
+    # their scales keep their own dtypes
+    state = {k: v.detach().to("cpu") if is_quantized_tensor(k, v) else v.detach().to("cpu", dtype)
+             for k, v in model.state_dict().items()}
+    state = {k: v.contiguous() for k, v in state.items()}
     whole = {k: v.untyped_storage().nbytes() == v.numel() * v.element_size() for k, v in state.items()}
     state = {k: v if whole[k] else v.clone() for k, v in state.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -302,6 +336,8 @@ def save_pretrained(
     try:
         config = model.config.to_dict()
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
+        if getattr(model, "quantization_config", None):
+            config["quantization_config"] = model.quantization_config
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if len(shards) == 1:
             save_file(shards[0], str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})

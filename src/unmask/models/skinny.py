@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from unmask.models.quantize import QuantizedWeight
+
 try:  # Triton ships with CUDA builds of PyTorch, not with the CPU build
     import triton
     import triton.language as tl
@@ -203,6 +205,8 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     With a split reduction the float32 partials are added here, in PyTorch, so that under torch.compile
     the sum fuses into the kernel that consumes y.
     """
+    if isinstance(weight, QuantizedWeight):  # its own matmul (the conversion fuses under torch.compile)
+        return weight.linear(x, bias)
     cfg = _launch_config(x, weight)
     if cfg is None:
         return F.linear(x, weight, bias)

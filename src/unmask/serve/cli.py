@@ -15,6 +15,7 @@ import typer
 
 from unmask.checks import check_float
 from unmask.cli_errors import friendly_errors
+from unmask.eval.cli import QUANTIZE_HELP
 from unmask.threads import THREADS_HELP, set_cpu_threads
 
 
@@ -65,6 +66,7 @@ def serve_command(
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
     log_level: str = typer.Option("info", "--log-level", help=f"uvicorn log level: {', '.join(LOG_LEVELS)}."),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quantize: str | None = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
 ) -> None:
     """Serve a model over HTTP with OpenAI's completions and chat API (streaming, continuous batching)."""
 
@@ -104,7 +106,8 @@ def serve_command(
               "or --api-key-file", file=sys.stderr)
     check_listen(host, port)
     set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=None if compile == "auto" else compile)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=None if compile == "auto" else compile,
+                     quantize=quantize)
     limit = lm.model.config.max_sequence_length
     for name, value in (("--max-tokens", max_tokens), ("--block-length", block_length)):
         if value > limit:
@@ -155,6 +158,7 @@ def playground_command(
     dtype: str | None = typer.Option(None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)."),
     log_level: str = typer.Option("warning", "--log-level", help=f"uvicorn log level: {', '.join(LOG_LEVELS)}."),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    quantize: str | None = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
 ) -> None:
     """Open the playground: watch a model unmask its answer step by step, two specs side by side.
 
@@ -176,7 +180,8 @@ def playground_command(
         raise ValueError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     check_listen(host, port)
     set_cpu_threads(device, threads)
-    lm = unmask.load(model, device=device, dtype=dtype, compile=None if compile == "auto" else compile)
+    lm = unmask.load(model, device=device, dtype=dtype, compile=None if compile == "auto" else compile,
+                     quantize=quantize)
     if block_length > lm.model.config.max_sequence_length:
         raise ValueError(f"--block-length {block_length} exceeds the model's max_sequence_length "
                          f"{lm.model.config.max_sequence_length}")
