@@ -240,8 +240,8 @@ def test_generate_flag_reaches_the_decoder(stop_ckpt: Path, stop_lm: unmask.Diff
 
 
 def test_generate_passes_model_options_to_load(stop_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--device, --dtype, --compile / --no-compile reach unmask.load, and the CLI decodes with the model loaded
-    so (on the CPU the compile modes leave the tokens as they are: exact runs eagerly there)."""
+    """--device, --dtype, --compile / --no-compile, --quantize reach unmask.load, and the CLI decodes with the model
+    loaded so (on the CPU the compile modes leave the tokens as they are: exact runs eagerly there)."""
     calls = []
     real_load = unmask.load
 
@@ -252,11 +252,11 @@ def test_generate_passes_model_options_to_load(stop_ckpt: Path, monkeypatch: pyt
 
     monkeypatch.setattr(unmask, "load", spy)
     for flags, expected, dtype in [
-        ([], {"device": None, "dtype": None, "compile": None}, torch.float32),
+        ([], {"device": None, "dtype": None, "compile": None, "quantize": None}, torch.float32),
         (["--device", "cpu", "--dtype", "float64", "--compile", "exact"],
-         {"device": "cpu", "dtype": "float64", "compile": "exact"}, torch.float64),
-        (["--dtype", "bfloat16", "--no-compile"], {"device": None, "dtype": "bfloat16", "compile": False},
-         torch.bfloat16),
+         {"device": "cpu", "dtype": "float64", "compile": "exact", "quantize": None}, torch.float64),
+        (["--dtype", "bfloat16", "--no-compile", "--quantize", "int8"],
+         {"device": None, "dtype": "bfloat16", "compile": False, "quantize": "int8"}, torch.bfloat16),
     ]:
         calls.clear()
         result = run("generate", *PROMPTS, "-m", stop_ckpt, "--gen-length", 16, "--block-length", 8, "--json",

@@ -151,6 +151,10 @@ class DecodeEngine:
         self, model, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: EngineOptions,
         graphs: bool = False,
     ) -> None:
+        if getattr(model, "block_diffusion", False):
+            raise ValueError(f"{type(model).__name__} is a block-diffusion model (block-causal attention, an exact "
+                             "cache of finished blocks, its own samplers): its decode is not implemented yet; "
+                             "model.forward(ids, block_length=32) gives its logits")
         self.model, self.policy, self.scorer, self.opts = model, policy, scorer, opts
         device = self.device = model.device
         S, T, G, BL = opts.slots, opts.capacity, opts.max_gen, opts.block_length

@@ -45,6 +45,7 @@ from unmask.models.cache import WINDOWS, recompute_columns
 from unmask.models.config import LLADA_8B, LLaDAConfig
 from unmask.models.dream_config import DREAM_7B, DreamConfig
 from unmask.models.llada import LLaDAModel
+from unmask.models.llada2_config import LLADA2_FLASH, LLADA2_MINI, LLaDA2Config
 from unmask.models.llada_moe_config import LLADA_MOE_7B_A1B, LLaDAMoEConfig
 from unmask.models.loading import load_model, parse_dtype, random_model, resolve_device
 from unmask.models.quantize import check_mode, parameter_count, quantize_model, weight_bytes
@@ -59,6 +60,12 @@ SHAPES: dict[str, LLaDAConfig | LLaDAMoEConfig | DreamConfig] = {
                                      num_experts_per_tok=4, expert_intermediate_size=128, vocab_size=4096,
                                      mask_token_id=4095, eos_token_id=4094, pad_token_id=4094),
     "dream-7b": DREAM_7B,
+    "llada2-mini": LLADA2_MINI,
+    "llada2-flash": LLADA2_FLASH,
+    "llada2-tiny": LLaDA2Config(vocab_size=4096, hidden_size=256, intermediate_size=688, moe_intermediate_size=128,
+                                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                num_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2, mask_token_id=4095,
+                                eos_token_id=4094, pad_token_id=4094),
     "dream-tiny": DreamConfig(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                               num_attention_heads=4, num_key_value_heads=2, mask_token_id=4095, pad_token_id=4094),
 }

@@ -136,14 +136,15 @@ def expert_path(x: torch.Tensor, path: str = "auto") -> str:
 
 def run_experts(
     x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
-    path: str = "auto",
+    path: str = "auto", sum_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """sum_j weights[:, j] * expert_{experts[:, j]}(x) for tokens ``x`` [N, d]; experts stacked as ``gate_up``
     [E, 2F, d] and ``down`` [E, d, F].
 
     The N*k (token, expert) pairs are sorted by expert (stably), the tokens gathered in that order, each
     expert applied to its contiguous segment, and the outputs put back in (token, slot) order, weighted
-    (in the model dtype, as the reference) and summed over the k slots.
+    (in the model dtype, as the reference; in ``sum_dtype`` and cast back if given: LLaDA2's float32) and summed
+    over the k slots.
     """
     N, k = experts.shape
     E = gate_up.shape[0]
@@ -163,6 +164,8 @@ def run_experts(
                 out[start:start + count] = swiglu(xs[start:start + count], gate_up[e], down[e])
                 start += count
     out = torch.empty_like(out).index_copy_(0, order, out).view(N, k, -1)  # back to (token, slot) order
+    if sum_dtype is not None:
+        return (out.to(sum_dtype) * weights.to(sum_dtype)[..., None]).sum(dim=1).to(out.dtype)
     return (out * weights.to(out.dtype)[..., None]).sum(dim=1)
 
 

@@ -17,6 +17,8 @@ from unmask.models.config import ConfigError, LLaDAConfig
 from unmask.models.dream import DreamModel
 from unmask.models.dream_config import DreamConfig
 from unmask.models.llada import LLaDAModel
+from unmask.models.llada2 import LLaDA2Model
+from unmask.models.llada2_config import LLaDA2Config
 from unmask.models.llada_moe import LLaDAMoEModel
 from unmask.models.llada_moe_config import LLaDAMoEConfig
 from unmask.models.quantize import check_mode, prepare_quantized, quantize_model
@@ -27,10 +29,12 @@ MODEL_TYPES: dict[str, tuple[type, type[torch.nn.Module]]] = {
     "llada": (LLaDAConfig, LLaDAModel),
     "dream": (DreamConfig, DreamModel),  # Dream-org/Dream-v0-*-7B say "Dream"; matched case-insensitively
     "lladamoe": (LLaDAMoEConfig, LLaDAMoEModel),
+    "llada2_moe": (LLaDA2Config, LLaDA2Model),  # inclusionAI/LLaDA2.0-*, LLaDA2.1-*
 }
 # config.json ``architectures`` that pick the model type over ``model_type``: LLaDA-MoE's checkpoints say
 # ``model_type: llada`` like the dense LLaDA (dllm's copies say ``lladamoe``).
-ARCHITECTURES: dict[str, str] = {"LLaDAMoEModelLM": "lladamoe", "LLaDAMoEModel": "lladamoe"}
+ARCHITECTURES: dict[str, str] = {"LLaDAMoEModelLM": "lladamoe", "LLaDAMoEModel": "lladamoe",
+                                 "LLaDA2MoeModelLM": "llada2_moe"}
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -231,7 +235,9 @@ def load_model(
     for name, shape in expected.items():
         if state[name].shape != shape:
             raise CheckpointError(f"weight {name} has shape {tuple(state[name].shape)}, config implies {tuple(shape)}")
-    state = {name: t.to(device) if is_quantized_tensor(name, t) else t.to(device=device, dtype=dtype)
+    keep = getattr(model, "float32_buffers", ())  # buffers the reference keeps in float32 (LLaDA2's expert_bias)
+    state = {name: t.to(device) if is_quantized_tensor(name, t)
+             else t.to(device=device, dtype=torch.float32 if name.endswith(keep) and keep else dtype)
              for name, t in state.items()}
     for name, tensor in state.items():  # one pass over the weights, where they already are
         if tensor.is_floating_point() and tensor.element_size() >= 2 and not bool(torch.isfinite(tensor).all()):
