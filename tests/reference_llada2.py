@@ -104,3 +104,87 @@ def ref_llada2_forward(w, cfg, x, block_length=None):
     h = rms(h, w["model.norm.weight"], eps)
     head = w["model.word_embeddings.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
     return h @ head.T
+
+
+def ref_llada2_generate(w, cfg, prompt, gen_length, block_length, mask_id, threshold, steps=None,
+                        eos_id=None, stop_after_eos_block=False):
+    """LLaDA2.0's ``generate`` (HF ``modeling_llada2_moe.py``) for one prompt [P] at temperature 0: a canvas of
+    ceil((P + G) / B) blocks over absolute positions, the prompt then masks; from block P // B on, each step runs
+    the window x[:(b + 1) B] block-causally and scores the block's masked positions (p = softmax(logits)[argmax]);
+    the step's quota n_i = B // s + (i < B % s); commit every p > threshold if at least n_i pass, else the n_i
+    most confident (ties: lower position); at most s steps per block. ``stop_after_eos_block``: the reference
+    stops after a block once the answer holds an end-of-text (an early stop that keeps the block). Returns
+    (answer tokens [G], forwards)."""
+    P = prompt.shape[0]
+    B = block_length
+    steps = B if steps is None else steps
+    blocks = -(-(P + gen_length) // B)
+    x = torch.full((blocks * B,), mask_id, dtype=torch.long)
+    x[:P] = prompt
+    quota = [B // steps + (i < B % steps) for i in range(steps)]
+    nfe = 0
+    for b in range(P // B, blocks):
+        s, e = b * B, (b + 1) * B
+        for i in range(steps):
+            masked = x[s:e] == mask_id
+            if not masked.any():
+                break
+            logits = ref_llada2_forward(w, cfg, x[:e], block_length=B)[s:e]
+            nfe += 1
+            p = torch.softmax(logits.double(), -1)
+            conf, x0 = p.max(-1)
+            conf = torch.where(masked, conf, torch.tensor(float("-inf"), dtype=conf.dtype))
+            passing = masked & (conf > threshold)
+            if int(passing.sum()) >= quota[i]:
+                transfer = passing
+            else:
+                order = conf.sort(descending=True, stable=True).indices[:min(quota[i], int(masked.sum()))]
+                transfer = torch.zeros_like(masked)
+                transfer[order] = True
+            x[s:e] = torch.where(transfer, x0, x[s:e])
+        if stop_after_eos_block and eos_id is not None and bool((x[P:e] == eos_id).any()):
+            break
+    return x[P:P + gen_length], nfe
+
+
+def ref_llada21_generate(w, cfg, prompt, gen_length, block_length, mask_id, threshold, editing_threshold,
+                         max_post_steps):
+    """LLaDA2.1's ``generate`` (token editing) for one prompt [P] at temperature 0, the canvas and blocks as
+    ``ref_llada2_generate``. Per block, a loop: M = the block's masked positions; if none, one more post step,
+    and past ``max_post_steps`` the block ends; forward (the window x[:(b + 1) B], block-causal); x0 = argmax,
+    p = its probability everywhere; mask to token (if M): the positions of M with p > threshold, or the most
+    confident one if none; token to token: positions not in M and not the prompt's with x0 != token and
+    p > editing_threshold; x0 written at both; a step with nothing masked that edits nothing ends the block.
+    Returns (answer tokens [G], forwards)."""
+    P = prompt.shape[0]
+    B = block_length
+    blocks = -(-(P + gen_length) // B)
+    x = torch.full((blocks * B,), mask_id, dtype=torch.long)
+    x[:P] = prompt
+    nfe = 0
+    for b in range(P // B, blocks):
+        s, e = b * B, (b + 1) * B
+        prompt_in_block = torch.arange(s, e) < P
+        post_steps = 0
+        while True:
+            old = x[s:e].clone()
+            masked = old == mask_id
+            if not masked.any():
+                post_steps += 1
+                if post_steps > max_post_steps:
+                    break
+            logits = ref_llada2_forward(w, cfg, x[:e], block_length=B)[s:e]
+            nfe += 1
+            p_all = torch.softmax(logits.double(), -1)
+            p, x0 = p_all.max(-1)
+            fill = torch.zeros_like(masked)
+            if masked.any():
+                fill = masked & (p > threshold)
+                if not fill.any():
+                    conf = torch.where(masked, p, torch.tensor(float("-inf"), dtype=p.dtype))
+                    fill[int(conf.argmax())] = True
+            edit = ~masked & ~prompt_in_block & (x0 != old) & (p > editing_threshold)
+            x[s:e] = torch.where(fill | edit, x0, old)
+            if not masked.any() and not edit.any():
+                break
+    return x[P:P + gen_length], nfe

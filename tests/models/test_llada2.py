@@ -1,5 +1,6 @@
 """LLaDA2.x: the native model loads the HF layout and its logits equal the restatement (float64), bidirectional
-and block-causal; the router's groups and bias; fused experts and the compiled kernels; the bench shapes."""
+and block-causal; the router's groups and bias; fused experts and the compiled kernels; the bench shapes; the
+block decode against LLaDA2.0's generate."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from llada2_fixtures import random_llada2_weights, tiny_llada2_config
 from llada_fixtures import write_checkpoint
-from reference_llada2 import ref_llada2_forward
+from reference_llada2 import ref_llada2_forward, ref_llada2_generate, ref_llada21_generate
 
 from unmask.eval.speed import SHAPES
 from unmask.models import load_model
@@ -118,11 +119,90 @@ def test_bench_shapes():
     assert tiny_model.forward(tokens(1, 8)).shape == (1, 8, 4096)
 
 
-def test_decoding_it_is_refused_until_its_block_decode_lands(tiny):
-    from unmask.decoding import Threshold, decode
+LLADA2_PROMPTS = (5, 11, 8, 16)  # ragged; 8 and 16 start on a block boundary at B = 8, 5 and 11 inside one
 
-    _, _, folder = tiny
-    model = load_model(folder, dtype="float32")
-    with pytest.raises(ValueError, match="block-diffusion model"):
-        decode(model, tokens(1, 8), Threshold(0.9), mask_id=model.config.mask_token_id, gen_length=16,
-               block_length=8, early_stop=False)
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+@pytest.mark.parametrize("threshold,steps", [(0.95, None), (0.3, None), (0.3, 4)])
+def test_block_decode_equals_llada2_generate(tiny, cache, threshold, steps):
+    """Ragged prompts decoded at once (2 slots: continuous batching) equal LLaDA2.0's generate row by row, tokens
+    and forwards: blocks at absolute multiples of B (the first holding the prompt's tail), block-causal
+    attention; with the dual cache the finished blocks' keys/values are reused exactly."""
+    from unmask.decoding import decode, make_policy
+
+    cfg, w, folder = tiny
+    model = load_model(folder, dtype="float64")
+    gen, block = 24, 8
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(0, 100, (n,), generator=g) for n in LLADA2_PROMPTS]
+    width = max(LLADA2_PROMPTS)
+    ids = torch.full((len(rows), width), cfg["pad_token_id"], dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row):], attn[b, width - len(row):] = row, 1
+    policy = make_policy("llada2", threshold=threshold, steps=steps, gen_length=gen, block_length=block)
+    out = decode(model, ids, policy, mask_id=cfg["mask_token_id"], attention_mask=attn, gen_length=gen,
+                 block_length=block, cache=cache, early_stop=False, slots=2)
+    parallel = False
+    for b, row in enumerate(rows):
+        ref, nfe = ref_llada2_generate(w, cfg, row, gen, block, cfg["mask_token_id"], threshold, steps)
+        assert torch.equal(out.tokens[b], ref), (b, cache)
+        assert int(out.nfe_per_row[b]) == nfe, (b, cache)
+        parallel |= nfe < -(-(len(row) + gen) // block) * block - len(row)
+    assert parallel or threshold > 0.9, "no step committed more than its quota here"
+
+
+def test_block_decode_early_stop_keeps_the_text(tiny):
+    """Early stop (unmask's: the row ends once a stop token is decoded with everything before it) gives the
+    reference's text up to its first stop token, in no more forwards than its stop after that block. The stop
+    token is one the random model writes often (its own end-of-text never comes)."""
+    from unmask.decoding import decode, make_policy
+
+    cfg, w, folder = tiny
+    model = load_model(folder, dtype="float64")
+    policy = make_policy("llada2", threshold=0.3, gen_length=32, block_length=8)
+    rows = [torch.randint(0, 100, (7,), generator=torch.Generator().manual_seed(seed)) for seed in range(4)]
+    plain = [ref_llada2_generate(w, cfg, row, 32, 8, cfg["mask_token_id"], 0.3)[0] for row in rows]
+    stop = int(torch.cat([p[4:] for p in plain]).mode().values)
+    stopped = 0
+    for row in rows:
+        out = decode(model, row[None], policy, mask_id=cfg["mask_token_id"], gen_length=32, block_length=8,
+                     cache="dual", stop_ids=(stop,))
+        ref, nfe = ref_llada2_generate(w, cfg, row, 32, 8, cfg["mask_token_id"], 0.3, eos_id=stop,
+                                       stop_after_eos_block=True)
+        ref = ref.tolist()
+        cut = ref.index(stop) + 1 if stop in ref else len(ref)
+        assert out.tokens[0].tolist()[:cut] == ref[:cut]
+        assert int(out.nfe) <= nfe
+        stopped += stop in ref and int(out.nfe) < nfe
+    assert stopped, "no row stopped early here"
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+@pytest.mark.parametrize("threshold,edit,post", [(0.7, 0.5, 16), (0.5, 0.0, 16), (0.3, 0.0, 2), (0.7, 0.5, 0)])
+def test_token_editing_equals_llada21_generate(tiny, cache, threshold, edit, post):
+    """LLaDA2.1's quality (0.7 / 0.5 / 16) and speed (0.5 / 0.0 / 16) modes and variants: tokens and forwards of
+    ragged rows over 2 slots equal its generate row by row; edits happen (committed tokens change)."""
+    from unmask.decoding import decode, make_policy
+
+    cfg, w, folder = tiny
+    model = load_model(folder, dtype="float64")
+    gen, block = 24, 8
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(0, 100, (n,), generator=g) for n in LLADA2_PROMPTS]
+    width = max(LLADA2_PROMPTS)
+    ids = torch.full((len(rows), width), cfg["pad_token_id"], dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row):], attn[b, width - len(row):] = row, 1
+    policy = make_policy("llada2_edit", threshold=threshold, edit=edit, post=post)
+    events = []
+    out = decode(model, ids, policy, mask_id=cfg["mask_token_id"], attention_mask=attn, gen_length=gen,
+                 block_length=block, cache=cache, early_stop=False, slots=2, on_step=events.append)
+    for b, row in enumerate(rows):
+        ref, nfe = ref_llada21_generate(w, cfg, row, gen, block, cfg["mask_token_id"], threshold, edit, post)
+        assert torch.equal(out.tokens[b], ref), (b, cache)
+        assert int(out.nfe_per_row[b]) == nfe, (b, cache)
+    rewrites = sum(len(e.positions) for e in events) - sum(len(r) for r in out.tokens)
+    if edit == 0.0:
+        assert rewrites > 0, "no token was ever edited here"

@@ -39,7 +39,7 @@ import torch
 from unmask.decoding.credit import CreditConfig, CreditState
 from unmask.decoding.policies import Policy
 from unmask.decoding.policies.base import StepContext
-from unmask.decoding.scorers import Scorer
+from unmask.decoding.scorers import Scorer, candidate_probability
 from unmask.models.cache import StaticKVCache, parse_cache_mode
 
 NOT_COMMITTED = -1
@@ -109,6 +109,7 @@ class _Slot:
     request: RowRequest
     prompt_length: int
     gen_length: int
+    skip: int = 0  # block-diffusion rows: the prompt's tail inside the first block (answer columns [skip, ...))
     block: int = 0
     refresh: bool = True  # at a block start: the next step refreshes its cache
     step: int = 0  # steps taken in the current block (tracked on the host for a predictable schedule)
@@ -151,13 +152,19 @@ class DecodeEngine:
         self, model, policy: Policy, scorer: Scorer, credit: CreditConfig | None, opts: EngineOptions,
         graphs: bool = False,
     ) -> None:
-        if getattr(model, "block_diffusion", False):
-            raise ValueError(f"{type(model).__name__} is a block-diffusion model (block-causal attention, an exact "
-                             "cache of finished blocks, its own samplers): its decode is not implemented yet; "
-                             "model.forward(ids, block_length=32) gives its logits")
         self.model, self.policy, self.scorer, self.opts = model, policy, scorer, opts
         device = self.device = model.device
         S, T, G, BL = opts.slots, opts.capacity, opts.max_gen, opts.block_length
+        # a block-diffusion model (LLaDA2): blocks at multiples of BL over absolute positions, block-causal
+        # attention; a row's first block holds its prompt's tail, so a row may need BL more columns
+        self.block_causal = getattr(model, "block_diffusion", False)
+        if self.block_causal:
+            T, G = T + BL, G + BL
+            cache_kind = parse_cache_mode(opts.cache).window
+            if cache_kind not in ("none", "dual") or parse_cache_mode(opts.cache).kind.refresh != "full" \
+                    or opts.cfg_scale > 0:
+                raise ValueError(f"{type(model).__name__} attends block-causally: cache 'none' or 'dual' (with it, the "
+                                 f"exact cache of finished blocks), no cfg_scale; got cache {opts.cache!r}")
         self.S, self.T, self.G, self.BL = S, T, G, BL
         self.cfg = opts.cfg_scale > 0
         self.mode = parse_cache_mode(opts.cache)
@@ -173,6 +180,7 @@ class DecodeEngine:
         longs = {"dtype": torch.long, "device": device}
         self.x = torch.full((S, T), opts.mask_id, **longs)
         self.prompt_length = torch.zeros(S, **longs)
+        self.skip = torch.zeros(S, **longs)  # see _Slot.skip
         self.gen_length = torch.full((S,), BL, **longs)
         self.canvas_length = torch.full((S,), T, **longs)  # keys visible to a row (a free slot sees all)
         self.block = torch.zeros(S, **longs)
@@ -251,7 +259,17 @@ class DecodeEngine:
         return self.S - self.count
 
     def fits(self, request: RowRequest) -> bool:
-        return len(request.prompt) + request.gen_length <= self.T and request.gen_length <= self.G
+        P, G = self._layout(request)[:2]
+        return P + G <= self.T and G <= self.G
+
+    def _layout(self, request: RowRequest) -> tuple[int, int, int]:
+        """(prompt columns, answer columns, skip) of a row: its own, or for a block-diffusion model the prompt cut
+        at its last whole block, the answer from there rounded up to whole blocks, and the tail it skips."""
+        P, G = len(request.prompt), request.gen_length
+        if not self.block_causal:
+            return P, G, 0
+        start = P // self.BL * self.BL
+        return start, -(-(P - start + G) // self.BL) * self.BL, P - start
 
     def admit(self, request: RowRequest) -> int:
         """Load ``request`` into the lowest free slot (device work only) and return the slot."""
@@ -272,25 +290,28 @@ class DecodeEngine:
         for j, request in enumerate(requests):
             rows[j, :len(request.prompt)].copy_(request.prompt, non_blocking=True)
         self.x.index_copy_(0, index, rows)
-        lengths = [(len(r.prompt), r.gen_length, len(r.prompt) + r.gen_length if self.opts.padded else self.T)
-                   for r in requests]
+        layouts = [self._layout(r) for r in requests]
+        lengths = [(P, G, P + G if self.opts.padded or self.block_causal else self.T, skip) for P, G, skip in layouts]
         table = torch.tensor(lengths, dtype=torch.long).to(device, non_blocking=True)
-        for column, buffer in enumerate((self.prompt_length, self.gen_length, self.canvas_length)):
+        for column, buffer in enumerate((self.prompt_length, self.gen_length, self.canvas_length, self.skip)):
             buffer.index_copy_(0, index, table[:, column])
         for buffer, value in ((self.block, 0), (self.step_index, 0), (self.nfe, 0), (self.finished, False),
                               (self.active, True), (self.commit_step, NOT_COMMITTED), (self.commit_confidence, 0.0),
                               (self.block_masked, True)):
             buffer.index_fill_(0, index, value)
+        first = torch.ones((n, self.BL), dtype=torch.bool, device=device)  # the first block's masked columns
+        if self.block_causal:  # past the prompt's tail
+            first = self.offsets[None, :] >= table[:, 3:4]
+            self.block_masked.index_copy_(0, index, first)
         if self.schedule is not None:
-            start = self.policy.start_block(torch.ones((n, self.BL), dtype=torch.bool, device=device))
-            self.schedule.index_copy_(0, index, start)
+            self.schedule.index_copy_(0, index, self.policy.start_block(first))
         if self.credit is not None:
             self.credit.tokens.index_fill_(0, index, -1)
             self.credit.credit.index_fill_(0, index, 0.0)
         if self.policy_state is not None:
             self.policy_state.reset_rows(index)
-        for slot, request, (P, G, _) in zip(slots, requests, lengths, strict=True):
-            self.slots[slot] = _Slot(request, P, G)
+        for slot, request, (P, G, _, skip) in zip(slots, requests, lengths, strict=True):
+            self.slots[slot] = _Slot(request, P, G, skip)
         self.hi = max(self.hi, slot_bucket(slots[-1] + 1, self.S))
         return slots
 
@@ -311,9 +332,10 @@ class DecodeEngine:
         out = []
         for j, slot in enumerate(slots):
             row = self.slots[slot]
-            P, G = row.prompt_length, row.gen_length
-            out.append(RowResult(row.request.key, x[j, P:P + G], steps[j, :G], confidence[j, :G], nfe[j], finished[j],
-                                 row.admitted_s, now, row.seconds))
+            a, b = row.skip, row.skip + row.request.gen_length  # the requested answer (a block row's: inside)
+            P = row.prompt_length
+            out.append(RowResult(row.request.key, x[j, P + a:P + b], steps[j, a:b], confidence[j, a:b], nfe[j],
+                                 finished[j], row.admitted_s, now, row.seconds))
             self.slots[slot] = None
         if not self.count:  # idle from here: the next admission starts a new share of wall time
             self.last_step_end = None
@@ -323,8 +345,12 @@ class DecodeEngine:
         """The answer columns of ``slots`` as they stand (one copy to the host)."""
         index = torch.tensor(slots, device=self.device)
         rows = self.x.index_select(0, index).tolist()
-        return [r[self.slots[s].prompt_length:self.slots[s].prompt_length + self.slots[s].gen_length]
-                for s, r in zip(slots, rows, strict=True)]
+        out = []
+        for s, r in zip(slots, rows, strict=True):
+            row = self.slots[s]
+            start = row.prompt_length + row.skip
+            out.append(r[start:start + row.request.gen_length])
+        return out
 
     def step_commits(self, slots: list[int]) -> list[StepCommits]:
         """What the last step committed in each of ``slots`` (one copy to the host; call before ``retire``)."""
@@ -346,13 +372,13 @@ class DecodeEngine:
             row = self.slots[slot]
             P = row.prompt_length
             x = rows[j, 2 * G:2 * G + self.T]
-            positions = [g for g in range(row.gen_length) if rows[j, g]]
+            a, b = row.skip, row.skip + row.request.gen_length  # the requested answer's columns
+            positions = [g for g in range(a, b) if rows[j, g]]
             tail = 2 * G + self.T  # after now, steps, x: nfe, block (, remasked)
-            remasked = [] if self.remasked is None else \
-                [g for g in range(row.gen_length) if rows[j, tail + 2 + g]]
-            out.append(StepCommits(row.request.key, int(rows[j, tail]), int(rows[j, tail + 1]), positions,
-                                   [int(x[P + g]) for g in positions], [float(confidence[j, g]) for g in positions],
-                                   remasked))
+            remasked = [] if self.remasked is None else [g - a for g in range(a, b) if rows[j, tail + 2 + g]]
+            out.append(StepCommits(row.request.key, int(rows[j, tail]), int(rows[j, tail + 1]),
+                                   [g - a for g in positions], [int(x[P + g]) for g in positions],
+                                   [float(confidence[j, g]) for g in positions], remasked))
         return out
 
     def compact(self) -> dict[int, int]:
@@ -404,8 +430,9 @@ class DecodeEngine:
         self.hi = other.hi
 
     def _row_buffers(self) -> list[torch.Tensor]:
-        buffers = [self.x, self.prompt_length, self.gen_length, self.canvas_length, self.block, self.step_index,
-                   self.nfe, self.active, self.finished, self.block_masked, self.commit_step, self.commit_confidence]
+        buffers = [self.x, self.prompt_length, self.skip, self.gen_length, self.canvas_length, self.block,
+                   self.step_index, self.nfe, self.active, self.finished, self.block_masked, self.commit_step,
+                   self.commit_confidence]
         if self.schedule is not None:
             buffers.append(self.schedule)
         if self.credit is not None:
@@ -420,6 +447,24 @@ class DecodeEngine:
     def _block_columns(self, rows: int) -> torch.Tensor:
         start = self.prompt_length[:rows] + self.block[:rows] * self.BL
         return (start[:, None] + self.offsets).clamp(max=self.T - 1)
+
+    def _canvas_mask(self, index: torch.Tensor | int) -> torch.Tensor | None:
+        """The mask of a forward over whole canvases (the no-cache step, a refresh): padding keys out; for a
+        block-diffusion model also block-causal, query q seeing key k iff q // BL >= k // BL, [R, 1, T, T]."""
+        if not self.block_causal:
+            return self._key_mask(index)
+        lengths = self.canvas_length[:index] if isinstance(index, int) else self.canvas_length.index_select(0, index)
+        block = self.columns_T // self.BL
+        causal = block[:, None] >= block[None, :]  # [T, T]
+        return causal[None, None] & (self.columns_T < lengths[:, None])[:, None, None, :]
+
+    def _window_mask(self, hi: int) -> torch.Tensor | None:
+        """The mask of a cached window over the block of slots ``[0, hi)``: padding keys out; for a block-diffusion
+        model also every key past the block (the cache of the blocks before it is exact), [hi, 1, 1, T]."""
+        if not self.block_causal:
+            return self._key_mask(hi if not self.cfg else self.S)
+        end = torch.minimum(self.prompt_length[:hi] + (self.block[:hi] + 1) * self.BL, self.canvas_length[:hi])
+        return (self.columns_T < end[:, None])[:, None, None, :]
 
     def _key_mask(self, index: torch.Tensor | int) -> torch.Tensor | None:
         if not self.opts.padded:
@@ -451,7 +496,7 @@ class DecodeEngine:
         if self.lookahead:  # and the next block's columns (past the canvas: clamped, never read)
             rows = torch.cat([rows, (rows + self.BL).clamp(max=self.T - 1)], dim=1)
         x = self._model_rows(self.x[:hi], self.prompt_length[:hi])
-        logits = self.model.forward_window(x, self.cos, self.sin, self._key_mask(hi), None, None,
+        logits = self.model.forward_window(x, self.cos, self.sin, self._canvas_mask(hi), None, None,
                                            torch.cat([rows, rows]) if self.cfg else rows)
         self.logits[:hi].copy_(self._guided(logits))
 
@@ -490,7 +535,7 @@ class DecodeEngine:
             cos, sin = self.cos.index_select(2, columns), self.sin.index_select(2, columns)
         else:
             cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
-        logits = self.model.forward_window(x, cos, sin, self._key_mask(hi if not self.cfg else self.S), cache,
+        logits = self.model.forward_window(x, cos, sin, self._window_mask(hi), cache,
                                            columns, self.offsets)
         self.logits[:hi].copy_(self._guided(logits))
 
@@ -519,7 +564,7 @@ class DecodeEngine:
         logits_rows = self._block_columns(self.S).index_select(0, index)
         direct = rows == self.Bm  # every slot refreshes: write the engine's cache itself (batch 1)
         cache = self.kv if direct else self._refresh_cache(len(model_index))
-        logits = self.model.forward_window(x, self.cos, self.sin, self._key_mask(index), cache, None,
+        logits = self.model.forward_window(x, self.cos, self.sin, self._canvas_mask(index), cache, None,
                                            torch.cat([logits_rows, logits_rows]) if self.cfg else logits_rows)
         if not direct:
             self._store_rows(model_index, cache)
@@ -595,7 +640,11 @@ class DecodeEngine:
         columns = self._block_columns(hi)
         current = self.x[:hi].gather(1, columns)
         masked = (current == opts.mask_id) & active[:, None]
-        self.nfe[:hi] += masked.any(dim=-1).long()
+        state = None if self.policy_state is None else self.policy_state.head(hi)
+        held = None  # an editing policy keeps a row in its decoded block (its state's ``hold``)
+        if state is not None and "hold" in state.buffers:
+            held = state.hold & active
+        self.nfe[:hi] += (masked.any(dim=-1) if held is None else masked.any(dim=-1) | held).long()
         logits = self.logits[:hi, :BL] if self.lookahead or self.shadow else self.logits[:hi]
         if opts.logits_eos_inf:
             logits[..., opts.eos_id] = -torch.inf
@@ -606,13 +655,12 @@ class DecodeEngine:
         confidence = torch.where(masked, confidence, -torch.inf)
         step = self.step_index[:hi]
         schedule = None if self.schedule is None else self.schedule[:hi]
-        state = None if self.policy_state is None else self.policy_state.head(hi)
         remask = None
         if self.policy.uses_context:
             extra = self.logits[:hi, BL:] if self.lookahead or self.shadow else None
             uniform = None if self.policy_uniform is None else self.policy_uniform[:hi]
-            context = StepContext(logits, candidates, state, extra, current, active[:, None].expand_as(masked),
-                                  uniform)
+            answer = active[:, None] & (columns >= (self.prompt_length[:hi] + self.skip[:hi])[:, None])
+            context = StepContext(logits, candidates, state, extra, current, answer, uniform, opts.mask_id)
             commit = self.policy(confidence, masked, step[:, None], schedule, context)
             if self.policy.revocable:
                 commit, remask = commit
@@ -628,6 +676,9 @@ class DecodeEngine:
         record = self.nfe[:hi, None] - 1
         commit_step, commit_confidence = self.commit_step[:hi], self.commit_confidence[:hi]
         commit_step.scatter_(1, gen_columns, torch.where(commit, record, commit_step.gather(1, gen_columns)))
+        if self.policy.edits:  # an edited token's confidence is its probability (the masked ones' -inf elsewhere)
+            probability = candidate_probability(logits, candidates)
+            confidence = torch.where(masked, confidence, probability)
         commit_confidence.scatter_(1, gen_columns, torch.where(
             commit, confidence.float(), commit_confidence.gather(1, gen_columns)))
         if remask is not None:  # back to mask: not committed; the step reports them (``step_commits``)
@@ -640,6 +691,8 @@ class DecodeEngine:
             valid = self.gen_offsets < self.gen_length[:hi, None]
             answer_columns = (self.prompt_length[:hi, None] + self.gen_offsets).clamp(max=self.T - 1)
             gen = torch.where(valid, x.gather(1, answer_columns), opts.mask_id)
+            if self.block_causal:  # the prompt's tail in a first block: decoded, never a stop
+                gen = torch.where(self.gen_offsets < self.skip[:hi, None], -2, gen)
             decoded_prefix = (gen != opts.mask_id).long().cumprod(dim=-1).bool()
             newly = (torch.isin(gen, self.stop_tensor) & decoded_prefix).any(dim=-1) & ~finished & active
             fill = newly[:, None] & (gen == opts.mask_id) & valid
@@ -653,6 +706,8 @@ class DecodeEngine:
         fixed = self.policy.steps_per_block
         if fixed is None:
             block_done = ~after.any(dim=-1)
+            if held is not None:
+                block_done &= ~state.hold
         elif opts.early_stop:
             block_done = ~after.any(dim=-1) | (step >= fixed)
         else:

@@ -23,8 +23,11 @@ a new block). Everything stays on the device, in place, so the step is still one
 A *revocable* policy (``revocable``, WINO) returns ``(commit, remask)``: ``remask`` [B, L] sends tokens the
 row committed earlier in this block back to mask (never the same step's commits, never an earlier block's);
 a step still makes progress as long as it commits more than it re-masks over the block's life (WINO's cap
-bounds a block by its length in forwards). ``shadow_block`` asks the step to add WINO's leave-one-out shadow
-block, whose logits arrive as ``StepContext.next_logits``.
+bounds a block by its length in forwards). An *editing* policy (``edits``, LLaDA2.1) may commit over the
+block's decoded answer tokens (its ``commit`` covers them; the candidate replaces the token), and its state's
+``hold`` buffer [S] keeps a row in a block with nothing masked left for more (edit-only) steps.
+``shadow_block`` asks the step to add WINO's leave-one-out shadow block, whose logits arrive as
+``StepContext.next_logits``.
 
 The knob declares its name (the keyword of ``generate`` and ``make_policy``, the ``--NAME`` option
 and the value of a ``POLICY:VALUE`` spec), type, default, allowed range and help, so the spec parser,
@@ -133,8 +136,9 @@ class StepContext:
     state: PolicyState | None  # the policy's rows (views)
     next_logits: torch.Tensor | None = None  # [B, L, V] the next block's (or the shadow block's), where computed
     current: torch.Tensor | None = None  # [B, L] the block's tokens before this step
-    in_block: torch.Tensor | None = None  # [B, L] the block's columns of the rows that decode
+    in_block: torch.Tensor | None = None  # [B, L] the block's answer columns (not a prompt's) of the rows that decode
     uniform: torch.Tensor | None = None  # [B, L] U(0, 1) draws of this step, for a policy with ``needs_uniform``
+    mask_id: int | None = None  # the mask token (a candidate may be it: the model can predict the mask)
 
 
 class CommitPolicy:
@@ -148,6 +152,7 @@ class CommitPolicy:
     shadow_block: ClassVar[bool] = False  # the step adds WINO's leave-one-out shadow block (no cache only)
     revocable: ClassVar[bool] = False  # the call returns (commit, remask): drafted tokens may go back to mask
     needs_uniform: ClassVar[bool] = False  # the step draws U(0, 1) per block position for it (StepContext.uniform)
+    edits: ClassVar[bool] = False  # may commit over decoded answer tokens of the block (LLaDA2.1's token edits)
     steps_per_block: int | None = None  # a fixed number of forwards per block (topk), else None
 
     def start_block(self, masked: torch.Tensor) -> torch.Tensor | None:
