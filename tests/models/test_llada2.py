@@ -12,6 +12,7 @@ from llada2_fixtures import random_llada2_weights, tiny_llada2_config
 from llada_fixtures import write_checkpoint
 from reference_llada2 import ref_llada2_forward, ref_llada2_generate, ref_llada21_generate
 
+from unmask.decoding.engine import DecodeEngine
 from unmask.eval.speed import SHAPES
 from unmask.models import load_model
 from unmask.models.llada2 import LLaDA2Model, block_causal_mask, route_groups
@@ -141,8 +142,19 @@ def test_block_decode_equals_llada2_generate(tiny, cache, threshold, steps):
     for b, row in enumerate(rows):
         ids[b, width - len(row):], attn[b, width - len(row):] = row, 1
     policy = make_policy("llada2", threshold=threshold, steps=steps, gen_length=gen, block_length=block)
-    out = decode(model, ids, policy, mask_id=cfg["mask_token_id"], attention_mask=attn, gen_length=gen,
-                 block_length=block, cache=cache, early_stop=False, slots=2)
+    kinds = []
+    run = DecodeEngine._run
+
+    def spy(self, kind):
+        kinds.append(kind[0])
+        return run(self, kind)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DecodeEngine, "_run", spy)
+        out = decode(model, ids, policy, mask_id=cfg["mask_token_id"], attention_mask=attn, gen_length=gen,
+                     block_length=block, cache=cache, early_stop=False, slots=2)
+    if cache == "dual":  # one whole-canvas refresh per row (its first block), then the append windows
+        assert 1 <= kinds.count("refresh") <= len(rows) and kinds.count("answer") >= len(rows)
     parallel = False
     for b, row in enumerate(rows):
         ref, nfe = ref_llada2_generate(w, cfg, row, gen, block, cfg["mask_token_id"], threshold, steps)

@@ -583,7 +583,10 @@ class DecodeEngine:
             self.kv.outputs.index_copy_(0, index, cache.outputs)
 
     def _full_refresh(self, block: int) -> bool:
-        """Whether ``block`` starts with the full refresh (else with the answer-only one)."""
+        """Whether ``block`` starts with the full refresh (else with the answer-only one; a block-diffusion row:
+        with the window of its previous and new blocks, ``_append_window``)."""
+        if self.block_causal:
+            return block == 0
         return block == 0 or (self.every != float("inf") and block % int(self.every) == 0)
 
     def _answer_step(self, rows: int) -> None:
@@ -598,12 +601,32 @@ class DecodeEngine:
             if cache.outputs is None:
                 cache.outputs = self.kv.outputs.new_zeros((rows, *self.kv.outputs.shape[1:]))
             cache.outputs.copy_(self.kv.outputs.index_select(0, index))
+        if self.block_causal:
+            self._append_window(index, cache)
+            return
         prompt = self.prompt_length.index_select(0, index)
         columns = (prompt[:, None] + self.gen_offsets).clamp(max=self.T - 1)  # [rows, G]: the answer
         x = self.x.index_select(0, index).gather(1, columns)
         cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
         block_rows = self.block.index_select(0, index)[:, None] * self.BL + self.offsets  # the block in the answer
         logits = self.model.forward_window(x, cos, sin, self._key_mask(index), cache, columns, block_rows)
+        self._store_rows(index, cache)
+        self.logits.index_copy_(0, index, logits)
+
+    def _append_window(self, index: torch.Tensor, cache: StaticKVCache) -> None:
+        """A block-diffusion row's block start (after its first block): the previous block, now final, and the
+        new block through the model against the cache of the blocks before them (exact: block-causal, nothing
+        later changes them), block-causally; the previous block's keys/values replace those of its last window
+        step, the new block's logits go to the commit. The whole-canvas refresh is never needed again."""
+        BL, T = self.BL, self.T
+        start = self.prompt_length.index_select(0, index) + self.block.index_select(0, index) * BL
+        columns = (start[:, None] - BL + torch.arange(2 * BL, device=self.device)).clamp(0, T - 1)  # [rows, 2BL]
+        x = self.x.index_select(0, index).gather(1, columns)
+        cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]
+        lengths = self.canvas_length.index_select(0, index)
+        keys = self.columns_T[None, None, :]
+        mask = (keys // BL <= (columns // BL)[:, :, None]) & (keys < lengths[:, None, None])  # [rows, 2BL, T]
+        logits = self.model.forward_window(x, cos, sin, mask[:, None], cache, columns, self.offsets + BL)
         self._store_rows(index, cache)
         self.logits.index_copy_(0, index, logits)
 
