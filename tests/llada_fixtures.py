@@ -141,3 +141,13 @@ def write_checkpoint(folder: Path, cfg: dict, weights: dict[str, torch.Tensor], 
     return folder
 
 
+
+
+def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one left-padded batch: (input_ids [B, P], attention_mask [B, P])."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row):], attn[b, width - len(row):] = row, 1
+    return ids, attn

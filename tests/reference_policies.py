@@ -145,6 +145,16 @@ def stop_reached(gen: torch.Tensor, mask_id: int, stop_ids: tuple[int, ...]) -> 
     return False
 
 
+def early_stop(x: torch.Tensor, P: int, mask_id: int, stop_ids: tuple[int, ...]) -> bool:
+    """unmask's early stop on the canvas ``x`` [1, P + G]: once a stop token has every answer position before it
+    decoded, the answer's masked positions become ``stop_ids[0]`` (True: the row is done)."""
+    if not stop_ids or not stop_reached(x[0, P:], mask_id, stop_ids):
+        return False
+    gen = x[0, P:]
+    gen[gen == mask_id] = stop_ids[0]
+    return True
+
+
 def ref_policy_generate(w, cfg, prompt, gen_length, block_length, mask_id, rule, value, cache="none", credit=None,
                         steps=None, stop_ids=(), reset_credit=True) -> RefDecode:
     """Fast-dLLM++ generate loops for one prompt [1, P] (no padding) with ``rule`` in threshold (tau), factor
@@ -208,9 +218,7 @@ def ref_policy_generate(w, cfg, prompt, gen_length, block_length, mask_id, rule,
             x0, transfer = select(logits, mask_index, cur, i, quota)
             cur[transfer] = x0[transfer]
             i += 1
-            if stop_ids and stop_reached(x[0, P:], mask_id, stop_ids):
-                gen = x[0, P:]
-                gen[gen == mask_id] = stop_ids[0]
+            if early_stop(x, P, mask_id, stop_ids):
                 return RefDecode(x, nfe, block_nfe)
     return RefDecode(x, nfe, block_nfe)
 
@@ -294,9 +302,7 @@ def ref_klass_generate(w, cfg, prompt, gen_length, block_length, mask_id, tau, e
                 transfer[order[:min(n, int(masked.sum()))]] = True
             x[0, s:e] = torch.where(transfer, x0, x[0, s:e])
             i += 1
-            if stop_ids and stop_reached(x[0, P:], mask_id, stop_ids):
-                gen = x[0, P:]
-                gen[gen == mask_id] = stop_ids[0]
+            if early_stop(x, P, mask_id, stop_ids):
                 return RefDecode(x, nfe, block_nfe)
         for col in range(s, e):  # a finished block's columns leave the history (never read again)
             window.pop(col, None)
@@ -368,8 +374,6 @@ def ref_wino_generate(w, cfg, prompt, gen_length, block_length, mask_id, tau1, t
             for j in remask:
                 x[0, s + j] = mask_id
             last_accept = len(chosen)
-            if stop_ids and stop_reached(x[0, P:], mask_id, stop_ids):
-                gen = x[0, P:]
-                gen[gen == mask_id] = stop_ids[0]
+            if early_stop(x, P, mask_id, stop_ids):
                 return RefDecode(x, nfe, block_nfe)
     return RefDecode(x, nfe, block_nfe)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from llada_fixtures import random_weights, tiny_config, write_checkpoint
+from llada_fixtures import left_pad, random_weights, tiny_config, write_checkpoint
 from reference_policies import ref_klass_generate
 
 from unmask.decoding import decode, make_policy
@@ -38,13 +38,7 @@ def setup(tmp_path_factory):
 def ragged(cfg, seed=4):
     g = torch.Generator().manual_seed(seed)
     rows = [torch.randint(0, 100, (n,), generator=g) for n in PROMPT_LENGTHS]
-    P = max(PROMPT_LENGTHS)
-    ids = torch.full((len(rows), P), cfg["pad_token_id"], dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, P - len(row):] = row
-        attn[b, P - len(row):] = 1
-    return rows, ids, attn
+    return (rows, *left_pad(rows, cfg["pad_token_id"]))
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from llada_fixtures import random_weights, tiny_config, write_checkpoint
+from llada_fixtures import left_pad, random_weights, tiny_config, write_checkpoint
 from reference_policies import DenseCredit, RefDecode, ref_policy_generate
 
 from unmask.decoding import CreditConfig, DecodeResult, Factor, Frechet, Policy, Threshold, TopK, decode, make_policy
@@ -72,13 +72,7 @@ def ragged_prompts(cfg, seed=4):
     """Prompts of PROMPT_LENGTHS tokens, left-padded into one batch: (rows, input_ids, attention_mask)."""
     g = torch.Generator().manual_seed(seed)
     rows = [torch.randint(0, 100, (n,), generator=g) for n in PROMPT_LENGTHS]
-    P = max(PROMPT_LENGTHS)
-    ids = torch.full((len(rows), P), cfg["pad_token_id"], dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, P - len(row):] = row
-        attn[b, P - len(row):] = 1
-    return rows, ids, attn
+    return (rows, *left_pad(rows, cfg["pad_token_id"]))
 
 
 def reference(setup, case: Case, row: torch.Tensor, cache: str, **kw) -> RefDecode:

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from llada2_fixtures import random_llada2_weights, tiny_llada2_config
-from llada_fixtures import write_checkpoint
+from llada_fixtures import left_pad, write_checkpoint
 from reference_llada2 import ref_llada2_forward, ref_llada2_generate, ref_llada21_generate
 
 from unmask.decoding.engine import DecodeEngine
@@ -136,11 +136,7 @@ def test_block_decode_equals_llada2_generate(tiny, cache, threshold, steps):
     gen, block = 24, 8
     g = torch.Generator().manual_seed(1)
     rows = [torch.randint(0, 100, (n,), generator=g) for n in LLADA2_PROMPTS]
-    width = max(LLADA2_PROMPTS)
-    ids = torch.full((len(rows), width), cfg["pad_token_id"], dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row):], attn[b, width - len(row):] = row, 1
+    ids, attn = left_pad(rows, cfg["pad_token_id"])
     policy = make_policy("llada2", threshold=threshold, steps=steps, gen_length=gen, block_length=block)
     kinds = []
     run = DecodeEngine._run
@@ -202,11 +198,7 @@ def test_token_editing_equals_llada21_generate(tiny, cache, threshold, edit, pos
     gen, block = 24, 8
     g = torch.Generator().manual_seed(1)
     rows = [torch.randint(0, 100, (n,), generator=g) for n in LLADA2_PROMPTS]
-    width = max(LLADA2_PROMPTS)
-    ids = torch.full((len(rows), width), cfg["pad_token_id"], dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row):], attn[b, width - len(row):] = row, 1
+    ids, attn = left_pad(rows, cfg["pad_token_id"])
     policy = make_policy("llada2_edit", threshold=threshold, edit=edit, post=post)
     events = []
     out = decode(model, ids, policy, mask_id=cfg["mask_token_id"], attention_mask=attn, gen_length=gen,

@@ -34,7 +34,6 @@ from unmask.models.cache import StaticKVCache, write_kv
 from unmask.models.llada import (
     MaskPredictor,
     RMSNorm,
-    as_views,
     compile_kernel,
     residual_norm,
     rms_norm,
@@ -42,7 +41,7 @@ from unmask.models.llada import (
     with_fast_linear,
 )
 from unmask.models.llada2_config import LLaDA2Config
-from unmask.models.llada_moe import MLP, apply_rotary, run_experts
+from unmask.models.llada_moe import MLP, MoEKernels, apply_rotary, run_experts, stack_experts, stacked_experts
 from unmask.models.quantize import linear as quantized_linear
 
 
@@ -129,25 +128,12 @@ class SparseMoE(nn.Module):
         self.fused = False
 
     def fuse(self) -> None:
-        """Stack the experts into ``gate_up_weight`` [E, 2F, d] and ``down_weight`` [E, d, F]."""
+        """The experts stacked (``llada_moe.stack_experts``), the shared expert's gate/up fused."""
         if self.fused:
             return
-        gate_up = torch.stack([e.gate_up().detach() for e in self.experts])
-        down = torch.stack([e.down_proj.weight.detach() for e in self.experts])
-        self.register_buffer("gate_up_weight", gate_up, persistent=False)
-        self.register_buffer("down_weight", down, persistent=False)
-        for i, expert in enumerate(self.experts):
-            as_views(gate_up[i], [(expert.gate_proj, "weight"), (expert.up_proj, "weight")])
-            expert.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
+        stack_experts(self)
         if hasattr(self, "shared_experts"):
             self.shared_experts.fuse()
-        self.fused = True
-
-    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.fused:
-            return self.gate_up_weight, self.down_weight
-        return (torch.stack([e.gate_up() for e in self.experts]),
-                torch.stack([e.down_proj.weight for e in self.experts]))
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
@@ -158,7 +144,7 @@ class SparseMoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         weights, experts = self.route(flat)
-        out = run_experts(flat, weights, experts, *self.stacked(), path=self.path, sum_dtype=weights.dtype)
+        out = run_experts(flat, weights, experts, *stacked_experts(self), path=self.path, sum_dtype=weights.dtype)
         out = out.view(shape)
         if hasattr(self, "shared_experts"):
             out = out + self.shared_experts(x)
@@ -177,23 +163,16 @@ class Attention(nn.Module):
             self.key_layernorm = RMSNorm(hd, config.rms_norm_eps)
 
 
-class Kernels:
-    """The attention halves of a layer: eager functions or their ``torch.compile`` versions."""
-
-    def __init__(self, inputs: Callable = attention_inputs, output: Callable = attention_output,
-                 compiled: bool = False) -> None:
-        self.attention_inputs, self.attention_output, self.compiled = inputs, output, compiled
+EAGER_KERNELS = MoEKernels(attention_inputs, attention_output)
+_COMPILED_KERNELS: MoEKernels | None = None
 
 
-EAGER_KERNELS = Kernels()
-_COMPILED_KERNELS: Kernels | None = None
-
-
-def compiled_kernels() -> Kernels:
+def compiled_kernels() -> MoEKernels:
+    """The attention halves through ``torch.compile``, compiled once (the router and experts run eagerly)."""
     global _COMPILED_KERNELS
     if _COMPILED_KERNELS is None:
-        _COMPILED_KERNELS = Kernels(compile_kernel(with_fast_linear(attention_inputs)),
-                                    compile_kernel(with_fast_linear(attention_output)), compiled=True)
+        _COMPILED_KERNELS = MoEKernels(compile_kernel(with_fast_linear(attention_inputs)),
+                                       compile_kernel(with_fast_linear(attention_output)), compiled=True)
     return _COMPILED_KERNELS
 
 
@@ -220,7 +199,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, mlp_out: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
         key_mask: torch.Tensor | None, cache: StaticKVCache | None = None, layer: int = 0,
-        columns: torch.Tensor | None = None, kernels: Kernels = EAGER_KERNELS,
+        columns: torch.Tensor | None = None, kernels: MoEKernels = EAGER_KERNELS,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, mlp_out) of this layer for the input ``x + mlp_out``; the layer's output is their sum."""
         attn = self.attention

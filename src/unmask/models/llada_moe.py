@@ -198,6 +198,27 @@ class MLP(nn.Module):
         return swiglu(x, self.gate_up(), self.down_proj.weight)
 
 
+def stack_experts(block: nn.Module) -> None:
+    """Stack ``block.experts`` into ``gate_up_weight`` [E, 2F, d] and ``down_weight`` [E, d, F]; the per-expert
+    weights become views into them (the checkpoint's names stay)."""
+    gate_up = torch.stack([e.gate_up().detach() for e in block.experts])
+    down = torch.stack([e.down_proj.weight.detach() for e in block.experts])
+    block.register_buffer("gate_up_weight", gate_up, persistent=False)
+    block.register_buffer("down_weight", down, persistent=False)
+    for i, expert in enumerate(block.experts):
+        as_views(gate_up[i], [(expert.gate_proj, "weight"), (expert.up_proj, "weight")])
+        expert.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
+    block.fused = True
+
+
+def stacked_experts(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The experts' (gate_up [E, 2F, d], down [E, d, F]): the fused buffers, or stacked now."""
+    if block.fused:
+        return block.gate_up_weight, block.down_weight
+    return (torch.stack([e.gate_up() for e in block.experts]),
+            torch.stack([e.down_proj.weight for e in block.experts]))
+
+
 class SparseMoE(nn.Module):
     """``LLaDAMoESparseMoeBlock``: the router ``gate`` and ``num_experts`` SwiGLU experts."""
 
@@ -215,25 +236,11 @@ class SparseMoE(nn.Module):
         self.fused = False
 
     def fuse(self) -> None:
-        """Stack the experts into ``gate_up_weight`` [E, 2F, d] and ``down_weight`` [E, d, F]; the
-        per-expert weights become views into them."""
-        if self.fused:
-            return
-        gate_up = torch.stack([e.gate_up().detach() for e in self.experts])
-        down = torch.stack([e.down_proj.weight.detach() for e in self.experts])
-        self.register_buffer("gate_up_weight", gate_up, persistent=False)
-        self.register_buffer("down_weight", down, persistent=False)
-        for i, expert in enumerate(self.experts):
-            as_views(gate_up[i], [(expert.gate_proj, "weight"), (expert.up_proj, "weight")])
-            expert.down_proj.weight = nn.Parameter(down[i], requires_grad=False)
-        self.fused = True
+        if not self.fused:
+            stack_experts(self)
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The experts' (gate_up [E, 2F, d], down [E, d, F]): the fused buffers, or stacked now."""
-        if self.fused:
-            return self.gate_up_weight, self.down_weight
-        return (torch.stack([e.gate_up() for e in self.experts]),
-                torch.stack([e.down_proj.weight for e in self.experts]))
+        return stacked_experts(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
