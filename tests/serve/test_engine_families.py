@@ -4,6 +4,7 @@ requests through shared slots equal each request decoded alone."""
 from __future__ import annotations
 
 import dream_fixtures
+import llada2_fixtures
 import llada_fixtures
 import llada_moe_fixtures
 import pytest
@@ -22,12 +23,25 @@ SETTINGS = [
     {"policy": "threshold", "threshold": 0.6, "cache": "prompt_stale(every=2)"},  # answer-only refreshes
     {"policy": "threshold", "threshold": 0.6, "cache": "partial(budget=3)", "credit": True},  # no block refresh
 ]
+# policies that revise tokens (WINO re-masks: the server settles only the blocks a row has left); LLaDA-type
+REVISING = [{"policy": "wino", "threshold": 0.3, "cache": "none"}]
+# a block-diffusion model (LLaDA2): its samplers, the exact block cache or none
+BLOCK_SETTINGS = [
+    {"policy": "llada2", "threshold": 0.6, "cache": "dual"},
+    {"policy": "llada2_edit", "threshold": 0.5, "edit": 0.0, "post": 3, "cache": "dual"},
+    {"policy": "threshold", "threshold": 0.6, "cache": "none", "credit": True},
+    {"policy": "llada2_edit", "threshold": 0.7, "edit": 0.5, "cache": "none"},
+]
 
 
 def checkpoint(family: str, folder):
     if family == "llada":
         cfg = llada_fixtures.tiny_config(torch_dtype="float32")
         return llada_fixtures.write_checkpoint(folder, cfg, llada_fixtures.random_weights(cfg, dtype=torch.float32))
+    if family == "llada2":
+        cfg = llada2_fixtures.tiny_llada2_config()
+        return llada_fixtures.write_checkpoint(folder, cfg, llada2_fixtures.random_llada2_weights(cfg,
+                                                                                                  dtype=torch.float32))
     if family == "llada-moe":
         cfg = llada_moe_fixtures.tiny_moe_config()
         weights = llada_moe_fixtures.random_moe_weights(cfg, dtype=torch.float32)
@@ -40,7 +54,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("family", ["llada", "llada-moe", "dream"])
+@pytest.mark.parametrize("family", ["llada", "llada-moe", "dream", "llada2"])
 def test_engine_equals_alone_on_each_family(family, device, tmp_path):
     """On CUDA the dual window of every slot is replayed from a CUDA graph (eager kernels, float32)."""
     lm = unmask.load(checkpoint(family, tmp_path / family), device=device, dtype="float32", compile=False)
@@ -48,7 +62,8 @@ def test_engine_equals_alone_on_each_family(family, device, tmp_path):
     vocab = min(lm.model.config.vocab_size, 90)  # plain word tokens of the fixtures' tokenizers
     requests = []
     for i in range(8):
-        settings = SETTINGS[i % len(SETTINGS)]
+        table = BLOCK_SETTINGS if family == "llada2" else SETTINGS + REVISING * (family != "dream")
+        settings = table[i % len(table)]
         ids = torch.randint(8, vocab, (5 + 3 * i,), generator=generator).tolist()
         max_tokens = (20, 32, 45, 12)[i % 4]
         config = DecodeConfig.create(**settings, gen_length=-(-max_tokens // 16) * 16, block_length=16)

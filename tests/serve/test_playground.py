@@ -259,3 +259,20 @@ def test_pickers_keep_a_policys_options(browser, open_server):
     assert "kl=0.01" in column.find_element(By.CLASS_NAME, "knob").get_attribute("title")
     column.find_element(By.CLASS_NAME, "credit").click()
     assert spec.get_attribute("value") == "klass:0.6(kl=0.02)+credit"
+
+
+def test_stream_reports_what_a_revocable_policy_takes_back(server):
+    """WINO re-masks drafts: the step events name them, and replaying commits and re-masks gives the answer."""
+    status, events = stream(server, {"prompt": PROMPT, "spec": "wino:0.3", "gen_length": 64, "block_length": 32})
+    assert status == 200
+    canvas: dict[int, int] = {}
+    for e in events[1:-1]:
+        for pos in e["remasked"]:
+            canvas.pop(pos)
+        for c in e["commits"]:
+            canvas[c["pos"]] = c["id"]
+    assert all(isinstance(e["remasked"], list) for e in events[1:-1])
+    assert sum(len(e["remasked"]) for e in events[1:-1]) > 0, "WINO took nothing back on this prompt"
+    text = server.lm.tokenizer.decode([canvas[p] for p in sorted(canvas)], skip_special_tokens=True)
+    assert events[-1]["type"] == "done" and events[-1]["text"] == generated(server.lm, "wino:0.3", 64, 32)[0]
+    assert events[-1]["text"].startswith(text.strip()[:10])

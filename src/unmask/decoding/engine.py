@@ -352,6 +352,15 @@ class DecodeEngine:
             out.append(r[start:start + row.request.gen_length])
         return out
 
+    def final_length(self, slot: int) -> int | None:
+        """How many of a row's answer tokens no later step can change, for a policy that revises tokens
+        (re-masks or edits, only inside the row's current block): those before that block; None: any committed
+        token is final."""
+        if not (self.policy.revocable or self.policy.edits):
+            return None
+        row = self.slots[slot]
+        return max(0, row.block * self.BL - row.skip)
+
     def step_commits(self, slots: list[int]) -> list[StepCommits]:
         """What the last step committed in each of ``slots`` (one copy to the host; call before ``retire``)."""
         if not slots:

@@ -364,6 +364,9 @@ class Engine:
             batch.rows[slot].ticket.sink(Update(commits=commits))
         canvases = batch.engine.canvases([slot for slot, _ in stepped])  # one copy
         for (slot, row), gen in zip(stepped, canvases, strict=True):
+            final = None if slot in done else batch.engine.final_length(slot)
+            if final is not None:  # a policy that revises tokens: only the blocks it has left are settled
+                gen = gen[:final]
             tokens, stopped = settled_answer(gen, batch.mask_id, self.stop_ids)
             max_tokens = row.ticket.max_tokens
             finish = None

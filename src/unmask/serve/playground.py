@@ -5,8 +5,9 @@ policies as the OpenAI endpoints) with its row *traced*: after every step the en
 committed, and the answer streams as server-sent events, one JSON object per ``data:`` line:
 
 - ``{"type": "start", "spec", "gen_length", "block_length", "prompt_tokens"}``;
-- ``{"type": "step", "forward", "block", "elapsed_s", "commits": [{"pos", "id", "text", "conf"}, ...]}``:
-  the answer positions committed by this step (their token ids, token texts and confidences);
+- ``{"type": "step", "forward", "block", "elapsed_s", "commits": [{"pos", "id", "text", "conf"}, ...],
+  "remasked": [pos, ...]}``: the answer positions committed by this step (their token ids, token texts and
+  confidences; a position committed again was edited) and those a revocable policy (WINO) sent back to mask;
 - ``{"type": "done", "text", "finish_reason", "forwards", "completion_tokens", "elapsed_s"}``: the answer
   as ``generate`` gives it for the same spec (the server's answer equals the prompt decoded alone);
 - ``{"type": "error", "message"}`` if the decode fails after the stream has started.
@@ -141,7 +142,8 @@ def add_playground(app: FastAPI, lm: Any, engine: Any, settings: Any, max_length
                         commits = [{"pos": p, "id": t, "text": decode([t]), "conf": round(conf, 4)}
                                    for p, t, conf in zip(c.positions, c.tokens, c.confidences, strict=True)]
                         yield event({"type": "step", "forward": c.forward, "block": c.block,
-                                     "elapsed_s": time.perf_counter() - start, "commits": commits})
+                                     "elapsed_s": time.perf_counter() - start, "commits": commits,
+                                     "remasked": c.remasked})
                     text += update.text
                     if update.finish_reason is not None:
                         if update.error is not None:

@@ -157,14 +157,24 @@ function onEvent(col, ev, blockLength) {
     outlineBlock(col, 0, ev.block_length);
   } else if (ev.type === "step") {
     for (const cell of col.canvas.querySelectorAll(".new")) cell.classList.remove("new");
+    for (const pos of ev.remasked || []) {  // a revocable policy took a draft back: masked again
+      const cell = col.cells[pos];
+      if (!cell || !cell.dataset.forward) continue;
+      delete cell.dataset.forward;
+      cell.textContent = "";
+      cell.style.background = "";
+      cell.classList.remove("done", "dark");
+      cell.title = `position ${pos}: masked again at forward ${ev.forward}`;
+      col.committed -= 1;
+    }
     for (const c of ev.commits) {
       const cell = col.cells[c.pos];
       if (!cell) continue;
+      if (!cell.dataset.forward) col.committed += 1;  // a position committed again was edited
       cell.textContent = shown(c.text);
       cell.title = `position ${c.pos}: ${JSON.stringify(c.text)} (id ${c.id}), forward ${ev.forward}, confidence ${c.conf}`;
       cell.dataset.forward = ev.forward;
       cell.classList.add("done", "new");
-      col.committed += 1;
     }
     col.maxForward = Math.max(col.maxForward, ev.forward);
     recolor(col);
