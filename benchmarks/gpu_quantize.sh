@@ -11,7 +11,7 @@ OUT="${OUT:-runs/gpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PARTS="${PARTS:-speed bench acc}"
-QMODES="${QMODES:-none int8 fp8 int4}"
+QMODES="${QMODES:-none int8 fp8 int4 fp8-w8a8}"
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 part() { echo "=== $1 ($(date +%T))"; }
 if has speed; then

@@ -28,8 +28,8 @@ from unmask.models.quantize import (
     weight_bytes,
 )
 
-MODES = ("int8", "int4", "fp8")
-TOLERANCE = {"int8": 0.01, "int4": 0.15, "fp8": 0.05}  # relative Frobenius error of the weights
+MODES = ("int8", "int4", "fp8", "fp8-w8a8")
+TOLERANCE = {"int8": 0.01, "int4": 0.15, "fp8": 0.05, "fp8-w8a8": 0.05}  # relative Frobenius error of the weights
 
 
 def reference_quantize(w: torch.Tensor, mode: str, group: int) -> torch.Tensor:
@@ -37,10 +37,10 @@ def reference_quantize(w: torch.Tensor, mode: str, group: int) -> torch.Tensor:
     s = max|w| / qmax (1 for an all-zero row), q = round(w / s) clamped (fp8: w / s in float8), w' = q * s."""
     w = w.float()
     rows = w.view(w.shape[0], -1, group) if mode == "int4" else w[:, None, :]
-    qmax = {"int8": 127.0, "int4": 7.0, "fp8": 448.0}[mode]
+    qmax = {"int8": 127.0, "int4": 7.0, "fp8": 448.0, "fp8-w8a8": 448.0}[mode]
     s = rows.abs().amax(-1, keepdim=True) / qmax
     s = torch.where(s > 0, s, torch.ones_like(s))
-    if mode == "fp8":
+    if mode.startswith("fp8"):
         q = (rows / s).to(torch.float8_e4m3fn).float()
     else:
         q = (rows / s).round().clamp(-8 if mode == "int4" else -127, 7 if mode == "int4" else 127)
@@ -53,11 +53,14 @@ def test_weights_quantize_as_the_formula_says(mode):
     w[3] = 0.0  # a zero row: scale 1, no division by zero
     q = quantize_weight(w, mode, group_size=16)
     assert q.shape == w.shape and q.data.dtype == {"int8": torch.int8, "int4": torch.uint8,
-                                                   "fp8": torch.float8_e4m3fn}[mode]
+                                                   "fp8": torch.float8_e4m3fn, "fp8-w8a8": torch.float8_e4m3fn}[mode]
     assert torch.equal(q.dequantize(torch.float32), reference_quantize(w, mode, 16))
     assert float((w - q.dequantize(torch.float32)).norm() / w.norm()) < TOLERANCE[mode]
     assert torch.equal(q.dequantize(torch.float32)[3], torch.zeros(64))
     x = torch.randn(5, 64, generator=torch.Generator().manual_seed(1))
+    if mode == "fp8-w8a8":  # the activations quantized per row too: x' = (x / s_x in fp8) * s_x
+        s_x = x.abs().amax(-1, keepdim=True) / 448
+        x = (x / s_x).to(torch.float8_e4m3fn).float() * s_x
     assert torch.allclose(q.linear(x), x @ q.dequantize(torch.float32).T, rtol=1e-5, atol=1e-6)
 
 
@@ -144,7 +147,7 @@ def test_head_is_quantized_only_when_asked(tiny_ckpt):
 
 
 def test_bad_quantize_settings_are_named(tmp_path, tiny_ckpt):
-    with pytest.raises(ValueError, match="quantize must be one of int8, int4, fp8.*got 'int3'"):
+    with pytest.raises(ValueError, match="quantize must be one of int8, int4, fp8, fp8-w8a8.*got 'int3'"):
         unmask.load(str(tiny_ckpt), quantize="int3")
     with pytest.raises(ValueError, match="quantize_head must be True or False"):
         unmask.load(str(tiny_ckpt), quantize="int8", quantize_head="yes")

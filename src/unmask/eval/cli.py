@@ -40,8 +40,9 @@ COMPILE_OPTION = typer.Option("auto", "--compile", help=COMPILE_HELP)
 NO_COMPILE_OPTION = typer.Option(False, "--no-compile", help="Eager decode steps (= --compile off).")
 THREADS_OPTION = typer.Option(None, "--threads", help=THREADS_HELP)
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
-QUANTIZE_HELP = ("Weight-only quantization of the linear layers at load: int8, int4 (groups of 128) or fp8 "
-                 "(default: the checkpoint's dtype; a checkpoint saved quantized loads as saved).")
+QUANTIZE_HELP = ("Quantization of the linear layers at load: int8, int4 (groups of 128) or fp8 weight-only, or "
+                 "fp8-w8a8 (fp8 weights and activations, fp8 matmuls) (default: the checkpoint's dtype; a checkpoint "
+                 "saved quantized loads as saved).")
 QUANTIZE_OPTION = typer.Option(None, "--quantize", help=QUANTIZE_HELP)
 
 

@@ -8,6 +8,10 @@ Per output row n of a weight W [N, K] (gpt-fast's recipe; symmetric, no zero poi
   s_ng = max |W_ng| / 7, Q = clamp(round(W / s), -8, 7), two per byte (low nibble: the even column, high:
   the odd, each + 8); y = x @ (Q * s)^T
 
+- ``fp8-w8a8``: the weights as ``fp8``, and each activation row quantized on the fly, s_m = max_k |x_mk| / 448,
+  x_q = (x / s) in float8; y = ``torch._scaled_mm``(x_q, Q^T) with both scales (fp8 tensor cores: for the
+  compute-bound batched windows and refreshes).
+
 Scales are float32. The matmul runs in the activations' dtype on the weights converted on the fly
 (``QuantizedWeight.linear``); under ``torch.compile`` the conversion fuses into the kernel that reads the
 weights, so a batch-1 step reads 1 (int8, fp8) or 1/2 (int4) byte per weight instead of 2. Embeddings, norms,
@@ -29,23 +33,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("int8", "int4", "fp8")
+MODES = ("int8", "int4", "fp8", "fp8-w8a8")
 QUANT_METHOD = "unmask"
 DEFAULT_GROUP_SIZE = 128
 FP8 = torch.float8_e4m3fn
-STORAGE = {"int8": torch.int8, "int4": torch.uint8, "fp8": FP8}
-QMAX = {"int8": 127.0, "int4": 7.0, "fp8": 448.0}
+STORAGE = {"int8": torch.int8, "int4": torch.uint8, "fp8": FP8, "fp8-w8a8": FP8}
+QMAX = {"int8": 127.0, "int4": 7.0, "fp8": 448.0, "fp8-w8a8": 448.0}
 
 
 def check_mode(mode: str, device: torch.device | None = None) -> None:
     """A ``ValueError`` naming the mode and what is allowed (fp8 on CUDA needs compute capability 8.9+)."""
     if mode not in MODES:
         raise ValueError(f"quantize must be one of {', '.join(MODES)} (or None: the checkpoint's dtype), got {mode!r}")
-    if mode == "fp8" and device is not None and device.type == "cuda":
+    if mode.startswith("fp8") and device is not None and device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         if (major, minor) < (8, 9):
-            raise ValueError(f"quantize='fp8' needs a GPU with compute capability >= 8.9 (Ada, Hopper), this one is "
-                             f"{major}.{minor}; use int8 or int4")
+            raise ValueError(f"quantize={mode!r} needs a GPU with compute capability >= 8.9 (Ada, Hopper), this one "
+                             f"is {major}.{minor}; use int8 or int4")
 
 
 @dataclass
@@ -75,9 +79,25 @@ class QuantizedWeight:
         """x @ W^T (+ bias) in x's dtype."""
         if self.mode == "int4":
             y = F.linear(x, self.dequantize(x.dtype))
+        elif self.mode == "fp8-w8a8":
+            return scaled_mm_linear(x, self.data, self.scale, bias)
         else:  # per-row scales commute with the matmul: scale its output
             y = F.linear(x, self.data.to(x.dtype)) * self.scale.view(-1).to(x.dtype)
         return y if bias is None else y + bias
+
+
+def scaled_mm_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ (Q * s)^T with x quantized per row to float8 (s_x = max |x_m| / 448) and one fp8 matmul that applies
+    both scales (``torch._scaled_mm``, float32 accumulation), in x's dtype (float32 for a float64 x)."""
+    shape, k = x.shape, x.shape[-1]
+    rows = x.reshape(-1, k).float()
+    s_x = (rows.abs().amax(dim=-1, keepdim=True) / QMAX["fp8"]).clamp(min=torch.finfo(torch.float32).tiny)
+    x_q = (rows / s_x).to(FP8)
+    out = x.dtype if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
+    y = torch._scaled_mm(x_q, data.t(), scale_a=s_x, scale_b=scale.view(1, -1), out_dtype=out)
+    y = y.to(x.dtype).reshape(*shape[:-1], data.shape[0])
+    return y if bias is None else y + bias
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,7 +143,7 @@ def quantize_weight(weight: torch.Tensor, mode: str, group_size: int = DEFAULT_G
     scale = w.abs().amax(dim=-1, keepdim=True) / QMAX[mode]
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     scaled = w / scale
-    data = scaled.round().clamp(-127, 127).to(torch.int8) if mode == "int8" else scaled.to(FP8)
+    data = scaled.round().clamp(-127, 127).to(torch.int8) if mode == "int8" else scaled.to(FP8)  # fp8, fp8-w8a8
     return QuantizedWeight(mode, data, scale, group_size)
 
 
