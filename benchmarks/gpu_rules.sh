@@ -21,7 +21,7 @@ if has sweep; then
       task="${tn%:*}" n="${tn#*:}"
       part "sweep $model $task"
       python3 -m unmask.cli sweep -m "$model" -p eb,klass,wino -g eb=0.01,0.1,0.3,1,3 -g klass=0.6,0.9 \
-        -g wino=0.5,0.6,0.7,0.8 --variants plain,credit --credit-grid none -t "$task" -n "$n" -b 256 \
+        -g klass.kl=0.01,0.015 -g wino=0.5,0.6,0.7,0.8 --variants plain,credit --credit-grid none -t "$task" -n "$n" -b 256 \
         --gen-length 256 --block-length 32 --no-compile -o "$OUT/rules/$model-$task" 2>&1 | tail -40 &
     done
     wait

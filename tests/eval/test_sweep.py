@@ -64,9 +64,22 @@ def test_custom_grid():
     assert centre_value("factor", (0.5, 2.0, 3.0)) == 2.0 and centre_value("factor", (1.0, 3.0)) == 1.0
 
 
+def test_grid_crosses_a_policys_further_options():
+    """``--grid POLICY.OPTION=...`` crosses a policy's options with its knob; defaults drop out of the labels."""
+    grid = build_grid(["klass,wino"], ["klass=0.6,0.9", "klass.kl=0.01,0.02", "wino=0.7", "wino.verify=0.8,0.9"],
+                      ["none"], ["plain"])
+    assert labels(grid, 64) == ["topk", "klass:0.6", "klass:0.6(kl=0.02)", "klass:0.9", "klass:0.9(kl=0.02)",
+                                "wino:0.7(verify=0.8)", "wino:0.7"]
+    for spec in grid.specs(64, 32):
+        assert parse_spec(spec.label) == spec
+
+
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
+        ({"grid": ["klass.depth=2"]}, "unknown policy option 'klass.depth'; allowed: "),
+        ({"policies": ["klass"], "grid": ["klass.kl=2"]}, "klass kl must be in (0, 1], got 2"),
+        ({"policies": ["threshold"], "grid": ["klass.kl=0.1"]}, "--grid klass.kl: policy 'klass' is not swept"),
         ({"grid": ["threshold=0.5,2"]}, "--grid 'threshold=0.5,2': threshold must be in (0, 1], got 2"),
         ({"grid": ["threshold=abc"]}, "must be a number"),
         ({"grid": ["temperature=1"]}, "unknown policy or knob 'temperature'; allowed: topk, threshold"),

@@ -241,7 +241,8 @@ def trace_command(
 
 SWEEP_POLICY_HELP = "Policy to sweep (repeat or comma-separate; default: topk, threshold, factor, frechet)."
 SWEEP_GRID_HELP = ("Knob values of one policy, NAME=V1,V2,... with NAME a policy or its knob (repeat): "
-                   "threshold=0.5,0.7,0.9, factor=0.5,1,2, frechet=0,0.25 (or margin=...), topk=64,128 (steps). "
+                   "threshold=0.5,0.7,0.9, factor=0.5,1,2, frechet=0,0.25 (or margin=...), topk=64,128 (steps); "
+                   "a policy's further option as POLICY.OPTION=V1,V2 (klass.kl=0.01,0.02), crossed with its knob. "
                    "Default: tau 0.5-0.99, f 0.25-2, delta 0-0.5, topk steps gen_length/2 and /4.")
 SWEEP_CREDIT_HELP = ("Credit coefficients crossed at each policy's default knob, NAME=V1,V2,... with NAME in "
                      "alpha, beta, gamma (repeat); 'none': no coefficient grid. Default: alpha=0.3,0.65,1 "

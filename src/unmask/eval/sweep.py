@@ -90,9 +90,10 @@ class SweepGrid:
         for policy in self.policies:
             if policy not in REGISTRY:
                 raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(REGISTRY)}")
-        for policy in self.values:
+        for key in self.values:
+            policy = key.split(".")[0]
             if policy not in self.policies:
-                raise ValueError(f"--grid {policy}: policy {policy!r} is not swept (--policy "
+                raise ValueError(f"--grid {key}: policy {policy!r} is not swept (--policy "
                                  f"{','.join(self.policies)}); add --policy {policy}")
         for variant in self.variants:
             if variant not in VARIANTS:
@@ -101,6 +102,13 @@ class SweepGrid:
             if name not in CREDIT_PARAMS:
                 raise ValueError(f"unknown credit coefficient {name!r}; allowed: {', '.join(CREDIT_PARAMS)}")
         self.caches  # noqa: B018 (a ValueError names a bad mode and the registered ones)
+
+    def option_combinations(self, policy: str) -> list[tuple[tuple[str, float | int], ...]]:
+        """The crossed values of the policy's further options given as ``--grid POLICY.OPTION=...`` (one empty
+        combination, the options' defaults, if none)."""
+        grids = {key.split(".", 1)[1]: vals for key, vals in self.values.items() if key.startswith(policy + ".")}
+        names = list(grids)
+        return [tuple(zip(names, combo, strict=True)) for combo in itertools.product(*(grids[n] for n in names))]
 
     def knob_values(self, policy: str, gen_length: int, block_length: int) -> tuple[float | int | None, ...]:
         """The values swept for ``policy`` (``None``: the knob's default; for ``steps``, gen_length)."""
@@ -128,10 +136,11 @@ class SweepGrid:
         for policy in self.policies:
             values = self.knob_values(policy, gen_length, block_length)
             variants = ("plain",) if fixed_schedule(policy) else self.variants
+            options = self.option_combinations(policy)
             for cache in self.caches:
                 for variant in variants:
                     credit = None if variant == "plain" else variant
-                    specs += [DecodeSpec(policy, v, credit, cache) for v in values]
+                    specs += [DecodeSpec(policy, v, credit, cache, policy_params=o) for v in values for o in options]
                 if not fixed_schedule(policy) and "credit" in self.variants and self.credit_grid:
                     centre = centre_value(policy, values)
                     names = list(self.credit_grid)
@@ -175,6 +184,19 @@ def parse_grid(items: Iterable[str]) -> dict[str, tuple[float | int, ...]]:
     grid: dict[str, tuple[float | int, ...]] = {}
     for item in items:
         name, parts = _split_values(item, "--grid")
+        if "." in name:  # POLICY.OPTION=values: a further option of the policy
+            policy, _, option = name.partition(".")
+            knobs = {o.name: o for o in REGISTRY[policy].options} if policy in REGISTRY else None
+            if knobs is None or option not in knobs:
+                allowed = ", ".join(f"{p}.{o.name}" for p, c in REGISTRY.items() for o in c.options)
+                raise ValueError(f"--grid {item!r}: unknown policy option {name!r}; allowed: {allowed}")
+            if name in grid:
+                raise ValueError(f"--grid for {name!r} given twice")
+            try:
+                grid[name] = tuple(dict.fromkeys(knobs[option].parse(v, policy, text=True) for v in parts))
+            except ValueError as err:
+                raise ValueError(f"--grid {item!r}: {err}") from None
+            continue
         if name not in by_name:
             allowed = ", ".join(f"{p} (or {c.knob.name})" if by_name.get(c.knob.name) == p != c.knob.name else p
                                 for p, c in REGISTRY.items())
