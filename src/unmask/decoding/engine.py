@@ -158,16 +158,15 @@ class DecodeEngine:
         # a block-diffusion model (LLaDA2): blocks at multiples of BL over absolute positions, block-causal
         # attention; a row's first block holds its prompt's tail, so a row may need BL more columns
         self.block_causal = getattr(model, "block_diffusion", False)
+        mode = parse_cache_mode(opts.cache)
         if self.block_causal:
             T, G = T + BL, G + BL
-            cache_kind = parse_cache_mode(opts.cache).window
-            if cache_kind not in ("none", "dual") or parse_cache_mode(opts.cache).kind.refresh != "full" \
-                    or opts.cfg_scale > 0:
+            if mode.window not in ("none", "dual") or mode.kind.refresh != "full" or opts.cfg_scale > 0:
                 raise ValueError(f"{type(model).__name__} attends block-causally: cache 'none' or 'dual' (with it, the "
                                  f"exact cache of finished blocks), no cfg_scale; got cache {opts.cache!r}")
         self.S, self.T, self.G, self.BL = S, T, G, BL
         self.cfg = opts.cfg_scale > 0
-        self.mode = parse_cache_mode(opts.cache)
+        self.mode = mode
         self.window = self.mode.window  # none | prefix | dual: what a step inside a block recomputes
         # blocks between full refreshes (the others start with an answer-only refresh): 1 = every block
         self.every = self.mode.knob("every") if self.mode.kind.refresh == "answer" else 1
@@ -225,8 +224,8 @@ class DecodeEngine:
         if self.shadow and model.shifted_prediction:
             raise ValueError(f"policy {policy.name!r} needs a model whose output at a column predicts that column "
                              "(LLaDA, LLaDA-MoE); Dream predicts the next one")
-        wide = self.lookahead or self.shadow  # the logits buffer holds a second block: the next one or the shadow
-        self.logits = torch.zeros((S, 2 * BL if wide else BL, vocab), dtype=model.dtype, device=device)
+        self.wide = self.lookahead or self.shadow  # the logits hold a second block: the next one or the shadow
+        self.logits = torch.zeros((S, 2 * BL if self.wide else BL, vocab), dtype=model.dtype, device=device)
         self.remasked = torch.zeros((S, G), dtype=torch.bool, device=device) if policy.revocable else None
         # a policy that draws (Dream's origin and alg_temp): one uniform per block position and step
         self.policy_uniform = torch.zeros((S, BL), dtype=torch.float64, device=device) \
@@ -677,7 +676,7 @@ class DecodeEngine:
         if state is not None and "hold" in state.buffers:
             held = state.hold & active
         self.nfe[:hi] += (masked.any(dim=-1) if held is None else masked.any(dim=-1) | held).long()
-        logits = self.logits[:hi, :BL] if self.lookahead or self.shadow else self.logits[:hi]
+        logits = self.logits[:hi, :BL] if self.wide else self.logits[:hi]
         if opts.logits_eos_inf:
             logits[..., opts.eos_id] = -torch.inf
         if self.credit is not None:
@@ -688,11 +687,14 @@ class DecodeEngine:
         step = self.step_index[:hi]
         schedule = None if self.schedule is None else self.schedule[:hi]
         remask = None
+        # an editing policy scores decoded tokens too: p(candidate) everywhere, computed once for it and the record
+        probability = candidate_probability(logits, candidates) if self.policy.edits else None
         if self.policy.uses_context:
-            extra = self.logits[:hi, BL:] if self.lookahead or self.shadow else None
+            extra = self.logits[:hi, BL:] if self.wide else None
             uniform = None if self.policy_uniform is None else self.policy_uniform[:hi]
             answer = active[:, None] & (columns >= (self.prompt_length[:hi] + self.skip[:hi])[:, None])
-            context = StepContext(logits, candidates, state, extra, current, answer, uniform, opts.mask_id)
+            context = StepContext(logits, candidates, state, extra, current, answer, uniform, opts.mask_id,
+                                  probability)
             commit = self.policy(confidence, masked, step[:, None], schedule, context)
             if self.policy.revocable:
                 commit, remask = commit
@@ -708,8 +710,7 @@ class DecodeEngine:
         record = self.nfe[:hi, None] - 1
         commit_step, commit_confidence = self.commit_step[:hi], self.commit_confidence[:hi]
         commit_step.scatter_(1, gen_columns, torch.where(commit, record, commit_step.gather(1, gen_columns)))
-        if self.policy.edits:  # an edited token's confidence is its probability (the masked ones' -inf elsewhere)
-            probability = candidate_probability(logits, candidates)
+        if probability is not None:  # an edited token's confidence is its probability (-inf elsewhere otherwise)
             confidence = torch.where(masked, confidence, probability)
         commit_confidence.scatter_(1, gen_columns, torch.where(
             commit, confidence.float(), commit_confidence.gather(1, gen_columns)))

@@ -139,6 +139,7 @@ class StepContext:
     in_block: torch.Tensor | None = None  # [B, L] the block's answer columns (not a prompt's) of the rows that decode
     uniform: torch.Tensor | None = None  # [B, L] U(0, 1) draws of this step, for a policy with ``needs_uniform``
     mask_id: int | None = None  # the mask token (a candidate may be it: the model can predict the mask)
+    probability: torch.Tensor | None = None  # [B, L] p(candidate) at every position, for a policy that ``edits``
 
 
 class CommitPolicy:

@@ -23,7 +23,6 @@ from unmask.decoding.policies.base import (
     sorted_confidence,
 )
 from unmask.decoding.policies.threshold import in_unit_interval
-from unmask.decoding.scorers import candidate_probability
 
 
 @register
@@ -111,8 +110,8 @@ class LLaDA2Edit(CommitPolicy):
         top1 = torch.zeros_like(masked).scatter(-1, confidence.argmax(dim=-1, keepdim=True), True) & masked
         fill = masked & (confidence > self.tau)
         fill = torch.where(fill.any(dim=-1, keepdim=True), fill, top1)
-        probability = candidate_probability(context.logits, context.candidates)
-        edit = context.in_block & ~masked & (context.candidates != context.current) & (probability > self.edit)
+        edit = context.in_block & ~masked & (context.candidates != context.current) & \
+            (context.probability > self.edit)
         had_masks = masked.any(dim=-1)
         # masked after this step: those not filled, and any filled or edited with the mask token itself (the
         # model may predict it; the reference writes it, and the position is masked again)
