@@ -209,8 +209,8 @@ class DecodeEngine:
             self.kv_age = torch.zeros((S, T), **longs)
         self.cos, self.sin = model.rotary(torch.arange(T, **longs)[None])  # [1, 1, T, hd]: position = column
         self.schedule = None
-        if policy.steps_per_block is not None:
-            self.schedule = torch.zeros((S, policy.steps_per_block), **longs)
+        if policy.schedule_length is not None:
+            self.schedule = torch.zeros((S, policy.schedule_length), **longs)
         self.credit = None if credit is None else CreditState(credit, S, BL, device)
         vocab = model.config.embedding_size
         self.noise = scorer.allocate_noise(S, BL, vocab, device)

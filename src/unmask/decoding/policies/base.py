@@ -160,6 +160,12 @@ class CommitPolicy:
         """The per-row state of a block, from its masked positions at the block's start."""
         return None
 
+    @property
+    def schedule_length(self) -> int | None:
+        """Columns of the [B, n] schedule ``start_block`` returns (the engine keeps it per row and hands it to
+        every call; default: the fixed steps per block, None: no schedule)."""
+        return self.steps_per_block
+
     def allocate_state(self, slots: int, block_length: int, vocab: int, device: torch.device,
                        dtype: torch.dtype) -> PolicyState | None:
         """The per-row buffers of a stateful policy (``None``: stateless)."""

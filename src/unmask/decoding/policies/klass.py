@@ -36,6 +36,7 @@ from unmask.decoding.policies.base import (
     sorted_confidence,
 )
 from unmask.decoding.policies.threshold import in_unit_interval
+from unmask.decoding.policies.topk import num_transfer_tokens
 
 EPS = 1e-12  # the reference's floor inside the logarithms
 
@@ -91,10 +92,8 @@ class KLASS(CommitPolicy):
             "next_valid": torch.zeros(slots, dtype=torch.bool, device=device),
             "kl_history": torch.full((slots, block_length, self.history), torch.inf, dtype=torch.float64,
                                      device=device),
-            "block_masked": torch.full((slots,), -1, dtype=torch.long, device=device),
         }
-        fills = {"prev": 0.0, "prev_valid": False, "next_prev": 0.0, "next_valid": False, "kl_history": torch.inf,
-                 "block_masked": -1}
+        fills = {"prev": 0.0, "prev_valid": False, "next_prev": 0.0, "next_valid": False, "kl_history": torch.inf}
         return PolicyState(buffers, fills)
 
     def advance_state(self, state: PolicyState, rows: torch.Tensor) -> None:
@@ -103,10 +102,17 @@ class KLASS(CommitPolicy):
         state.prev_valid.copy_(torch.where(rows, state.next_valid, state.prev_valid))
         state.next_valid.masked_fill_(rows, False)
         state.kl_history.masked_fill_(rows[:, None, None], torch.inf)
-        state.block_masked.masked_fill_(rows, -1)
+
+    @property
+    def schedule_length(self) -> int:
+        return self.steps_per_fallback
+
+    def start_block(self, masked: torch.Tensor) -> torch.Tensor:
+        """The fallback's quota: LLaDA's ``num_transfer_tokens`` of the block's masked count."""
+        return num_transfer_tokens(masked.sum(dim=-1), self.steps_per_fallback)
 
     def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor,
-                 schedule: None, context: StepContext) -> torch.Tensor:
+                 schedule: torch.Tensor, context: StepContext) -> torch.Tensor:
         state = context.state
         p = torch.softmax(context.logits.double(), dim=-1)
         log_p = torch.log(p + EPS)
@@ -122,11 +128,9 @@ class KLASS(CommitPolicy):
         step = torch.as_tensor(step, device=masked.device).reshape(-1, 1)
         stable = (history < self.kl).all(dim=-1) & (step >= self.history - 1)
         ready = masked & stable & (confidence > self.tau)
-        # the fallback: LLaDA's quota of this step, n // s + (i < n % s) with n masked at the block's start
-        start = masked.sum(dim=-1)
-        state.block_masked.copy_(torch.where(state.block_masked < 0, start, state.block_masked))
-        n, spb, i = state.block_masked, self.steps_per_fallback, step[:, 0]
-        quota = (n // spb + (i < n % spb).long()).clamp(min=1)
+        # the fallback: LLaDA's quota of this step (past the reference's steps: at least one token)
+        column = step.clamp(max=self.steps_per_fallback - 1).expand(schedule.shape[0], 1)
+        quota = schedule.gather(1, column).squeeze(1).clamp(min=1)
         _, order, _ = sorted_confidence(confidence, masked)
         fallback = commit_top_n(order, quota, masked)
         return torch.where(ready.any(dim=-1, keepdim=True), ready, fallback)

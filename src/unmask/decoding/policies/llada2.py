@@ -23,6 +23,7 @@ from unmask.decoding.policies.base import (
     sorted_confidence,
 )
 from unmask.decoding.policies.threshold import in_unit_interval
+from unmask.decoding.policies.topk import num_transfer_tokens
 
 
 @register
@@ -54,10 +55,19 @@ class LLaDA2Threshold(CommitPolicy):
                   steps: int | None = None) -> LLaDA2Threshold:
         return cls(cls.knob.default if value is None else value, steps, block_length or 32)
 
+    @property
+    def schedule_length(self) -> int:
+        return self.steps
+
+    def start_block(self, masked: torch.Tensor) -> torch.Tensor:
+        """The quota of each step: LLaDA's ``num_transfer_tokens`` of the whole block (the reference spreads
+        B, not the masked count)."""
+        return num_transfer_tokens(torch.full_like(masked.sum(dim=-1), self.block_length), self.steps)
+
     def __call__(self, confidence: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor,
-                 schedule: None) -> torch.Tensor:
-        i = torch.as_tensor(step, device=masked.device).reshape(-1).clamp(max=self.steps - 1)
-        quota = self.block_length // self.steps + (i < self.block_length % self.steps).long()
+                 schedule: torch.Tensor) -> torch.Tensor:
+        column = torch.as_tensor(step, device=masked.device).reshape(-1, 1).clamp(max=self.steps - 1)
+        quota = schedule.gather(1, column.expand(schedule.shape[0], 1)).squeeze(1)
         passing = masked & (confidence > self.tau)
         _, order, _ = sorted_confidence(confidence, masked)
         fallback = commit_top_n(order, quota, masked)
