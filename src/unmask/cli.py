@@ -256,6 +256,9 @@ def bench(
     ),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
     quantize: str | None = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
+    expert_path: str | None = typer.Option(
+        None, "--expert-path", help="MoE models: fused (Triton, few tokens), grouped (F.grouped_mm), loop; "
+        "default auto."),
 ) -> None:
     """Per-step latency and tokens/s of each cache mode, beside the weight-read and FLOP floors."""
     from unmask.eval.speed import run_bench
@@ -266,7 +269,7 @@ def bench(
     command = "unmask " + " ".join(sys.argv[1:])
     run_bench(model, random_weights, out, tuple(batch), tuple(cache), prompt_length, gen_length, block_length,
               dtype, device, repeats, command, log=console.print, modes=tuple(mode) if mode else None,
-              quantize=quantize)
+              quantize=quantize, expert_path=expert_path)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,7 @@ def bench_model(
         "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
         "dtype": str(model.dtype).removeprefix("torch."), "params": n_params, "active_params": n_active,
         "weight_bytes": stored_bytes, "quantize": (getattr(model, "quantization_config", None) or {}).get("mode"),
+        "expert_path": model.sparse_blocks()[0].path if getattr(model, "sparse_blocks", lambda: [])() else None,
         "measured_bandwidth_GBps": bandwidth / 1e9, "measured_matmul_TFLOPs": flops / 1e12,
         "torch": torch.__version__,
     }
@@ -389,7 +390,10 @@ def run_bench(
     log: Callable[[str], None] = print,
     modes: tuple[str, ...] | None = None,
     quantize: str | None = None,
+    expert_path: str | None = None,
 ) -> list[BenchRow]:
+    """``unmask bench``: load (or build with random weights) a model and time its steps (``bench_model``);
+    ``expert_path`` picks a mixture-of-experts model's expert kernels (``fused``, ``grouped``, ``loop``)."""
     check_lengths(gen_length, block_length)
     for cache in caches:
         if cache not in WINDOWS:
@@ -425,6 +429,11 @@ def run_bench(
                          f"max_sequence_length {model.config.max_sequence_length}")
     if quantize is not None and getattr(model, "quantization_config", None) is None:
         quantize_model(model, quantize)
+    if expert_path is not None:
+        if not hasattr(model, "set_expert_path"):
+            raise ValueError(f"--expert-path {expert_path!r} applies to mixture-of-experts models; "
+                             f"{type(model).__name__} has no experts")
+        model.set_expert_path(expert_path)
     model.fuse_projections()
     rows, env = bench_model(model, batches, caches, prompt_length, gen_length, block_length, repeats, log, modes)
     if out is not None:

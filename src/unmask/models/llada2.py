@@ -41,7 +41,15 @@ from unmask.models.llada import (
     with_fast_linear,
 )
 from unmask.models.llada2_config import LLaDA2Config
-from unmask.models.llada_moe import MLP, MoEKernels, apply_rotary, run_experts, stack_experts, stacked_experts
+from unmask.models.llada_moe import (
+    MLP,
+    MoEKernels,
+    apply_rotary,
+    run_experts,
+    set_expert_path,
+    stack_experts,
+    stacked_experts,
+)
 from unmask.models.quantize import linear as quantized_linear
 
 
@@ -251,6 +259,10 @@ class LLaDA2Model(MaskPredictor):
 
     def sparse_blocks(self) -> list[SparseMoE]:
         return [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, SparseMoE)]
+
+    def set_expert_path(self, path: str) -> LLaDA2Model:
+        """``auto`` (default), ``fused``, ``grouped`` or ``loop`` for every sparse layer (see ``run_experts``)."""
+        return set_expert_path(self, path)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unmask.models.cache import StaticKVCache, write_kv
+from unmask.models.fused_moe import fused_experts_pairs
 from unmask.models.llada import (
     MaskPredictor,
     RMSNorm,
@@ -54,7 +55,7 @@ from unmask.models.llada_moe_config import LLaDAMoEConfig
 from unmask.models.quantize import QuantizedLinear, fuse_quantized
 from unmask.models.quantize import linear as quantized_linear
 
-EXPERT_PATHS = ("auto", "grouped", "loop")
+EXPERT_PATHS = ("auto", "fused", "grouped", "loop")
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -134,6 +135,15 @@ def expert_path(x: torch.Tensor, path: str = "auto") -> str:
     return "loop"
 
 
+def set_expert_path(model: nn.Module, path: str) -> nn.Module:
+    """Set the expert path of every sparse layer of ``model`` (one with ``sparse_blocks()``)."""
+    if path not in EXPERT_PATHS:
+        raise ValueError(f"unknown expert path {path!r} (allowed: {', '.join(EXPERT_PATHS)})")
+    for block in model.sparse_blocks():
+        block.path = path
+    return model
+
+
 def run_experts(
     x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
     path: str = "auto", sum_dtype: torch.dtype | None = None,
@@ -148,6 +158,9 @@ def run_experts(
     """
     N, k = experts.shape
     E = gate_up.shape[0]
+    if expert_path(x, path) == "fused":
+        out = fused_experts_pairs(x, experts, gate_up, down).view(N, k, -1)
+        return combine_slots(out, weights, sum_dtype)
     flat = experts.reshape(-1)
     order = flat.argsort(stable=True)
     xs = x.index_select(0, order // k)  # [N*k, d], grouped by expert
@@ -164,6 +177,12 @@ def run_experts(
                 out[start:start + count] = swiglu(xs[start:start + count], gate_up[e], down[e])
                 start += count
     out = torch.empty_like(out).index_copy_(0, order, out).view(N, k, -1)  # back to (token, slot) order
+    return combine_slots(out, weights, sum_dtype)
+
+
+def combine_slots(out: torch.Tensor, weights: torch.Tensor, sum_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """sum_j weights[:, j] * out[:, j] for the experts' outputs ``out`` [N, k, d], in the model dtype (the
+    reference) or in ``sum_dtype`` and cast back."""
     if sum_dtype is not None:
         return (out.to(sum_dtype) * weights.to(sum_dtype)[..., None]).sum(dim=1).to(out.dtype)
     return (out * weights.to(out.dtype)[..., None]).sum(dim=1)
@@ -356,12 +375,8 @@ class LLaDAMoEModel(MaskPredictor):
         return [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, SparseMoE)]
 
     def set_expert_path(self, path: str) -> LLaDAMoEModel:
-        """``auto`` (default), ``grouped`` or ``loop`` for every sparse layer (see ``run_experts``)."""
-        if path not in EXPERT_PATHS:
-            raise ValueError(f"unknown expert path {path!r} (allowed: {', '.join(EXPERT_PATHS)})")
-        for block in self.sparse_blocks():
-            block.path = path
-        return self
+        """``auto`` (default), ``fused``, ``grouped`` or ``loop`` for every sparse layer (see ``run_experts``)."""
+        return set_expert_path(self, path)
 
     # ---- what a forward reads, for the speed floors (eval/speed.py) ---------------------------------
     def expert_parameters(self) -> int:
