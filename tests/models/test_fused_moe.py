@@ -13,22 +13,22 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICES = ["cuda"] if torch.cuda.is_available() else (["cpu"] if INTERPRET else [])
 
 
-def routing(N: int, E: int, k: int, case: str, seed: int = 0, device: str = "cpu") -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(N, E, generator=g)
+def router_logits(N: int, E: int, case: str, generator: torch.Generator) -> torch.Tensor:
+    """Router logits [N, E] of a routing case: random, one expert for all, half the experts empty, skewed."""
+    logits = torch.randn(N, E, generator=generator)
     if case == "one_expert":
         logits[:, 3] = 100.0
     elif case == "empty_experts":
         logits[:, : E // 2] = -100.0
     elif case == "skewed":
         logits[:, :2] += 3.0
-    return route(logits, k)[1].to(device)
+    return logits
 
 
 @pytest.mark.parametrize("case", ["random", "one_expert", "empty_experts", "skewed"])
 @pytest.mark.parametrize(("N", "E", "k", "block_m"), [(1, 8, 2, 16), (32, 64, 8, 16), (37, 8, 3, 4), (300, 16, 4, 16)])
 def test_expert_blocks_cover_every_pair_once_in_expert_order(case, N, E, k, block_m):
-    experts = routing(N, E, min(k, E), case)
+    experts = route(router_logits(N, E, case, torch.Generator().manual_seed(0)), min(k, E))[1]
     k = experts.shape[1]
     blocks = expert_blocks(experts, E, block_m)
     flat = experts.reshape(-1)
@@ -60,14 +60,7 @@ def test_fused_path_equals_loop_path(device, case, N, d, f, E, k):
     x = torch.randn(N, d, generator=g).to(device, dtype)
     gate_up = (torch.randn(E, 2 * f, d, generator=g) / d**0.5).to(device, dtype)
     down = (torch.randn(E, d, f, generator=g) / f**0.5).to(device, dtype)
-    logits = torch.randn(N, E, generator=g).to(device)
-    if case == "one_expert":
-        logits[:, 3] = 100.0
-    elif case == "empty_experts":
-        logits[:, : E // 2] = -100.0
-    elif case == "skewed":
-        logits[:, :2] += 3.0
-    weights, experts = route(logits, k)
+    weights, experts = route(router_logits(N, E, case, g).to(device), k)
     assert fused_available(x)
     fused = run_experts(x, weights, experts, gate_up, down, path="fused")
     loop = run_experts(x, weights, experts, gate_up, down, path="loop")
