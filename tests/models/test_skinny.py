@@ -32,6 +32,23 @@ def test_default_config_splits_narrow_outputs():
     assert not skinny.applies(torch.zeros(2, 256, dtype=torch.bfloat16), torch.zeros(128, 256, dtype=torch.bfloat16))
 
 
+@pytest.mark.parametrize("m", [1, 16, 17, 32, 33, 48, 64])
+def test_every_launch_fits_the_shared_memory_of_sm90(m):
+    """The staged tiles of every tuned and default configuration fit 227 KiB at every row count the kernel
+    takes (found on an H200: the LM head's 256-wide tile at 3 stages needs 240 KiB for 33-64 rows)."""
+    configs = list(skinny.TUNED.values()) + [skinny.default_config(n, k) for n, k in skinny.TUNED]
+    for config in configs:
+        fitted = skinny.fit_stages(config, m, skinny.SM90_SHARED_MEMORY)
+        rows = skinny.block_rows(m)
+        assert rows >= m and rows in (16, 32, 64)
+        assert fitted.stages * (fitted.block_n + rows) * fitted.block_k * 2 <= skinny.SM90_SHARED_MEMORY
+        assert 1 <= fitted.stages <= config.stages
+        if m <= 32:  # the depth the table was tuned at is kept
+            assert fitted == config
+    head = skinny.TUNED[(126464, 4096)]
+    assert skinny.fit_stages(head, 64, skinny.SM90_SHARED_MEMORY).stages == 2  # 3 x 80 KiB would not fit
+
+
 @pytest.mark.parametrize("V", [126464, 4096, 1000, 37])
 def test_two_stage_greedy_scorer_equals_argmax_and_float64_probability(V):
     """Candidate = the first maximum (ties to the lowest position, as argmax); p(c) = the float64 softmax."""

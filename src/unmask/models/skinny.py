@@ -19,7 +19,7 @@ layers' distinct weights): qkv 37.6 us vs cuBLAS 40.2, attention output 14.3 vs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,7 @@ def skinny_partials(x: torch.Tensor, weight: torch.Tensor, config: SkinnyConfig)
     k_per_split = triton.cdiv(triton.cdiv(K, split), config.block_k) * config.block_k
     dtype = x.dtype if split == 1 else torch.float32
     out = torch.empty((split, M, N), device=x.device, dtype=dtype)
-    block_m = max(16, triton.next_power_of_2(min(M, 64)))
+    block_m = block_rows(M)
     grid = (N // config.block_n, split, triton.cdiv(M, block_m))
     with torch.cuda.device(x.device):  # Triton launches on the current device
         _skinny_mm_kernel[grid](
@@ -142,6 +142,24 @@ def default_config(n: int, k: int, multiprocessors: int = 132) -> SkinnyConfig:
 
 
 _CAPABILITY: dict[int, tuple[int, int]] = {}  # CUDA device index -> compute capability (``prepare``)
+_SHARED_MEMORY: dict[int, int] = {}  # CUDA device index -> shared memory a block may opt in to, bytes
+SM90_SHARED_MEMORY = 232448  # H100/H200: 227 KiB per block
+
+
+def block_rows(m: int) -> int:
+    """The kernel's row tile for ``m`` rows of x: a power of two from 16 to 64."""
+    return max(16, 1 << (min(m, 64) - 1).bit_length())
+
+
+def fit_stages(config: SkinnyConfig, m: int, shared_memory: int, element_bytes: int = 2) -> SkinnyConfig:
+    """``config`` with its pipeline shortened until the staged tiles fit in ``shared_memory`` bytes.
+
+    Each stage holds a weight tile [block_n, block_k] and an x tile [block_rows(m), block_k]; a depth tuned at
+    32 rows can overflow at 33-64 (the LM head's 256-wide tile: 3 x 80 KiB > 227 KiB on sm90).
+    """
+    per_stage = (config.block_n + block_rows(m)) * config.block_k * element_bytes
+    stages = max(1, min(config.stages, shared_memory // per_stage))
+    return config if stages == config.stages else replace(config, stages=stages)
 
 
 def prepare(device: torch.device) -> None:
@@ -152,6 +170,8 @@ def prepare(device: torch.device) -> None:
         return
     index = device.index if device.index is not None else torch.cuda.current_device()
     _CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    properties = torch.cuda.get_device_properties(index)
+    _SHARED_MEMORY[index] = int(getattr(properties, "shared_memory_per_block_optin", SM90_SHARED_MEMORY))
 
 
 def config_for(n: int, k: int, device: torch.device | None = None) -> SkinnyConfig:
@@ -176,9 +196,10 @@ def _launch_config(x: torch.Tensor, weight: torch.Tensor) -> SkinnyConfig | None
         return None
     n, k = weight.shape
     cfg = config_for(n, k, x.device)
-    if x.numel() // k > MAX_ROWS or n % cfg.block_n or k % (cfg.split_k * cfg.block_k):
+    m = x.numel() // k
+    if m > MAX_ROWS or n % cfg.block_n or k % (cfg.split_k * cfg.block_k):
         return None
-    return cfg
+    return fit_stages(cfg, m, _SHARED_MEMORY.get(x.device.index, SM90_SHARED_MEMORY), x.element_size())
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
