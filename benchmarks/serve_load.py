@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", default=None,
                         help="fused | exact | off for the server and the offline baseline (default: fused on CUDA)")
     parser.add_argument("-o", "--out", type=Path, default=None, help="write OUT.json and OUT.md")
+    parser.add_argument("--no-warm", action="store_true",
+                        help="start the server without capturing every bucket first (unmask serve --no-warm)")
     parser.add_argument("--trace", type=Path, default=None, help="write the server's admissions and steps (JSON)")
     args = parser.parse_args(argv)
     events: list[dict] = []
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile is not None or args.random_weights:
         lm.compile = args.compile or ("fused" if lm.device.type == "cuda" else "off")
     settings = ServerSettings(model_name=name, spec=args.spec, default_max_tokens=args.max_tokens)
-    app = create_app(lm, settings, max_batch=args.max_batch, max_queue=args.num_requests * 2)
+    app = create_app(lm, settings, max_batch=args.max_batch, max_queue=args.num_requests * 2,
+                     warm_prompt_tokens=None if args.no_warm else args.prompt_length)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -159,3 +159,39 @@ def test_a_failing_on_step_leaves_the_engine_clean(lm):
     assert torch.equal(after.tokens, before.tokens) and torch.equal(after.nfe_per_row, before.nfe_per_row)
     with pytest.raises(ValueError, match="on_step must be a function"):
         lm.generate("hi", on_step=3)
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual", "partial(budget=4)", "prompt_stale(every=2)"])
+def test_a_warmed_engine_decodes_what_a_cold_one_does(lm, cache):
+    """``warm`` runs every step kind of every bucket on the idle engine (a server's start-up capture): the
+    forwards write only free slots' buffers, so every row's tokens, commit steps and forwards are unchanged."""
+    rows = ragged(6, seed=11)
+    opts = EngineOptions(4, max(len(r) for r in rows) + 32, 32, 8, True, lm.mask_id, cache, 0.0, False, None,
+                         tuple(lm.tokenizer.stop_ids), True)
+
+    def decode_all(warm: bool) -> tuple[dict, int]:
+        engine = DecodeEngine(lm.model, Threshold(0.4), unmask.decoding.Scorer(), CreditConfig(), opts)
+        kinds = engine.warm() if warm else 0
+        results = {}
+        run_queue(engine, [RowRequest(r, 32, key=i) for i, r in enumerate(rows)],
+                  lambda result: results.__setitem__(result.key, result))
+        return results, kinds
+
+    cold, _ = decode_all(False)
+    warmed, kinds = decode_all(True)
+    window = {"none": 0, "prefix": 4, "dual": 1, "partial(budget=4)": 1, "prompt_stale(every=2)": 1}[cache]
+    refresh = {"none": 0, "prompt_stale(every=2)": 2}.get(cache, 1)
+    assert kinds == 3 * (max(window, 1) if cache != "none" else 1) + 3 * refresh  # buckets 1, 2, 4
+    for key, result in cold.items():
+        assert torch.equal(warmed[key].tokens, result.tokens)
+        assert torch.equal(warmed[key].commit_step, result.commit_step)
+        assert warmed[key].nfe == result.nfe
+
+
+def test_warm_needs_an_idle_engine(lm):
+    opts = EngineOptions(2, 40, 32, 8, True, lm.mask_id, "dual", 0.0, False, None, (), True)
+    engine = DecodeEngine(lm.model, TopK(4), unmask.decoding.Scorer(), None, opts)
+    assert engine.step_kinds() == [("window", 1, 8), ("window", 2, 8), ("refresh", 2), ("refresh", 1)]
+    engine.admit(RowRequest(torch.tensor([5, 6, 7]), 32))
+    with pytest.raises(RuntimeError, match="idle engine"):
+        engine.warm()

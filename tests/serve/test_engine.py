@@ -37,10 +37,13 @@ def alone(lm, prompt: str, config: DecodeConfig, max_tokens: int, stop: tuple[st
     return text[: min(cuts)].rstrip() if cuts else text
 
 
-def run_engine(lm, requests, max_batch=4, token_prompts=False) -> dict[int, list[Update]]:
+def run_engine(lm, requests, max_batch=4, token_prompts=False, warm=None) -> dict[int, list[Update]]:
     """Submit ``(prompt, config, max_tokens, stop)`` requests (prompt: text, or token ids with
-    ``token_prompts``) to a fresh engine; every update of each, keyed by request index."""
+    ``token_prompts``) to a fresh engine; every update of each, keyed by request index. ``warm``: a
+    ``(config, length)`` the engine warms before it starts (as on a GPU: every engine it builds is warmed)."""
     engine = Engine(lm, max_batch=max_batch, max_queue=len(requests))
+    if warm is not None:
+        engine.warm(*warm).warm = True  # on the CPU only the slots are built: warm every engine regardless
     engine.start()
     results: dict[int, list[Update]] = {}
     done = threading.Event()
@@ -177,3 +180,31 @@ def test_shutdown_cancels_active_rows(lm):
     engine.shutdown()
     assert updates[-1].finish_reason == "cancelled" and updates[-1].error == "server shutting down"
     assert engine.active_rows == 0 and engine.thread is None
+
+
+def test_a_warmed_engine_grows_with_rows_in_flight_and_answers_as_alone(lm):
+    """A server warmed for short canvases: longer requests grow them while earlier rows are in the slots (the new
+    engine is warmed before the rows move in); every answer equals the request decoded alone."""
+    texts = prompts(6)
+    texts = texts[:3] + [" ".join(texts[3:])] + texts[:1]  # the fourth is long: it grows the canvas
+    config = DecodeConfig.create(policy="threshold", threshold=0.9, cache="dual", gen_length=32)
+    lengths = [len(lm.encode_prompts([t])[0][0]) + 32 for t in texts]
+    warm_length = max(lengths[:3])
+    assert lengths[3] > -(-warm_length // 32) * 32  # admitted while the first three rows are in the slots
+    requests = [(t, config, 32, ()) for t in texts]
+    results = run_engine(lm, requests, max_batch=4, warm=(config, warm_length))
+    for key, (prompt, _, max_tokens, _) in enumerate(requests):
+        assert "".join(u.text for u in results[key]) == alone(lm, prompt, config, max_tokens), key
+
+
+def test_warm_before_start_only(lm):
+    engine = Engine(lm, max_batch=2)
+    config = DecodeConfig.create(policy="topk", cache="dual", gen_length=32)
+    batch = engine.warm(config, 40)
+    assert engine.batches and batch.engine.T >= 40 and not batch.warm  # the CPU: no graphs to capture
+    engine.start()
+    try:
+        with pytest.raises(RuntimeError, match="before the engine thread starts"):
+            engine.warm(config, 40)
+    finally:
+        engine.shutdown()

@@ -180,6 +180,27 @@ def test_full_queue_answers_429_with_retry_after(lm):
         thread.join(timeout=30)
 
 
+def test_a_warmed_server_builds_its_default_slots_before_serving(lm):
+    """``unmask serve --warm``: the default spec's slots exist (on a GPU: every bucket captured) before the
+    first request, which they serve; a negative prompt budget is refused."""
+    settings = ServerSettings(spec="threshold:0.9@dual", default_max_tokens=32)
+    uv, thread, url = start_server(lm, settings, max_batch=2, warm_prompt_tokens=64)
+    try:
+        engine = uv.config.app.state.engine
+        assert len(engine.batches) == 1
+        (batch,) = engine.batches.values()
+        assert batch.engine.T >= 64 + 32
+        response = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 32},
+                              timeout=120)
+        assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        assert list(engine.batches.values()) == [batch]  # the request took the warmed slots
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+    with pytest.raises(ValueError, match="warm_prompt_tokens must be >= 0, got -1"):
+        start_server(lm, settings, warm_prompt_tokens=-1)
+
+
 def test_client_disconnect_frees_its_row(server):
     engine = server.app.state.engine
     body = {"model": MODEL, "prompt": prompts(1)[0], "max_tokens": 256, "stream": True, "spec": "topk"}

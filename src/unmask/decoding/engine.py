@@ -249,6 +249,40 @@ class DecodeEngine:
             for hi in sorted({slot_bucket(n, S) for n in range(1, S + 1)}):
                 self._run(("commit", hi))
 
+    def step_kinds(self) -> list[tuple]:
+        """Every forward kind a step may run, for every bucket: the inside step (window per slot bucket and, with
+        the prefix cache, per width; partial; or the full forward), then the refreshes per row-count bucket,
+        largest first (the refresh store is then allocated once, at its full size)."""
+        S, BL = self.S, self.BL
+        buckets = sorted({slot_bucket(n, S) for n in range(1, S + 1)})
+        kinds: list[tuple] = []
+        for hi in buckets:
+            if self.window == "none":
+                kinds.append(("full", hi))
+            elif self.partial:
+                kinds.append(("partial", hi))
+            elif self.window == "prefix":
+                kinds += [("window", hi, width) for width in range(BL, self.G + 1, BL)]
+            else:
+                kinds.append(("window", hi, BL))
+        if self.window != "none":
+            answer = self.every != 1 or self.block_causal
+            for rows in sorted(buckets, reverse=True):
+                kinds += [("refresh", rows)] + [("answer", rows)] * answer
+        return kinds
+
+    def warm(self) -> int:
+        """Run (on CUDA: capture) every step kind of every bucket now, while no slot is occupied, so that no
+        request later waits for a first-use capture or compilation (a server's first burst waited 3-4 s per new
+        bucket at the 8B shape). Forwards only write the buffers of free slots, which admission and a row's
+        first refresh rewrite: the decode is unchanged. Returns the number of kinds run."""
+        if self.count:
+            raise RuntimeError(f"warm() needs an idle engine ({self.count} slots are occupied)")
+        kinds = self.step_kinds()
+        for kind in kinds:
+            self._run(kind)
+        return len(kinds)
+
     # ---- slots ---------------------------------------------------------------------------------------
     @property
     def count(self) -> int:

@@ -240,18 +240,27 @@ class Metrics:
 
 
 def create_app(lm: DiffusionLM, settings: ServerSettings | None = None, max_batch: int = 8,
-               max_queue: int = 64) -> FastAPI:
-    """The FastAPI app; the engine thread starts and stops with the app's lifespan."""
+               max_queue: int = 64, warm_prompt_tokens: int | None = None) -> FastAPI:
+    """The FastAPI app; the engine thread starts and stops with the app's lifespan. ``warm_prompt_tokens``:
+    before serving, capture the default spec's steps for every batch bucket (``Engine.warm``) over canvases of
+    that many prompt tokens plus the default ``max_tokens`` (on CUDA; a request that needs more grows them)."""
     settings = settings or ServerSettings()
     engine = Engine(lm, max_batch=max_batch, max_queue=max_queue)
     metrics = Metrics()
     max_length = lm.model.config.max_sequence_length
     max_token_chars = longest_token_chars(lm)
+    if warm_prompt_tokens is not None and warm_prompt_tokens < 0:
+        raise ValueError(f"warm_prompt_tokens must be >= 0, got {warm_prompt_tokens}")
 
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if warm_prompt_tokens is not None:
+            prompt = min(warm_prompt_tokens, max_length - settings.block_length)
+            config, _, _ = decode_config(CompletionRequest(model=settings.model_name, prompt=""), settings,
+                                         prompt, max_length)
+            engine.warm(config, prompt + config.gen_length)
         engine.start()
         yield
         engine.shutdown()

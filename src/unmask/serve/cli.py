@@ -67,6 +67,12 @@ def serve_command(
     log_level: str = typer.Option("info", "--log-level", help=f"uvicorn log level: {', '.join(LOG_LEVELS)}."),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
     quantize: str | None = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
+    warm: bool = typer.Option(True, "--warm/--no-warm",
+                              help="On a GPU, capture the default spec's CUDA graphs for every batch size before "
+                                   "serving (start-up takes longer; no request waits for a capture)."),
+    warm_prompt_tokens: int = typer.Option(256, "--warm-prompt-tokens",
+                                           help="Prompt tokens the warmed canvases hold (plus --max-tokens); a "
+                                                "longer request grows them once."),
 ) -> None:
     """Serve a model over HTTP with OpenAI's completions and chat API (streaming, continuous batching)."""
 
@@ -84,6 +90,8 @@ def serve_command(
             raise ValueError(f"{name} must be <= {MAX_COUNT}, got {value}")
     if max_queue < 0:
         raise ValueError(f"--max-queue must be >= 0, got {max_queue}")
+    if not 0 <= warm_prompt_tokens <= MAX_COUNT:
+        raise ValueError(f"--warm-prompt-tokens must be in 0..{MAX_COUNT}, got {warm_prompt_tokens}")
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
     check_float("--request-timeout", request_timeout, 0, low_open=True)
@@ -116,7 +124,8 @@ def serve_command(
     settings = ServerSettings(model_name=name or "unmask-testbed", spec=spec, block_length=block_length,
                               default_max_tokens=max_tokens, api_key=api_key, request_timeout_s=request_timeout,
                               max_body_bytes=int(max_body_mb * (1 << 20)))
-    app = create_app(lm, settings, max_batch=max_batch, max_queue=max_queue)
+    app = create_app(lm, settings, max_batch=max_batch, max_queue=max_queue,
+                     warm_prompt_tokens=warm_prompt_tokens if warm else None)
     run_server(app, host, port, log_level.lower())
 
 

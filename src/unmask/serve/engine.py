@@ -144,7 +144,7 @@ class SlotBatch:
     the rows in flight move to the larger engine with their caches and state.
     """
 
-    def __init__(self, lm: DiffusionLM, config: DecodeConfig, slots: int, length: int) -> None:
+    def __init__(self, lm: DiffusionLM, config: DecodeConfig, slots: int, length: int, warm: bool = False) -> None:
         self.lm, self.model = lm, lm.model
         self.signature = batch_signature(config)
         self.config, self.block_length, self.cache = config, config.block_length, config.cache
@@ -156,6 +156,7 @@ class SlotBatch:
         mode = resolve_compile(lm.compile if config.compile is None else config.compile, self.model.device)
         self.graphs = mode != "off" and self.model.device.type == "cuda"
         self.fused = mode == "fused"
+        self.warm = warm and self.graphs  # capture every bucket's step when an engine is built (CUDA graphs only)
         self.engine: DecodeEngine | None = None
         self.grow(length)
 
@@ -182,6 +183,8 @@ class SlotBatch:
         self.model.compile_kernels(self.fused)
         engine = DecodeEngine(self.model, self.policy, self.scorer, self.config.credit_config,
                               self._options(capacity), graphs=self.graphs)
+        if self.warm:  # before the rows in flight move in: warm() needs an idle engine
+            engine.warm()
         if self.engine is not None:
             engine.take_rows_from(self.engine)
         self.engine = engine
@@ -322,6 +325,18 @@ class Engine:
                 ticket.sink(Update(finish_reason="error", error=f"{type(err).__name__}: {err}"))
         self.waiting = kept
         self.stats.queue_depth = len(kept)
+
+    def warm(self, config: DecodeConfig, length: int) -> SlotBatch:
+        """Build the slots of ``config``'s signature for canvases of ``length`` columns and capture every step
+        kind of every bucket now (as vLLM captures its graphs at start-up), so that no request waits for a capture;
+        engines built later for that signature (a longer request grows the canvas) are captured likewise. Call
+        before ``start``. Without CUDA graphs only the slots are built."""
+        if self.thread is not None:
+            raise RuntimeError("warm() runs before the engine thread starts")
+        key = batch_signature(config)
+        with torch.inference_mode():
+            batch = self.batches[key] = SlotBatch(self.lm, config, self.max_batch, length, warm=True)
+        return batch
 
     def _batch_for(self, ticket: Ticket) -> SlotBatch | None:
         key = batch_signature(ticket.config)
