@@ -53,7 +53,7 @@ if has serve; then
   for mb in ${MAX_BATCH:-8 32}; do
     part "serve max-batch $mb"
     new benchmarks/serve_load.py --random-weights llada-8b --rates inf -n "$mb" --max-tokens 256 --prompt-length 256 \
-      --max-batch "$mb" -o "$OUT/serve-b$mb" 2>&1 | tail -4
+      --max-batch "$mb" -o "$OUT/serve-b$mb" --trace "$OUT/serve-b$mb-trace.json" 2>&1 | tail -4
   done
 fi
 if has bench; then

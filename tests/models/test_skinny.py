@@ -2,6 +2,8 @@
 computes x @ W^T (every split of the reduction, ragged row counts), that a compiled bf16 model decodes with
 it and its CUDA graphs replay what its kernels compute, and the two-stage greedy scorer of the fused step."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,8 +14,14 @@ from unmask.decoding.scorers import Scorer, _fused_argmax_confidence, argmax_con
 from unmask.models import skinny
 from unmask.models.config import LLaDAConfig
 from unmask.models.loading import random_model
+from unmask.models.quantize import QuantizedWeight, quantize_weight
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available() or skinny.triton is None, reason="Triton kernels need CUDA")
+# the kernels' indexing runs on the CPU under the Triton interpreter (TRITON_INTERPRET=1, Triton installed), in
+# float16 (the interpreter's bfloat16 arithmetic is not faithful); on CUDA in bfloat16
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and skinny.triton is not None
+KERNEL_DEVICES = ["cuda"] if torch.cuda.is_available() and skinny.triton is not None else (["cpu"] if INTERPRET else [])
+kernel = pytest.mark.skipif(not KERNEL_DEVICES, reason="needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
 
 
 def test_cpu_and_float32_inputs_take_f_linear():
@@ -121,3 +129,83 @@ def test_bf16_fused_graphs_replay_the_skinny_kernels(cache, policy):
         assert torch.equal(eager.x, graph.x) and torch.equal(eager.commit_step, graph.commit_step)
     finally:
         model.compile_kernels(False)
+
+
+def on(q: QuantizedWeight, device: str) -> QuantizedWeight:
+    return QuantizedWeight(q.mode, q.data.to(device), q.scale.to(device), q.group_size)
+
+
+@kernel
+@pytest.mark.parametrize("mode", ["int8", "fp8", "int4"])
+@pytest.mark.parametrize("n,k,split,block_k,group", [(128, 512, 1, 128, 128), (128, 512, 2, 256, 128),
+                                                     (64, 1024, 4, 128, 256), (128, 512, 1, 256, 64)])
+@pytest.mark.parametrize("rows", [1, 7, 33])
+def test_quantized_weights_are_read_in_their_own_bytes(mode, n, k, split, block_k, group, rows):
+    """The kernel on a quantized weight computes x @ W'^T with W' the weight ``QuantizedWeight.dequantize`` gives
+    (int8, fp8: per-row scales applied to the sums; int4: nibbles unpacked, scaled per row and group in the
+    tile; groups smaller, equal to and larger than the reduction chunk), every split of the reduction."""
+    device = KERNEL_DEVICES[0]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    if device == "cuda":
+        skinny.prepare(torch.device("cuda"))
+        if mode == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+            pytest.skip("fp8 needs sm89+")
+    g = torch.Generator().manual_seed(rows * n + k + group)
+    q = on(quantize_weight(torch.randn(n, k, generator=g) * 0.05, mode, group), device)
+    x = torch.randn(rows, k, generator=g).to(device, dtype)
+    out = skinny.skinny_partials(x, q, skinny.SkinnyConfig(64, block_k, split, 2, 4))
+    assert out.shape == ((rows, n) if split == 1 else (split, rows, n))
+    assert out.dtype == (dtype if split == 1 else torch.float32)
+    y = out.double() if split == 1 else out.sum(0).double()
+    # int4 tiles hold W' in x's dtype (as dequantize(x.dtype)); int8/fp8 hold Q exactly and scale the sums
+    w_ref = q.dequantize(dtype).double() if mode == "int4" else q.dequantize(torch.float64)
+    ref = x.double() @ w_ref.T
+    torch.testing.assert_close(y, ref, rtol=1e-2, atol=5e-3 * ref.abs().max().item())
+
+
+def test_quantized_weights_the_kernel_cannot_tile_are_refused():
+    x = torch.zeros(4, 688, dtype=torch.float16)
+    q = quantize_weight(torch.randn(128, 688), "int4")  # group 86: neither a multiple nor a divisor of 128
+    if skinny.triton is None:
+        pytest.skip("needs Triton")
+    with pytest.raises(ValueError, match="int4 weight \\[128, 688\\] \\(group 86\\) is not tiled"):
+        skinny.skinny_partials(x, q, skinny.SkinnyConfig(64, 128, 1, 2, 4))
+    w8a8 = quantize_weight(torch.randn(128, 256), "fp8-w8a8")
+    with pytest.raises(ValueError, match="reads int8, fp8 and int4 weights, not 'fp8-w8a8'"):
+        skinny.skinny_partials(torch.zeros(4, 256, dtype=torch.float16), w8a8, skinny.SkinnyConfig(64, 128, 1, 2, 4))
+
+
+def test_quantized_weights_on_the_cpu_take_their_own_linear():
+    x = torch.randn(3, 256)
+    for mode in ("int8", "int4", "fp8"):
+        q = quantize_weight(torch.randn(128, 256), mode)
+        assert not skinny.applies(x, q)
+        assert torch.equal(skinny.fast_linear(x, q), q.linear(x))
+
+
+def test_quantized_tiles_fit_the_shared_memory_of_sm90():
+    """A 1-byte (int4: half-byte) weight tile of 64 x 256 streams what a bf16 one of 64 x 128 does; the staged
+    tiles fit 227 KiB at every row count the kernel takes."""
+    for n, k in skinny.TUNED:
+        config = skinny.quantized_config(n, k)
+        assert config.block_k == 256 and k % (config.split_k * config.block_k) == 0
+        for m in (1, 32, 64):
+            for w_bytes in (1.0, 0.5):
+                fitted = skinny.fit_stages(config, m, skinny.SM90_SHARED_MEMORY, 2, w_bytes)
+                need = fitted.stages * (fitted.block_n * w_bytes + skinny.block_rows(m) * 2) * fitted.block_k
+                assert need <= skinny.SM90_SHARED_MEMORY and fitted.stages == config.stages
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["int8", "fp8", "int4"])
+def test_fast_linear_takes_the_kernel_for_quantized_weights(mode):
+    skinny.prepare(torch.device("cuda"))
+    if mode == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm89+")
+    q = on(quantize_weight(torch.randn(4096, 4096) * 0.02, mode), "cuda")
+    x = torch.randn(2, 16, 4096, device="cuda").bfloat16()
+    assert skinny.applies(x, q)
+    y = skinny.fast_linear(x, q)
+    assert y.shape == (2, 16, 4096) and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), q.linear(x).float(), rtol=2e-2, atol=2e-2)
+    assert not skinny.applies(torch.randn(65, 4096, device="cuda").bfloat16(), q)  # more rows than MAX_ROWS

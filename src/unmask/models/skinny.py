@@ -19,6 +19,7 @@ layers' distinct weights): qkv 37.6 us vs cuBLAS 40.2, attention output 14.3 vs 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 
 import torch
@@ -50,11 +51,14 @@ if triton is not None:
 
     @triton.jit
     def _skinny_mm_kernel(
-        x_ptr, w_ptr, out_ptr, M, N, K, k_per_split,
-        stride_xm, stride_wn, stride_os, stride_om,
+        x_ptr, w_ptr, out_ptr, scale_ptr, M, N, K, k_per_split,
+        stride_xm, stride_wn, stride_os, stride_om, stride_sn,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
-        EVEN_K: tl.constexpr,
+        EVEN_K: tl.constexpr, W_MODE: tl.constexpr, GROUP: tl.constexpr,
     ):
+        # W_MODE 0: W in x's dtype; 1: int8/fp8 W with one float32 scale per row (applied to the sums);
+        # 2: int4, two per byte (low nibble the even column), one scale per row and GROUP columns (applied to
+        # the tile: W = q * s in float32, then x's dtype, as QuantizedWeight.dequantize)
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         pid_m = tl.program_id(2)
@@ -63,7 +67,10 @@ if triton is not None:
         k_start = pid_k * k_per_split
         rk = tl.arange(0, BLOCK_K)
         x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]
-        w_ptrs = w_ptr + rn[:, None] * stride_wn + (k_start + rk)[None, :]
+        if W_MODE == 2:
+            w_ptrs = w_ptr + rn[:, None] * stride_wn + (k_start // 2 + tl.arange(0, BLOCK_K // 2))[None, :]
+        else:
+            w_ptrs = w_ptr + rn[:, None] * stride_wn + (k_start + rk)[None, :]
         m_ok = rm[:, None] < M
         if SWAP:
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -73,16 +80,30 @@ if triton is not None:
             if EVEN_K:
                 w = tl.load(w_ptrs)
                 x = tl.load(x_ptrs, mask=m_ok, other=0.0)
-            else:
+            else:  # (W_MODE 0 only)
                 k_ok = (k_start + k + rk)[None, :] < K
                 w = tl.load(w_ptrs, mask=k_ok, other=0.0)
                 x = tl.load(x_ptrs, mask=m_ok & k_ok, other=0.0)
+            if W_MODE == 1:
+                w = w.to(x.dtype)
+            elif W_MODE == 2:
+                low = (w & 0xF).to(tl.int8) - 8
+                high = (w >> 4).to(tl.int8) - 8
+                q = tl.reshape(tl.join(low, high), (BLOCK_N, BLOCK_K)).to(tl.float32)
+                TILE_GROUP: tl.constexpr = GROUP if GROUP < BLOCK_K else BLOCK_K
+                groups = (k_start + k + tl.arange(0, BLOCK_K // TILE_GROUP) * TILE_GROUP) // GROUP
+                s = tl.load(scale_ptr + rn[:, None] * stride_sn + groups[None, :])
+                q = tl.reshape(q, (BLOCK_N, BLOCK_K // TILE_GROUP, TILE_GROUP)) * s[:, :, None]
+                w = tl.reshape(q, (BLOCK_N, BLOCK_K)).to(x.dtype)
             if SWAP:
                 acc = tl.dot(w, tl.trans(x), acc)
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
             x_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K // 2 if W_MODE == 2 else BLOCK_K
+        if W_MODE == 1:
+            s = tl.load(scale_ptr + rn * stride_sn)
+            acc = acc * (s[:, None] if SWAP else s[None, :])
         out_ptrs = out_ptr + pid_k * stride_os
         if SWAP:
             tl.store(out_ptrs + rm[None, :] * stride_om + rn[:, None], acc.to(out_ptr.dtype.element_ty),
@@ -92,29 +113,53 @@ if triton is not None:
                      mask=m_ok)
 
 
-def skinny_partials(x: torch.Tensor, weight: torch.Tensor, config: SkinnyConfig) -> torch.Tensor:
+W_MODES = {"int8": 1, "fp8": 1, "int4": 2}  # the kernel's weight layouts (``_skinny_mm_kernel``); 0: plain
+
+
+def weight_bytes(weight: torch.Tensor | QuantizedWeight) -> float:
+    """Bytes per weight element the kernel streams: 2 (bf16/fp16), 1 (int8, fp8), 0.5 (int4)."""
+    if isinstance(weight, QuantizedWeight):
+        return 0.5 if weight.mode == "int4" else 1.0
+    return float(weight.element_size())
+
+
+def skinny_partials(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, config: SkinnyConfig) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T as ``config.split_k`` float32 partial sums [split_k, M, N] (or, with
-    one split, y [M, N] in x's dtype). N must be a multiple of ``config.block_n``."""
+    one split, y [M, N] in x's dtype). N must be a multiple of ``config.block_n``.
+
+    A weight-only quantized ``weight`` (int8, fp8: y = (x @ Q^T) * s per row; int4: W = Q * s per row and group,
+    ``models/quantize.py``) is read in its own bytes and converted in the kernel's registers; its reduction
+    must be tiled by the configuration (and, int4, its group a multiple or a divisor of ``block_k``)."""
     if triton is None:
         raise RuntimeError("skinny_partials needs Triton (a CUDA build of PyTorch)")
     M, K = x.shape
     N = weight.shape[0]
     if weight.shape[1] != K or N % config.block_n:
         raise ValueError(f"skinny matmul: x {tuple(x.shape)}, weight {tuple(weight.shape)}, block_n {config.block_n}")
-    if x.stride(1) != 1 or weight.stride(1) != 1:
-        raise ValueError("skinny matmul needs x and weight contiguous along K")
     split = config.split_k
     k_per_split = triton.cdiv(triton.cdiv(K, split), config.block_k) * config.block_k
+    even_k = K % (split * config.block_k) == 0 and k_per_split * split == K
+    w_mode, group, scale = 0, 1, x
+    if isinstance(weight, QuantizedWeight):
+        if weight.mode not in W_MODES:
+            raise ValueError(f"skinny matmul reads int8, fp8 and int4 weights, not {weight.mode!r}")
+        w_mode, group, scale = W_MODES[weight.mode], weight.group_size, weight.scale
+        if not even_k or (w_mode == 2 and config.block_k % group and group % config.block_k):
+            raise ValueError(f"skinny matmul: a {weight.mode} weight [{N}, {K}] (group {weight.group_size}) is not "
+                             f"tiled by block_k {config.block_k} x split_k {split}")
+        weight = weight.data
+    if x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("skinny matmul needs x and weight contiguous along K")
     dtype = x.dtype if split == 1 else torch.float32
     out = torch.empty((split, M, N), device=x.device, dtype=dtype)
     block_m = block_rows(M)
     grid = (N // config.block_n, split, triton.cdiv(M, block_m))
-    with torch.cuda.device(x.device):  # Triton launches on the current device
+    # Triton launches on the current device (the Triton interpreter, TRITON_INTERPRET=1: on the CPU)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _skinny_mm_kernel[grid](
-            x, weight, out, M, N, K, k_per_split, x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
-            BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWAP=config.swap,
-            EVEN_K=K % (split * config.block_k) == 0 and k_per_split * split == K,
-            num_warps=config.warps, num_stages=config.stages,
+            x, weight, out, scale, M, N, K, k_per_split, x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
+            scale.stride(0), BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWAP=config.swap,
+            EVEN_K=even_k, W_MODE=w_mode, GROUP=group, num_warps=config.warps, num_stages=config.stages,
         )
     return out[0] if split == 1 else out
 
@@ -132,13 +177,20 @@ TUNED: dict[tuple[int, int], SkinnyConfig] = {
 }
 
 
-def default_config(n: int, k: int, multiprocessors: int = 132) -> SkinnyConfig:
+def default_config(n: int, k: int, multiprocessors: int = 132, block_k: int = 128) -> SkinnyConfig:
     """64 features per program; the reduction split in 2 or 4 while that leaves fewer programs than
     twice the multiprocessors (a weight-bound kernel needs every multiprocessor streaming)."""
     split = 1
-    while split < 4 and (n // 64) * split < 2 * multiprocessors and k % (2 * split * 128) == 0:
+    while split < 4 and (n // 64) * split < 2 * multiprocessors and k % (2 * split * block_k) == 0:
         split *= 2
-    return SkinnyConfig(64, 128, split, 3, 4)
+    return SkinnyConfig(64, block_k, split, 3, 4)
+
+
+def quantized_config(n: int, k: int) -> SkinnyConfig:
+    """A quantized weight's configuration: ``default_config`` with a reduction chunk of 256 where K allows
+    (a 1-byte weight tile of 64 x 256 streams the bytes of a bf16 one of 64 x 128) and a deeper pipeline."""
+    block_k = 256 if k % 256 == 0 else 128
+    return replace(default_config(n, k, block_k=block_k), stages=4)
 
 
 _CAPABILITY: dict[int, tuple[int, int]] = {}  # CUDA device index -> compute capability (``prepare``)
@@ -151,13 +203,16 @@ def block_rows(m: int) -> int:
     return max(16, 1 << (min(m, 64) - 1).bit_length())
 
 
-def fit_stages(config: SkinnyConfig, m: int, shared_memory: int, element_bytes: int = 2) -> SkinnyConfig:
+def fit_stages(config: SkinnyConfig, m: int, shared_memory: int, element_bytes: int = 2,
+               weight_element_bytes: float | None = None) -> SkinnyConfig:
     """``config`` with its pipeline shortened until the staged tiles fit in ``shared_memory`` bytes.
 
-    Each stage holds a weight tile [block_n, block_k] and an x tile [block_rows(m), block_k]; a depth tuned at
-    32 rows can overflow at 33-64 (the LM head's 256-wide tile: 3 x 80 KiB > 227 KiB on sm90).
+    Each stage holds a weight tile [block_n, block_k] (``weight_element_bytes`` each, default x's) and an x tile
+    [block_rows(m), block_k]; a depth tuned at 32 rows can overflow at 33-64 (the LM head's 256-wide tile:
+    3 x 80 KiB > 227 KiB on sm90).
     """
-    per_stage = (config.block_n + block_rows(m)) * config.block_k * element_bytes
+    w_bytes = element_bytes if weight_element_bytes is None else weight_element_bytes
+    per_stage = int((config.block_n * w_bytes + block_rows(m) * element_bytes) * config.block_k)
     stages = max(1, min(config.stages, shared_memory // per_stage))
     return config if stages == config.stages else replace(config, stages=stages)
 
@@ -184,22 +239,31 @@ def config_for(n: int, k: int, device: torch.device | None = None) -> SkinnyConf
     return (TUNED.get((n, k)) if hopper else None) or default_config(n, k)
 
 
-def _launch_config(x: torch.Tensor, weight: torch.Tensor) -> SkinnyConfig | None:
+def _launch_config(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight) -> SkinnyConfig | None:
     """The kernel's configuration for ``x @ weight^T``, or ``None`` where it does not apply: it needs a
     prepared sm80+ CUDA device, bf16/fp16, at most ``MAX_ROWS`` rows, a weight [N, K] with K contiguous
-    and N, K tiled by the configuration."""
+    and N, K tiled by the configuration; a quantized weight int8 or int4 (fp8: sm89+), its int4 groups tiled."""
     if not ENABLED or not x.is_cuda or _CAPABILITY.get(x.device.index, (0, 0)) < (8, 0):
         return None
-    if x.dtype not in (torch.bfloat16, torch.float16) or weight.dtype != x.dtype:
+    if x.dtype not in (torch.bfloat16, torch.float16) or x.shape[-1] != weight.shape[1]:
         return None
-    if weight.dim() != 2 or weight.stride(1) != 1 or x.shape[-1] != weight.shape[1]:
+    quantized = isinstance(weight, QuantizedWeight)
+    if quantized:
+        if weight.mode not in W_MODES or (weight.mode == "fp8" and _CAPABILITY[x.device.index] < (8, 9)):
+            return None
+        if weight.data.stride(1) != 1 or weight.scale.stride(-1) != 1:
+            return None
+    elif weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1:
         return None
     n, k = weight.shape
-    cfg = config_for(n, k, x.device)
+    cfg = quantized_config(n, k) if quantized else config_for(n, k, x.device)
     m = x.numel() // k
     if m > MAX_ROWS or n % cfg.block_n or k % (cfg.split_k * cfg.block_k):
         return None
-    return fit_stages(cfg, m, _SHARED_MEMORY.get(x.device.index, SM90_SHARED_MEMORY), x.element_size())
+    if quantized and weight.mode == "int4" and cfg.block_k % weight.group_size and weight.group_size % cfg.block_k:
+        return None
+    return fit_stages(cfg, m, _SHARED_MEMORY.get(x.device.index, SM90_SHARED_MEMORY), x.element_size(),
+                      weight_bytes(weight))
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -220,21 +284,39 @@ def _(x, weight, block_n, block_k, split_k, stages, warps):
     return x.new_empty((m, n)) if split_k == 1 else x.new_empty((split_k, m, n), dtype=torch.float32)
 
 
-def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x @ weight^T (+ bias), through the skinny Triton kernel where ``applies``, else ``F.linear``.
+@torch.library.custom_op("unmask::skinny_qmm", mutates_args=(), device_types="cuda")
+def skinny_qmm(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, mode: str, group_size: int, block_n: int,
+               block_k: int, split_k: int, stages: int, warps: int) -> torch.Tensor:
+    """``skinny_partials`` of a quantized weight (``data``, ``scale``) as an operator."""
+    return skinny_partials(x, QuantizedWeight(mode, data, scale, group_size),
+                           SkinnyConfig(block_n, block_k, split_k, stages, warps))
+
+
+@skinny_qmm.register_fake
+def _(x, data, scale, mode, group_size, block_n, block_k, split_k, stages, warps):
+    m, n = x.shape[0], data.shape[0]
+    return x.new_empty((m, n)) if split_k == 1 else x.new_empty((split_k, m, n), dtype=torch.float32)
+
+
+def fast_linear(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ weight^T (+ bias), through the skinny Triton kernel where ``applies``, else ``F.linear`` (a
+    quantized weight: its own ``linear``).
 
     With a split reduction the float32 partials are added here, in PyTorch, so that under torch.compile
     the sum fuses into the kernel that consumes y.
     """
-    if isinstance(weight, QuantizedWeight):  # its own matmul (the conversion fuses under torch.compile)
-        return weight.linear(x, bias)
     cfg = _launch_config(x, weight)
     if cfg is None:
-        return F.linear(x, weight, bias)
+        return weight.linear(x, bias) if isinstance(weight, QuantizedWeight) else F.linear(x, weight, bias)
     n, k = weight.shape
     x2 = x.reshape(-1, k)
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
-    out = torch.ops.unmask.skinny_mm(x2, weight, cfg.block_n, cfg.block_k, cfg.split_k, cfg.stages, cfg.warps)
+    if isinstance(weight, QuantizedWeight):
+        out = torch.ops.unmask.skinny_qmm(x2, weight.data, weight.scale, weight.mode, weight.group_size, cfg.block_n,
+                                          cfg.block_k, cfg.split_k, cfg.stages, cfg.warps)
+    else:
+        out = torch.ops.unmask.skinny_mm(x2, weight, cfg.block_n, cfg.block_k, cfg.split_k, cfg.stages, cfg.warps)
     y = (out if cfg.split_k == 1 else out.sum(0).to(x.dtype)).reshape(*x.shape[:-1], n)
     return y if bias is None else y + bias
