@@ -12,6 +12,7 @@ over the problems).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -30,11 +31,13 @@ DEFAULT_PAIRS = [
 ]
 
 
-def load(run: Path) -> dict[str, dict[str, tuple[float, int, int]]]:
-    """spec -> example id -> (score, nfe, tokens) from the run's records (every rank's file, as the sweep)."""
+def load(run: Path, task: str | None = None) -> dict[str, dict[str, tuple[float, int, int]]]:
+    """spec -> example id -> (score, nfe, tokens) from the run's records (every rank's file, as the sweep);
+    ``task``: only that task's records."""
     by: dict[str, dict[str, tuple[float, int, int]]] = {}
     for r in read_run_records(run):
-        by.setdefault(r["spec"], {})[r["id"]] = (r["score"], r["nfe"], r["tokens"])
+        if task is None or r.get("task") == task:
+            by.setdefault(r["spec"], {})[r["id"]] = (r["score"], r["nfe"], r["tokens"])
     return by
 
 
@@ -57,12 +60,14 @@ def main() -> None:
     parser.add_argument("--pair", action="append", default=None, help="A,B (repeat); default: the claims' pairs")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", action="append", default=None,
+                        help="compare per task (repeat); default: all of a run's records together")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     pairs = [tuple(p.split(",", 1)) for p in args.pair] if args.pair else DEFAULT_PAIRS
     out = []
-    for run in args.runs:
-        by = load(run)
+    for run, task in itertools.product(args.runs, args.task or [None]):
+        by = load(run, task)
         for a, b in pairs:
             if a not in by or b not in by:
                 print(f"{run.name}: {a} or {b} not swept, skipped")
@@ -70,9 +75,10 @@ def main() -> None:
             ids = sorted(set(by[a]) & set(by[b]))
             a_rows, b_rows = (np.array([by[s][i] for i in ids], dtype=float) for s in (a, b))
             stats = compare(a_rows, b_rows, args.samples, args.seed)
-            row = {"run": run.name, "a": a, "b": b, **{k: np.asarray(v).tolist() for k, v in stats.items()}}
+            row = {"run": run.name, "task": task, "a": a, "b": b,
+                   **{k: np.asarray(v).tolist() for k, v in stats.items()}}
             out.append(row)
-            print(f"{run.name:22} {a:22} vs {b:16}: acc {row['acc_a']:.3f} vs {row['acc_b']:.3f}, diff "
+            print(f"{run.name:22} {task or '':5} {a:22} vs {b:16}: acc {row['acc_a']:.3f} vs {row['acc_b']:.3f}, diff "
                   f"{row['acc_diff'] * 100:+.1f} pts [{row['acc_diff_ci'][0] * 100:+.1f}, "
                   f"{row['acc_diff_ci'][1] * 100:+.1f}]; NFE {row['nfe_a']:.1f} vs {row['nfe_b']:.1f}: "
                   f"{row['nfe_ratio']:.2f}x fewer [{row['nfe_ratio_ci'][0]:.2f}, {row['nfe_ratio_ci'][1]:.2f}]; "

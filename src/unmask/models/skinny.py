@@ -57,7 +57,8 @@ if triton is not None:
         EVEN_K: tl.constexpr, W_MODE: tl.constexpr, GROUP: tl.constexpr,
     ):
         # W_MODE 0: W in x's dtype; 1: int8/fp8 W with one float32 scale per row (applied to the sums);
-        # 2: int4, two per byte (low nibble the even column), one scale per row and GROUP columns (applied to
+        # 2: int4, two per byte (low nibble the even column) met by x's even and odd columns in two dots, one
+        # scale per row and GROUP columns (applied to the tile's sums where a group spans whole tiles, else to
         # the tile: W = q * s in float32, then x's dtype, as QuantizedWeight.dequantize)
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
@@ -66,10 +67,12 @@ if triton is not None:
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         k_start = pid_k * k_per_split
         rk = tl.arange(0, BLOCK_K)
-        x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]
-        if W_MODE == 2:
-            w_ptrs = w_ptr + rn[:, None] * stride_wn + (k_start // 2 + tl.arange(0, BLOCK_K // 2))[None, :]
+        if W_MODE == 2:  # x's even and odd columns meet the low and high nibbles: no interleave of W's tile
+            rh = tl.arange(0, BLOCK_K // 2)
+            x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + 2 * rh)[None, :]
+            w_ptrs = w_ptr + rn[:, None] * stride_wn + (k_start // 2 + rh)[None, :]
         else:
+            x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]
             w_ptrs = w_ptr + rn[:, None] * stride_wn + (k_start + rk)[None, :]
         m_ok = rm[:, None] < M
         if SWAP:
@@ -77,30 +80,50 @@ if triton is not None:
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(0, k_per_split, BLOCK_K):
-            if EVEN_K:
+            if W_MODE == 2:
                 w = tl.load(w_ptrs)
-                x = tl.load(x_ptrs, mask=m_ok, other=0.0)
-            else:  # (W_MODE 0 only)
-                k_ok = (k_start + k + rk)[None, :] < K
-                w = tl.load(w_ptrs, mask=k_ok, other=0.0)
-                x = tl.load(x_ptrs, mask=m_ok & k_ok, other=0.0)
-            if W_MODE == 1:
-                w = w.to(x.dtype)
-            elif W_MODE == 2:
-                low = (w & 0xF).to(tl.int8) - 8
-                high = (w >> 4).to(tl.int8) - 8
-                q = tl.reshape(tl.join(low, high), (BLOCK_N, BLOCK_K)).to(tl.float32)
-                TILE_GROUP: tl.constexpr = GROUP if GROUP < BLOCK_K else BLOCK_K
-                groups = (k_start + k + tl.arange(0, BLOCK_K // TILE_GROUP) * TILE_GROUP) // GROUP
-                s = tl.load(scale_ptr + rn[:, None] * stride_sn + groups[None, :])
-                q = tl.reshape(q, (BLOCK_N, BLOCK_K // TILE_GROUP, TILE_GROUP)) * s[:, :, None]
-                w = tl.reshape(q, (BLOCK_N, BLOCK_K)).to(x.dtype)
-            if SWAP:
-                acc = tl.dot(w, tl.trans(x), acc)
+                x_even = tl.load(x_ptrs, mask=m_ok, other=0.0)
+                x_odd = tl.load(x_ptrs + 1, mask=m_ok, other=0.0)
+                low = ((w & 0xF).to(tl.int8) - 8).to(x_even.dtype)  # |q| <= 8: exact in bf16/fp16
+                high = ((w >> 4).to(tl.int8) - 8).to(x_even.dtype)
+                if GROUP % BLOCK_K == 0:  # one group per tile: the scale applies to the tile's sums
+                    s = tl.load(scale_ptr + rn * stride_sn + (k_start + k) // GROUP)
+                    if SWAP:
+                        part = tl.dot(low, tl.trans(x_even)) + tl.dot(high, tl.trans(x_odd))
+                        acc += part * s[:, None]
+                    else:
+                        part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high))
+                        acc += part * s[None, :]
+                else:  # several groups per tile: W = q * s in float32, then x's dtype (QuantizedWeight.dequantize)
+                    HALF_GROUP: tl.constexpr = GROUP // 2
+                    groups = (k_start + k) // GROUP + tl.arange(0, BLOCK_K // GROUP)
+                    s = tl.load(scale_ptr + rn[:, None] * stride_sn + groups[None, :])[:, :, None]
+                    shape: tl.constexpr = (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)
+                    low = tl.reshape(tl.reshape(low.to(tl.float32), shape) * s, (BLOCK_N, BLOCK_K // 2))
+                    high = tl.reshape(tl.reshape(high.to(tl.float32), shape) * s, (BLOCK_N, BLOCK_K // 2))
+                    low, high = low.to(x_even.dtype), high.to(x_even.dtype)
+                    if SWAP:
+                        acc = tl.dot(high, tl.trans(x_odd), tl.dot(low, tl.trans(x_even), acc))
+                    else:
+                        acc = tl.dot(x_odd, tl.trans(high), tl.dot(x_even, tl.trans(low), acc))
+                x_ptrs += BLOCK_K
+                w_ptrs += BLOCK_K // 2
             else:
-                acc = tl.dot(x, tl.trans(w), acc)
-            x_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K // 2 if W_MODE == 2 else BLOCK_K
+                if EVEN_K:
+                    w = tl.load(w_ptrs)
+                    x = tl.load(x_ptrs, mask=m_ok, other=0.0)
+                else:  # (W_MODE 0 only)
+                    k_ok = (k_start + k + rk)[None, :] < K
+                    w = tl.load(w_ptrs, mask=k_ok, other=0.0)
+                    x = tl.load(x_ptrs, mask=m_ok & k_ok, other=0.0)
+                if W_MODE == 1:
+                    w = w.to(x.dtype)
+                if SWAP:
+                    acc = tl.dot(w, tl.trans(x), acc)
+                else:
+                    acc = tl.dot(x, tl.trans(w), acc)
+                x_ptrs += BLOCK_K
+                w_ptrs += BLOCK_K
         if W_MODE == 1:
             s = tl.load(scale_ptr + rn * stride_sn)
             acc = acc * (s[:, None] if SWAP else s[None, :])
@@ -298,6 +321,18 @@ def _(x, data, scale, mode, group_size, block_n, block_k, split_k, stages, warps
     return x.new_empty((m, n)) if split_k == 1 else x.new_empty((split_k, m, n), dtype=torch.float32)
 
 
+@torch.library.custom_op("unmask::quantized_linear", mutates_args=())
+def quantized_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, mode: str,
+                     group_size: int) -> torch.Tensor:
+    """``QuantizedWeight.linear`` as an operator (where the skinny kernel does not apply: many rows)."""
+    return QuantizedWeight(mode, data, scale, group_size).linear(x)
+
+
+@quantized_linear.register_fake
+def _(x, data, scale, mode, group_size):
+    return x.new_empty((*x.shape[:-1], data.shape[0]))
+
+
 def fast_linear(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ weight^T (+ bias), through the skinny Triton kernel where ``applies``, else ``F.linear`` (a
@@ -307,8 +342,13 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight,
     the sum fuses into the kernel that consumes y.
     """
     cfg = _launch_config(x, weight)
+    if cfg is None and isinstance(weight, QuantizedWeight):
+        # opaque to torch.compile: inductor's mm templates fail on an int8 -> bf16 prologue (InductorError,
+        # torch 2.11, H100), so the weight is converted in full and multiplied by the library matmul
+        y = torch.ops.unmask.quantized_linear(x, weight.data, weight.scale, weight.mode, weight.group_size)
+        return y if bias is None else y + bias
     if cfg is None:
-        return weight.linear(x, bias) if isinstance(weight, QuantizedWeight) else F.linear(x, weight, bias)
+        return F.linear(x, weight, bias)
     n, k = weight.shape
     x2 = x.reshape(-1, k)
     if x2.stride(1) != 1:
