@@ -98,9 +98,10 @@ if triton is not None:
                     HALF_GROUP: tl.constexpr = GROUP // 2
                     groups = (k_start + k) // GROUP + tl.arange(0, BLOCK_K // GROUP)
                     s = tl.load(scale_ptr + rn[:, None] * stride_sn + groups[None, :])[:, :, None]
-                    shape: tl.constexpr = (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)
-                    low = tl.reshape(tl.reshape(low.to(tl.float32), shape) * s, (BLOCK_N, BLOCK_K // 2))
-                    high = tl.reshape(tl.reshape(high.to(tl.float32), shape) * s, (BLOCK_N, BLOCK_K // 2))
+                    low = tl.reshape(low.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
+                    high = tl.reshape(high.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
+                    low = tl.reshape(low, (BLOCK_N, BLOCK_K // 2))
+                    high = tl.reshape(high, (BLOCK_N, BLOCK_K // 2))
                     low, high = low.to(x_even.dtype), high.to(x_even.dtype)
                     if SWAP:
                         acc = tl.dot(high, tl.trans(x_odd), tl.dot(low, tl.trans(x_even), acc))
