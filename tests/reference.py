@@ -277,20 +277,22 @@ def ref_prompt_stale_generate(w, cfg, prompt, gen_length, block_length, mask_id,
     return x, nfe
 
 
-def ref_partial_generate(w, cfg, prompt, gen_length, block_length, mask_id, threshold, budget):
-    """Dual-cache generate with the threshold rule where only block 0 starts with the full forward; every
-    later forward recomputes the block's columns and ``budget`` more: the columns whose token differs from
-    the one their cached keys/values were computed from, then the most steps since their last recompute,
-    then the lower column. One row (batch 1), temperature 0. Returns (x, nfe)."""
+def ref_partial_generate(w, cfg, prompt, gen_length, block_length, mask_id, threshold, budget, every=math.inf):
+    """Dual-cache generate with the threshold rule where only block 0 (and blocks every, 2 every, ...) starts
+    with the full forward; every other forward recomputes the block's columns and ``budget`` more: the columns
+    whose token differs from the one their cached keys/values were computed from, then the most steps since
+    their last recompute, then the lower column. One row (batch 1), temperature 0. Returns (x, nfe)."""
     P = prompt.shape[1]
     L = P + gen_length
     x = torch.full((1, L), mask_id, dtype=torch.long)
     x[:, :P] = prompt
-    logits, past = ref_forward(w, cfg, x)
-    kv_token, age = x[0].tolist(), [0] * L
-    nfe, first = 0, True
+    nfe = 0
     for nb in range(gen_length // block_length):
         s, e = P + nb * block_length, P + (nb + 1) * block_length
+        if nb == 0 or (every != math.inf and nb % every == 0):
+            logits, past = ref_forward(w, cfg, x)
+            kv_token, age = x[0].tolist(), [0] * L
+            first = True
         while (x[:, s:e] == mask_id).any():
             if first:
                 block_logits, first = logits[:, s:e], False

@@ -34,6 +34,9 @@ def test_registry_and_labels():
     assert {"none", "prefix", "dual", "prompt_stale", "partial"} <= set(CACHE_KINDS)
     assert canonical_cache("partial") == "partial(budget=16)"
     assert canonical_cache("partial(budget=64)") == "partial(budget=64)"
+    # a knob added later is shown only away from its default, so earlier labels (records, sweeps) stay valid
+    assert canonical_cache("partial(every=inf)") == "partial(budget=16)"
+    assert canonical_cache("partial(every=2, budget=8)") == "partial(budget=8,every=2)"
     assert canonical_cache("prompt_stale") == "prompt_stale(every=4)"
     assert canonical_cache(" prompt_stale(every=inf) ") == "prompt_stale(every=inf)"
     assert parse_cache_mode("prompt_stale(every=2)").knob("every") == 2 and parse_cache_mode("dual").window == "dual"
@@ -88,16 +91,18 @@ def test_generate_and_server_signature_take_the_spec(tiny_ckpt):
     assert out.config.cache == "prompt_stale(every=2)" and out.nfe <= 32
 
 
-@pytest.mark.parametrize("budget", [1, 5, 64])
+@pytest.mark.parametrize("budget,every", [(1, math.inf), (5, math.inf), (64, math.inf), (5, 2), (1, 3)])
 @pytest.mark.parametrize("tau", [0.3, 0.6])
-def test_partial_equals_its_restatement(model, tiny_cfg, tiny_weights, budget, tau):
+def test_partial_equals_its_restatement(model, tiny_cfg, tiny_weights, budget, every, tau):
+    """``partial(budget=K)`` and, with ``every=N``, a full refresh at blocks 0, N, 2N, ... (dLLM-Cache's interval)."""
     mask_id = tiny_cfg["mask_token_id"]
     differs = 0
+    cache = f"partial(budget={budget})" if every == math.inf else f"partial(budget={budget},every={every})"
     for row in prompts(3):
         x = row[None]
-        ref, ref_nfe = ref_partial_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, tau, budget)
+        ref, ref_nfe = ref_partial_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, tau, budget, every)
         out = decode(model, x, Threshold(tau), mask_id=mask_id, gen_length=32, block_length=8,
-                     cache=f"partial(budget={budget})", early_stop=False)
+                     cache=cache, early_stop=False)
         assert torch.equal(out.sequences, ref) and out.nfe == ref_nfe
         dual, dual_nfe = ref_fastdllm_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, threshold=tau, cache="dual")
         differs += not torch.equal(dual, ref) or dual_nfe != ref_nfe
@@ -113,7 +118,16 @@ def test_partial_with_the_whole_canvas_is_no_cache(model, tiny_cfg):
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.commit_step, b.commit_step)
 
 
-@pytest.mark.parametrize("cache", ["prompt_stale(every=2)", "partial(budget=3)"])
+def test_partial_interval_refreshes_change_the_decode(model, tiny_cfg, tiny_weights):
+    """``every=2`` is not ``every=inf``: the refreshes at blocks 2 change some decode of the fixture (else the
+    restatement test above could not tell them apart)."""
+    mask_id = tiny_cfg["mask_token_id"]
+    pairs = [(ref_partial_generate(tiny_weights, tiny_cfg, row[None], 32, 8, mask_id, 0.3, 1, every)) for row in
+             prompts(3) for every in (math.inf, 2)]
+    assert any(not torch.equal(a[0], b[0]) or a[1] != b[1] for a, b in zip(pairs[0::2], pairs[1::2], strict=True))
+
+
+@pytest.mark.parametrize("cache", ["prompt_stale(every=2)", "partial(budget=3)", "partial(budget=3,every=2)"])
 def test_ragged_batch_through_fewer_slots_equals_alone(model, tiny_cfg, cache):
     g = torch.Generator().manual_seed(3)
     rows = [torch.randint(0, 100, (n,), generator=g) for n in (9, 4, 7, 5)]

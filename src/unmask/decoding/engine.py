@@ -173,6 +173,7 @@ class DecodeEngine:
         # partial(budget=K): block 0 refreshed, then every step recomputes the block plus K changed/stalest columns
         self.partial = self.mode.kind.refresh == "partial"
         self.budget = min(int(self.mode.knob("budget")), T - BL) if self.partial else 0
+        self.partial_every = self.mode.knob("every") if self.partial else 1  # blocks between full refreshes
         if self.cfg and (self.every != 1 or self.partial):
             raise ValueError(f"cfg_scale > 0 is not supported with cache mode {opts.cache!r} (use dual or prefix)")
         self.Bm = 2 * S if self.cfg else S  # rows through the model (CFG adds the unconditional copy)
@@ -624,6 +625,11 @@ class DecodeEngine:
                 self.kv.outputs = cache.outputs.new_zeros((self.Bm, *cache.outputs.shape[1:]))
             self.kv.outputs.index_copy_(0, index, cache.outputs)
 
+    def _partial_block(self, slot: int) -> bool:
+        """Whether the ``partial`` row in ``slot`` starts its block with the partial step (not a full refresh)."""
+        block = self.slots[slot].block
+        return block > 0 and (self.partial_every == float("inf") or block % int(self.partial_every) != 0)
+
     def _full_refresh(self, block: int) -> bool:
         """Whether ``block`` starts with the full refresh (else with the answer-only one; a block-diffusion row:
         with the window of its previous and new blocks, ``_append_window``)."""
@@ -863,8 +869,9 @@ class DecodeEngine:
             self.stats.forwards += 1
             self.stats.computed_row_steps += hi
         else:
-            # partial: only a row's block 0 starts with a refresh; later blocks start with the partial step
-            fresh = [i for i in occupied if self.slots[i].refresh and not (self.partial and self.slots[i].block)]
+            # partial: a row's block 0 (and, with every=N, blocks N, 2N, ...) starts with a refresh; other blocks
+            # start with the partial step
+            fresh = [i for i in occupied if self.slots[i].refresh and not (self.partial and self._partial_block(i))]
             inside = [i for i in occupied if i not in fresh] if fresh else occupied
             if inside:
                 width = BL

@@ -21,7 +21,8 @@ Cache modes are registered (``register_cache``) with their knobs, like the polic
   logits decoding the block), attending to the prompt's cached keys/values from the last full refresh
   (refresh-light caching; the prompt's deeper-layer keys/values are as stale as N blocks). ``every=1`` is
   ``dual``; ``every=inf`` refreshes the prompt at block 0 only.
-- ``partial(budget=K)``: no block refresh after block 0 (which starts with the full one). Every step
+- ``partial(budget=K)``: no block refresh after block 0 (which starts with the full one; ``every=N``: blocks
+  0, N, 2N, ... do, dLLM-Cache's interval refresh on top of the per-step budget). Every step
   recomputes the block's columns plus ``K`` more of the row's canvas, chosen on the device: first the
   columns whose token changed since their keys/values were computed (the tokens committed at the end of
   the previous block), then the stalest (most steps since their last recompute), ties to the lower
@@ -55,6 +56,7 @@ class CacheKnob:
     allowed: str  # in words, for errors
     check: Callable[[float], bool]
     help: str
+    in_label_at_default: bool = True  # False: the canonical label omits it at its default (a later-added knob)
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,12 @@ def _budget(value: float) -> bool:
 register_cache(CacheKind(
     "partial", "dual", "partial",
     (CacheKnob("budget", 16.0, "an integer in [1, 4096]", _budget,
-               "columns recomputed per step besides the block: changed tokens first, then the stalest"),),
-    "no block refresh after the first: every step recomputes the block plus a budget of changed/stalest columns"))
+               "columns recomputed per step besides the block: changed tokens first, then the stalest"),
+     CacheKnob("every", math.inf, "an integer >= 1 or inf", _every,
+               "blocks between full refreshes (blocks 0, N, 2N, ... start with one; inf: block 0 only)",
+               in_label_at_default=False)),
+    "no block refresh after the first (or every N blocks): every step recomputes the block plus a budget of "
+    "changed/stalest columns"))
 
 CACHE_MODES: tuple[str, ...] = tuple(CACHE_KINDS)  # the registered names
 _MODE_RE = re.compile(r"^(?P<name>[a-z_]+)(?:\((?P<knobs>[^()]*)\))?$")
@@ -129,9 +135,11 @@ class ParsedCache:
     @property
     def label(self) -> str:
         """The canonical text: ``dual``, ``prompt_stale(every=4)``."""
-        if not self.knobs:
+        shown = [(k, v) for (k, v), knob in zip(self.knobs, self.kind.knobs, strict=True)
+                 if knob.in_label_at_default or v != knob.default]
+        if not shown:
             return self.kind.name
-        values = ",".join(f"{k}={_number(v)}" for k, v in self.knobs)
+        values = ",".join(f"{k}={_number(v)}" for k, v in shown)
         return f"{self.kind.name}({values})"
 
 
