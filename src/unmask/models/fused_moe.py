@@ -88,23 +88,26 @@ def expert_blocks(experts: torch.Tensor, num_experts: int, block_m: int = 16) ->
 if triton is not None:
 
     @triton.jit
+    def _block_tile(pair_ids_ptr, num_pairs, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """The program's tile: its block's padded rows, their pair ids and which are real pairs (grid axis 0),
+        its output features (axis 1) and the reduction offsets."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        pairs = tl.load(pair_ids_ptr + rows)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        return rows, pairs, pairs < num_pairs, rn, tl.arange(0, BLOCK_K)
+
+    @triton.jit
     def _gate_up_kernel(
         x_ptr, w_ptr, out_ptr, pair_ids_ptr, block_expert_ptr,
         num_pairs, num_experts, F, K, top_k,
         stride_x, stride_we, stride_wn, stride_out,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        pid_b = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        expert = tl.load(block_expert_ptr + pid_b)
-        if expert >= num_experts:
+        expert = tl.load(block_expert_ptr + tl.program_id(0))
+        if expert >= num_experts:  # a block past the last used one: nothing to read
             return
-        rows = pid_b * BLOCK_M + tl.arange(0, BLOCK_M)
-        pairs = tl.load(pair_ids_ptr + rows)
-        valid = pairs < num_pairs
+        rows, pairs, valid, rn, rk = _block_tile(pair_ids_ptr, num_pairs, BLOCK_M, BLOCK_N, BLOCK_K)
         tokens = tl.where(valid, pairs // top_k, 0)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
         n_ok = rn < F
         x_ptrs = x_ptr + tokens[:, None] * stride_x + rk[None, :]
         w_base = w_ptr + expert.to(tl.int64) * stride_we
@@ -138,16 +141,10 @@ if triton is not None:
         stride_h, stride_we, stride_wn, stride_out,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        pid_b = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        expert = tl.load(block_expert_ptr + pid_b)
+        expert = tl.load(block_expert_ptr + tl.program_id(0))
         if expert >= num_experts:
             return
-        rows = pid_b * BLOCK_M + tl.arange(0, BLOCK_M)
-        pairs = tl.load(pair_ids_ptr + rows)
-        valid = pairs < num_pairs
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
+        rows, pairs, valid, rn, rk = _block_tile(pair_ids_ptr, num_pairs, BLOCK_M, BLOCK_N, BLOCK_K)
         n_ok = rn < D
         h_ptrs = h_ptr + rows[:, None] * stride_h + rk[None, :]
         w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + rn[:, None] * stride_wn + rk[None, :]
