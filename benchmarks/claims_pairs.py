@@ -41,6 +41,16 @@ def load(run: Path, task: str | None = None) -> dict[str, dict[str, tuple[float,
     return by
 
 
+def split_pair(text: str) -> tuple[str, str]:
+    """``A,B`` at the comma outside parentheses (a spec may hold ``partial(budget=16,every=2)``)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            return text[:i], text[i + 1:]
+    raise SystemExit(f"--pair needs A,B: got {text!r}")
+
+
 def compare(a: np.ndarray, b: np.ndarray, samples: int, seed: int, level: float = 0.95) -> dict:
     """``a``, ``b`` [n, 3] (score, nfe, tokens) of the same examples: A - B accuracy and B's NFE over A's,
     with the sweep's paired percentile bootstrap (``eval/frontier.py``)."""
@@ -57,14 +67,15 @@ def compare(a: np.ndarray, b: np.ndarray, samples: int, seed: int, level: float 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="sweep output folders (with records.jsonl)")
-    parser.add_argument("--pair", action="append", default=None, help="A,B (repeat); default: the claims' pairs")
+    parser.add_argument("--pair", action="append", default=None,
+                        help="A,B (repeat; a comma inside a spec's parentheses is kept); default: the claims' pairs")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", action="append", default=None,
                         help="compare per task (repeat); default: all of a run's records together")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    pairs = [tuple(p.split(",", 1)) for p in args.pair] if args.pair else DEFAULT_PAIRS
+    pairs = [split_pair(p) for p in args.pair] if args.pair else DEFAULT_PAIRS
     out = []
     for run, task in itertools.product(args.runs, args.task or [None]):
         by = load(run, task)
