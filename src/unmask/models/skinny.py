@@ -7,7 +7,11 @@ features and a ``1 / SPLIT_K`` slice of the reduction. With ``SPLIT_K > 1`` the 
 partial sums [SPLIT_K, M, N] and the caller adds them, so the reduction fuses into whatever elementwise
 kernel consumes y (a residual add, a norm) instead of costing a kernel of its own.
 
-CUDA only (Triton). ``fast_linear`` is the entry point: ``F.linear`` through this kernel where it applies
+Weight-only quantized weights (``models/quantize.py``: int8, fp8, int4) are read in their own bytes and converted
+in registers (``W_MODE`` of the kernel), so a batch-1 step streams 1 (int4: 1/2) byte per weight.
+
+CUDA only (Triton; the Triton interpreter runs it on the CPU for tests). ``fast_linear`` is the entry point:
+``F.linear`` through this kernel where it applies
 (a CUDA bf16/fp16 input of at most ``MAX_ROWS`` rows, tiled shapes), ``F.linear`` otherwise; the compiled
 (``fused``) decode step uses it for every dense projection and the LM head, the eager and ``exact`` modes
 never do (their kernels stay those of the reference-checked eager path).
