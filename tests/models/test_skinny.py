@@ -2,6 +2,7 @@
 computes x @ W^T (every split of the reduction, ragged row counts), that a compiled bf16 model decodes with
 it and its CUDA graphs replay what its kernels compute, and the two-stage greedy scorer of the fused step."""
 
+import itertools
 import os
 
 import pytest
@@ -184,16 +185,17 @@ def test_quantized_weights_on_the_cpu_take_their_own_linear():
 
 
 def test_quantized_tiles_fit_the_shared_memory_of_sm90():
-    """A 1-byte (int4: half-byte) weight tile of 64 x 256 streams what a bf16 one of 64 x 128 does; the staged
+    """The quantized configurations' reduction chunks (module docstring of ``quantized_config``), and their staged
     tiles fit 227 KiB at every row count the kernel takes."""
-    for n, k in skinny.TUNED:
-        config = skinny.quantized_config(n, k)
-        assert config.block_k == 256 and k % (config.split_k * config.block_k) == 0
+    for (n, k), (mode, w_bytes) in itertools.product(skinny.TUNED, (("int8", 1.0), ("fp8", 1.0), ("int4", 0.5))):
+        config = skinny.quantized_config(n, k, mode, 128)
+        assert k % (config.split_k * config.block_k) == 0
+        # int4 groups of 128: whole groups per chunk (the scale multiplies the sums); 1-byte weights: chunks of 256
+        assert config.block_k == (128 if mode == "int4" else 256)
         for m in (1, 32, 64):
-            for w_bytes in (1.0, 0.5):
-                fitted = skinny.fit_stages(config, m, skinny.SM90_SHARED_MEMORY, 2, w_bytes)
-                need = fitted.stages * (fitted.block_n * w_bytes + skinny.block_rows(m) * 2) * fitted.block_k
-                assert need <= skinny.SM90_SHARED_MEMORY and fitted.stages == config.stages
+            fitted = skinny.fit_stages(config, m, skinny.SM90_SHARED_MEMORY, 2, w_bytes)
+            need = fitted.stages * (fitted.block_n * w_bytes + skinny.block_rows(m) * 2) * fitted.block_k
+            assert need <= skinny.SM90_SHARED_MEMORY and fitted.stages == config.stages
 
 
 @cuda

@@ -214,10 +214,14 @@ def default_config(n: int, k: int, multiprocessors: int = 132, block_k: int = 12
     return SkinnyConfig(64, block_k, split, 3, 4)
 
 
-def quantized_config(n: int, k: int) -> SkinnyConfig:
-    """A quantized weight's configuration: ``default_config`` with a reduction chunk of 256 where K allows
-    (a 1-byte weight tile of 64 x 256 streams the bytes of a bf16 one of 64 x 128) and a deeper pipeline."""
+def quantized_config(n: int, k: int, mode: str = "int8", group_size: int = 128) -> SkinnyConfig:
+    """A quantized weight's configuration: ``default_config`` with a deeper pipeline and a reduction chunk of 256
+    where K allows (a 1-byte tile of 64 x 256 streams the bytes of a bf16 one of 64 x 128); int4 with groups of a
+    multiple of 128 columns takes chunks of 128, whole groups, so that each group's scale multiplies the MMA sums
+    instead of every weight."""
     block_k = 256 if k % 256 == 0 else 128
+    if mode == "int4" and group_size % 128 == 0:
+        block_k = 128
     return replace(default_config(n, k, block_k=block_k), stages=4)
 
 
@@ -284,7 +288,7 @@ def _launch_config(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight) -> S
     elif weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1:
         return None
     n, k = weight.shape
-    cfg = quantized_config(n, k) if quantized else config_for(n, k, x.device)
+    cfg = quantized_config(n, k, weight.mode, weight.group_size) if quantized else config_for(n, k, x.device)
     m = x.numel() // k
     if m > MAX_ROWS or n % cfg.block_n or k % (cfg.split_k * cfg.block_k):
         return None
