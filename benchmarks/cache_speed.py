@@ -27,6 +27,7 @@ import torch
 from unmask.decoding import TopK, decode
 from unmask.decoding import engine as engine_module
 from unmask.eval.speed import SHAPES, memory_bandwidth
+from unmask.models import skinny
 from unmask.models.loading import random_model
 from unmask.models.quantize import quantize_model, weight_bytes
 
@@ -90,8 +91,11 @@ def main() -> None:
     ap.add_argument("--compile", default="fused")
     ap.add_argument("--device", default="cuda", help="cuda (cpu: a smoke run, no GPU times)")
     ap.add_argument("--quantize", default=None, help="int8, int4 or fp8 (default: the model's dtype)")
+    ap.add_argument("--bits", action="store_true",
+                    help="quantized weights converted by integer bit operations in the skinny kernel (BIT_TRICKS)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
+    skinny.BIT_TRICKS = args.bits
     instrument()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -112,7 +116,7 @@ def main() -> None:
             for cache in caches:
                 row = measure(model, prompts, cache, tps, args)
                 row.update(shape=args.shape, compile=args.compile, quantize=args.quantize or str(dtype)[6:],
-                           weight_bytes=stored, floor_ms=floor_ms)
+                           weight_bytes=stored, floor_ms=floor_ms, bits=args.bits)
                 if cache == "dual":
                     dual = row["tok_s"]
                 row["speedup_vs_dual"] = row["tok_s"] / dual if dual else None

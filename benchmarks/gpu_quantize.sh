@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Quantized weights (issue 28), one GPU, random weights, one process per (shape, mode):
+#   probe  benchmarks/quant_probe.py: each projection alone, bf16 vs int8/fp8/int4, conversion instructions vs the
+#          integer bit tricks (--bits), a few launch configurations
 #   speed  benchmarks/cache_speed.py at the LLaDA-8B shape, dual cache, batch 1 and 32, 1 and 4 tokens per step,
 #          bf16 then each of int8, fp8, int4: ms per step, the mode's own weight-read floor, tok/s
 #   bench  `unmask bench` (fused, dual, batch 1) of the Dream-7B and LLaDA-MoE shapes in each mode
@@ -10,16 +12,22 @@ set -uo pipefail
 OUT="${OUT:-runs/gpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PARTS="${PARTS:-speed bench acc}"
+PARTS="${PARTS:-probe speed bench acc}"   # BITS=1: the speed part with skinny.BIT_TRICKS
 QMODES="${QMODES:-none int8 fp8 int4 fp8-w8a8}"
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 part() { echo "=== $1 ($(date +%T))"; }
+if has probe; then
+  part "kernel probe (conversions vs bit tricks, launch configurations)"
+  python3 benchmarks/quant_probe.py --bits --configs "${CONFIGS:-64x128x1x4x4,64x256x1x4x4,128x256x1x4x8,64x256x2x4x4}" \
+    --json "$OUT/quant-probe.json" 2>&1 | grep -v Warning | grep -v '"config"' | cut -c1-200
+fi
 if has speed; then
   for q in $QMODES; do
     part "speed llada-8b $q"
     flag=(); [[ "$q" != none ]] && flag=(--quantize "$q")
     python3 benchmarks/cache_speed.py --shape llada-8b --batch 1 --batch 32 --tokens-per-step 1 \
-      --tokens-per-step 4 --cache dual "${flag[@]}" --json "$OUT/quant-speed-$q.json" 2>&1 | grep -v Warning | cut -c1-200
+      --tokens-per-step 4 --cache dual "${flag[@]}" ${BITS:+--bits} --json "$OUT/quant-speed-$q.json" 2>&1 \
+      | grep -v Warning | cut -c1-200
   done
 fi
 if has bench; then

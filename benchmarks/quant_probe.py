@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--configs", default="",
                     help="also time these launch configurations per quantized mode and shape, comma separated "
                          "BLOCK_NxBLOCK_KxSPLIT_KxSTAGESxWARPS, e.g. 64x256x1x4x4,128x256x2x4x8")
+    ap.add_argument("--bits", action="store_true",
+                    help="also time each quantized mode with the integer bit-trick conversions (skinny.BIT_TRICKS)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     skinny.prepare(torch.device("cuda"))
@@ -69,13 +71,16 @@ def main() -> None:
                     ws.append(QuantizedWeight(q.mode, q.data.contiguous(), q.scale.contiguous(), q.group_size))
                 del w
             takes = skinny.applies(x, ws[0])
-            us = time_us(lambda ws=ws, x=x: [skinny.fast_linear(x, w) for w in ws]) / args.layers
             stored = n * k * skinny.weight_bytes(ws[0]) + (0 if mode == "bf16" else ws[0].scale.numel() * 4)
             floor = 1e6 * stored / bandwidth
-            row = {"shape": name, "n": n, "k": k, "mode": mode, "kernel": takes, "us": us, "floor_us": floor,
-                   "over_floor": us / floor}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for bits in (False, True) if args.bits and mode != "bf16" else (False,):
+                skinny.BIT_TRICKS = bits
+                us = time_us(lambda ws=ws, x=x: [skinny.fast_linear(x, w) for w in ws]) / args.layers
+                row = {"shape": name, "n": n, "k": k, "mode": mode + ("+bits" if bits else ""), "kernel": takes,
+                       "us": us, "floor_us": floor, "over_floor": us / floor}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            skinny.BIT_TRICKS = False
             for spec in filter(None, args.configs.split(",")):
                 cfg = skinny.SkinnyConfig(*map(int, spec.split("x")))
                 if mode == "bf16" or n % cfg.block_n or k % (cfg.split_k * cfg.block_k):

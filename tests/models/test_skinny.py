@@ -141,7 +141,8 @@ def on(q: QuantizedWeight, device: str) -> QuantizedWeight:
 @pytest.mark.parametrize("n,k,split,block_k,group", [(128, 512, 1, 128, 128), (128, 512, 2, 256, 128),
                                                      (64, 1024, 4, 128, 256), (128, 512, 1, 256, 64)])
 @pytest.mark.parametrize("rows", [1, 7, 33])
-def test_quantized_weights_are_read_in_their_own_bytes(mode, n, k, split, block_k, group, rows):
+@pytest.mark.parametrize("bits", [False, True], ids=["convert", "bits"])
+def test_quantized_weights_are_read_in_their_own_bytes(mode, n, k, split, block_k, group, rows, bits):
     """The kernel on a quantized weight computes x @ W'^T with W' the weight ``QuantizedWeight.dequantize`` gives
     (int8, fp8: per-row scales applied to the sums; int4: nibbles unpacked, scaled per row and group in the
     tile; groups smaller, equal to and larger than the reduction chunk), every split of the reduction."""
@@ -154,7 +155,7 @@ def test_quantized_weights_are_read_in_their_own_bytes(mode, n, k, split, block_
     g = torch.Generator().manual_seed(rows * n + k + group)
     q = on(quantize_weight(torch.randn(n, k, generator=g) * 0.05, mode, group), device)
     x = torch.randn(rows, k, generator=g).to(device, dtype)
-    out = skinny.skinny_partials(x, q, skinny.SkinnyConfig(64, block_k, split, 2, 4))
+    out = skinny.skinny_partials(x, q, skinny.SkinnyConfig(64, block_k, split, 2, 4), bits=bits)
     assert out.shape == ((rows, n) if split == 1 else (split, rows, n))
     assert out.dtype == (dtype if split == 1 else torch.float32)
     y = out.double() if split == 1 else out.sum(0).double()
@@ -162,6 +163,27 @@ def test_quantized_weights_are_read_in_their_own_bytes(mode, n, k, split, block_
     w_ref = q.dequantize(dtype).double() if mode == "int4" else q.dequantize(torch.float64)
     ref = x.double() @ w_ref.T
     torch.testing.assert_close(y, ref, rtol=1e-2, atol=5e-3 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bit_trick_constants_give_exact_values(dtype):
+    """The kernel's integer conversions (``BIT_CONSTANTS``), restated with torch's bit views: MAGIC | n is the float
+    MAGIC_VALUE + n for every nibble; every fp8 e4m3 byte (subnormals included; not NaN) with its exponent and
+    mantissa bits shifted into the 16-bit format is its value / FP8_FACTOR; int8 q + 128 = 16 hi + lo."""
+    c = skinny.BIT_CONSTANTS[dtype]
+    nibbles = torch.arange(16, dtype=torch.int16)
+    assert torch.equal((nibbles | c["MAGIC"]).view(dtype).double(), c["MAGIC_VALUE"] + nibbles.double())
+    codes = torch.arange(256, dtype=torch.int16)
+    codes = codes[(codes & 0x7F) != 0x7F]  # e4m3fn's NaNs (never produced by quantize_weight)
+    bits = ((codes & 0x80) << 8) | ((codes & 0x7F) << c["FP8_SHIFT"])
+    fp8 = codes.to(torch.uint8).view(torch.float8_e4m3fn).double()
+    assert torch.equal(bits.view(dtype).double() * c["FP8_FACTOR"], fp8)
+    q = torch.arange(-128, 128, dtype=torch.int16)
+    u = (q + 128) & 0xFF
+    assert torch.equal(16 * (u >> 4) + (u & 0xF) - 128, q)
+    # the int8 bias: 16 (B + hi) + (B + lo) = q + 128 + 17 B
+    assert torch.equal(16 * ((u >> 4) + c["MAGIC_VALUE"]) + ((u & 0xF) + c["MAGIC_VALUE"]),
+                       q + 128 + 17 * c["MAGIC_VALUE"])
 
 
 def test_quantized_weights_the_kernel_cannot_tile_are_refused():

@@ -59,11 +59,16 @@ if triton is not None:
         stride_xm, stride_wn, stride_os, stride_om, stride_sn,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
         EVEN_K: tl.constexpr, W_MODE: tl.constexpr, GROUP: tl.constexpr,
+        BITS: tl.constexpr = False, MAGIC: tl.constexpr = 0, MAGIC_VALUE: tl.constexpr = 0.0,
+        FP8_SHIFT: tl.constexpr = 0, FP8_FACTOR: tl.constexpr = 1.0,
     ):
-        # W_MODE 0: W in x's dtype; 1: int8/fp8 W with one float32 scale per row (applied to the sums);
+        # W_MODE 0: W in x's dtype; 1 (int8), 3 (fp8): one float32 scale per row (applied to the sums);
         # 2: int4, two per byte (low nibble the even column) met by x's even and odd columns in two dots, one
         # scale per row and GROUP columns (applied to the tile's sums where a group spans whole tiles, else to
-        # the tile: W = q * s in float32, then x's dtype, as QuantizedWeight.dequantize)
+        # the tile: W = q * s in float32, then x's dtype, as QuantizedWeight.dequantize).
+        # BITS: integer bit operations instead of conversion instructions (``BIT_TRICKS``): MAGIC | n is the
+        # 16-bit float B + n (n < 16); int8 q = 16 hi + lo - 128 in two dots, the bias removed with x's row sums;
+        # fp8 bits moved into x's format give w * 2^-FP8_FACTOR's exponent, FP8_FACTOR restores it on the sums
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         pid_m = tl.program_id(2)
@@ -83,34 +88,49 @@ if triton is not None:
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_low = tl.zeros_like(acc)  # BITS int8: the low nibbles' sums
+        x_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)  # BITS int8: x's row sums (the bias's correction)
         for k in range(0, k_per_split, BLOCK_K):
             if W_MODE == 2:
                 w = tl.load(w_ptrs)
                 x_even = tl.load(x_ptrs, mask=m_ok, other=0.0)
                 x_odd = tl.load(x_ptrs + 1, mask=m_ok, other=0.0)
-                low = ((w & 0xF).to(tl.int8) - 8).to(x_even.dtype)  # |q| <= 8: exact in bf16/fp16
-                high = ((w >> 4).to(tl.int8) - 8).to(x_even.dtype)
-                if GROUP % BLOCK_K == 0:  # one group per tile: the scale applies to the tile's sums
+                if BITS and GROUP % BLOCK_K == 0:  # B + (q + 8) by bits; the bias (B + 8) sum(x) taken off the sums
+                    low = ((w & 0xF).to(tl.uint16) | MAGIC).to(tl.uint16).to(x_even.dtype, bitcast=True)
+                    high = ((w >> 4).to(tl.uint16) | MAGIC).to(tl.uint16).to(x_even.dtype, bitcast=True)
                     s = tl.load(scale_ptr + rn * stride_sn + (k_start + k) // GROUP)
+                    bias = (tl.sum(x_even.to(tl.float32), axis=1) + tl.sum(x_odd.to(tl.float32), axis=1)) * (
+                        MAGIC_VALUE + 8.0)
                     if SWAP:
-                        part = tl.dot(low, tl.trans(x_even)) + tl.dot(high, tl.trans(x_odd))
+                        part = tl.dot(low, tl.trans(x_even)) + tl.dot(high, tl.trans(x_odd)) - bias[None, :]
                         acc += part * s[:, None]
                     else:
-                        part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high))
+                        part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high)) - bias[:, None]
                         acc += part * s[None, :]
-                else:  # several groups per tile: W = q * s in float32, then x's dtype (QuantizedWeight.dequantize)
-                    HALF_GROUP: tl.constexpr = GROUP // 2
-                    groups = (k_start + k) // GROUP + tl.arange(0, BLOCK_K // GROUP)
-                    s = tl.load(scale_ptr + rn[:, None] * stride_sn + groups[None, :])[:, :, None]
-                    low = tl.reshape(low.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
-                    high = tl.reshape(high.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
-                    low = tl.reshape(low, (BLOCK_N, BLOCK_K // 2))
-                    high = tl.reshape(high, (BLOCK_N, BLOCK_K // 2))
-                    low, high = low.to(x_even.dtype), high.to(x_even.dtype)
-                    if SWAP:
-                        acc = tl.dot(high, tl.trans(x_odd), tl.dot(low, tl.trans(x_even), acc))
-                    else:
-                        acc = tl.dot(x_odd, tl.trans(high), tl.dot(x_even, tl.trans(low), acc))
+                else:
+                    low = ((w & 0xF).to(tl.int8) - 8).to(x_even.dtype)  # |q| <= 8: exact in bf16/fp16
+                    high = ((w >> 4).to(tl.int8) - 8).to(x_even.dtype)
+                    if GROUP % BLOCK_K == 0:  # one group per tile: the scale applies to the tile's sums
+                        s = tl.load(scale_ptr + rn * stride_sn + (k_start + k) // GROUP)
+                        if SWAP:
+                            part = tl.dot(low, tl.trans(x_even)) + tl.dot(high, tl.trans(x_odd))
+                            acc += part * s[:, None]
+                        else:
+                            part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high))
+                            acc += part * s[None, :]
+                    else:  # several groups per tile: W = q * s in float32, then x's dtype (QuantizedWeight.dequantize)
+                        HALF_GROUP: tl.constexpr = GROUP // 2
+                        groups = (k_start + k) // GROUP + tl.arange(0, BLOCK_K // GROUP)
+                        s = tl.load(scale_ptr + rn[:, None] * stride_sn + groups[None, :])[:, :, None]
+                        low = tl.reshape(low.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
+                        high = tl.reshape(high.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
+                        low = tl.reshape(low, (BLOCK_N, BLOCK_K // 2))
+                        high = tl.reshape(high, (BLOCK_N, BLOCK_K // 2))
+                        low, high = low.to(x_even.dtype), high.to(x_even.dtype)
+                        if SWAP:
+                            acc = tl.dot(high, tl.trans(x_odd), tl.dot(low, tl.trans(x_even), acc))
+                        else:
+                            acc = tl.dot(x_odd, tl.trans(high), tl.dot(x_even, tl.trans(low), acc))
                 x_ptrs += BLOCK_K
                 w_ptrs += BLOCK_K // 2
             else:
@@ -121,7 +141,21 @@ if triton is not None:
                     k_ok = (k_start + k + rk)[None, :] < K
                     w = tl.load(w_ptrs, mask=k_ok, other=0.0)
                     x = tl.load(x_ptrs, mask=m_ok & k_ok, other=0.0)
-                if W_MODE == 1:
+                if BITS and W_MODE == 1:  # q + 128 = 16 hi + lo; each nibble n as the float B + n
+                    u = (w.to(tl.uint8, bitcast=True) ^ 0x80).to(tl.uint8)
+                    high = ((u >> 4).to(tl.uint16) | MAGIC).to(tl.uint16).to(x.dtype, bitcast=True)
+                    w = ((u & 0xF).to(tl.uint16) | MAGIC).to(tl.uint16).to(x.dtype, bitcast=True)
+                    x_sum += tl.sum(x.to(tl.float32), axis=1)
+                    if SWAP:
+                        acc_low = tl.dot(w, tl.trans(x), acc_low)
+                        w = high
+                    else:
+                        acc_low = tl.dot(x, tl.trans(w), acc_low)
+                        w = high
+                elif BITS and W_MODE == 3:  # sign and exponent/mantissa bits moved into x's 16-bit format
+                    b = w.to(tl.uint8, bitcast=True).to(tl.uint16)
+                    w = (((b & 0x80) << 8) | ((b & 0x7F) << FP8_SHIFT)).to(tl.uint16).to(x.dtype, bitcast=True)
+                elif W_MODE == 1 or W_MODE == 3:
                     w = w.to(x.dtype)
                 if SWAP:
                     acc = tl.dot(w, tl.trans(x), acc)
@@ -129,7 +163,11 @@ if triton is not None:
                     acc = tl.dot(x, tl.trans(w), acc)
                 x_ptrs += BLOCK_K
                 w_ptrs += BLOCK_K
-        if W_MODE == 1:
+        if BITS and W_MODE == 1:  # sum (16 (B + hi) + (B + lo)) x = sum (q + 128 + 17 B) x
+            acc = 16.0 * acc + acc_low - (128.0 + 17.0 * MAGIC_VALUE) * (x_sum[None, :] if SWAP else x_sum[:, None])
+        if BITS and W_MODE == 3:
+            acc = acc * FP8_FACTOR
+        if W_MODE == 1 or W_MODE == 3:
             s = tl.load(scale_ptr + rn * stride_sn)
             acc = acc * (s[:, None] if SWAP else s[None, :])
         out_ptrs = out_ptr + pid_k * stride_os
@@ -141,7 +179,16 @@ if triton is not None:
                      mask=m_ok)
 
 
-W_MODES = {"int8": 1, "fp8": 1, "int4": 2}  # the kernel's weight layouts (``_skinny_mm_kernel``); 0: plain
+W_MODES = {"int8": 1, "int4": 2, "fp8": 3}  # the kernel's weight layouts (``_skinny_mm_kernel``); 0: plain
+# Quantized weights converted by integer bit operations instead of conversion instructions (which run at a
+# fraction of the integer rate): off until measured against the conversions on a GPU (benchmarks/quant_probe.py
+# --bits). Per x dtype: MAGIC | n is the float MAGIC_VALUE + n for a nibble n; an fp8 e4m3 byte's exponent and
+# mantissa bits shifted by FP8_SHIFT into the 16-bit format give the value times 1 / FP8_FACTOR (subnormals too).
+BIT_TRICKS = False
+BIT_CONSTANTS = {
+    torch.bfloat16: {"MAGIC": 0x4300, "MAGIC_VALUE": 128.0, "FP8_SHIFT": 4, "FP8_FACTOR": 2.0**120},
+    torch.float16: {"MAGIC": 0x6400, "MAGIC_VALUE": 1024.0, "FP8_SHIFT": 7, "FP8_FACTOR": 2.0**8},
+}
 
 
 def weight_bytes(weight: torch.Tensor | QuantizedWeight) -> float:
@@ -151,13 +198,15 @@ def weight_bytes(weight: torch.Tensor | QuantizedWeight) -> float:
     return float(weight.element_size())
 
 
-def skinny_partials(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, config: SkinnyConfig) -> torch.Tensor:
+def skinny_partials(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, config: SkinnyConfig,
+                    bits: bool | None = None) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T as ``config.split_k`` float32 partial sums [split_k, M, N] (or, with
     one split, y [M, N] in x's dtype). N must be a multiple of ``config.block_n``.
 
     A weight-only quantized ``weight`` (int8, fp8: y = (x @ Q^T) * s per row; int4: W = Q * s per row and group,
     ``models/quantize.py``) is read in its own bytes and converted in the kernel's registers; its reduction
-    must be tiled by the configuration (and, int4, its group a multiple or a divisor of ``block_k``)."""
+    must be tiled by the configuration (and, int4, its group a multiple or a divisor of ``block_k``). ``bits``:
+    convert by integer bit operations (default ``BIT_TRICKS``)."""
     if triton is None:
         raise RuntimeError("skinny_partials needs Triton (a CUDA build of PyTorch)")
     M, K = x.shape
@@ -188,6 +237,7 @@ def skinny_partials(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, con
             x, weight, out, scale, M, N, K, k_per_split, x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
             scale.stride(0), BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWAP=config.swap,
             EVEN_K=even_k, W_MODE=w_mode, GROUP=group, num_warps=config.warps, num_stages=config.stages,
+            BITS=bool(BIT_TRICKS if bits is None else bits) and w_mode > 0, **BIT_CONSTANTS.get(x.dtype, {}),
         )
     return out[0] if split == 1 else out
 
@@ -318,14 +368,14 @@ def _(x, weight, block_n, block_k, split_k, stages, warps):
 
 @torch.library.custom_op("unmask::skinny_qmm", mutates_args=(), device_types="cuda")
 def skinny_qmm(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, mode: str, group_size: int, block_n: int,
-               block_k: int, split_k: int, stages: int, warps: int) -> torch.Tensor:
+               block_k: int, split_k: int, stages: int, warps: int, bits: bool) -> torch.Tensor:
     """``skinny_partials`` of a quantized weight (``data``, ``scale``) as an operator."""
     return skinny_partials(x, QuantizedWeight(mode, data, scale, group_size),
-                           SkinnyConfig(block_n, block_k, split_k, stages, warps))
+                           SkinnyConfig(block_n, block_k, split_k, stages, warps), bits)
 
 
 @skinny_qmm.register_fake
-def _(x, data, scale, mode, group_size, block_n, block_k, split_k, stages, warps):
+def _(x, data, scale, mode, group_size, block_n, block_k, split_k, stages, warps, bits):
     m, n = x.shape[0], data.shape[0]
     return x.new_empty((m, n)) if split_k == 1 else x.new_empty((split_k, m, n), dtype=torch.float32)
 
@@ -364,7 +414,7 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight,
         x2 = x2.contiguous()
     if isinstance(weight, QuantizedWeight):
         out = torch.ops.unmask.skinny_qmm(x2, weight.data, weight.scale, weight.mode, weight.group_size, cfg.block_n,
-                                          cfg.block_k, cfg.split_k, cfg.stages, cfg.warps)
+                                          cfg.block_k, cfg.split_k, cfg.stages, cfg.warps, BIT_TRICKS)
     else:
         out = torch.ops.unmask.skinny_mm(x2, weight, cfg.block_n, cfg.block_k, cfg.split_k, cfg.stages, cfg.warps)
     y = (out if cfg.split_k == 1 else out.sum(0).to(x.dtype)).reshape(*x.shape[:-1], n)
