@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--out", type=Path, default=None, help="write OUT.json and OUT.md")
     parser.add_argument("--no-warm", action="store_true",
                         help="start the server without capturing every bucket first (unmask serve --no-warm)")
+    parser.add_argument("--admission-wait-ms", type=float, default=0.0,
+                        help="an idle server's wait for a burst to gather (unmask serve --admission-wait-ms)")
     parser.add_argument("--trace", type=Path, default=None, help="write the server's admissions and steps (JSON)")
     args = parser.parse_args(argv)
     events: list[dict] = []
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         lm.compile = args.compile or ("fused" if lm.device.type == "cuda" else "off")
     settings = ServerSettings(model_name=name, spec=args.spec, default_max_tokens=args.max_tokens)
     app = create_app(lm, settings, max_batch=args.max_batch, max_queue=args.num_requests * 2,
-                     warm_prompt_tokens=None if args.no_warm else args.prompt_length)
+                     warm_prompt_tokens=None if args.no_warm else args.prompt_length,
+                     admission_wait_s=args.admission_wait_ms / 1e3)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -208,3 +208,52 @@ def test_warm_before_start_only(lm):
             engine.warm(config, 40)
     finally:
         engine.shutdown()
+
+
+def test_an_idle_engine_waits_for_a_burst_to_gather(lm):
+    """With an admission wait, requests arriving within it start decoding together (one first step over all of
+    them: their blocks' refreshes are shared), and their answers still equal each decoded alone; without it the
+    first request starts at once."""
+    config = DecodeConfig.create(policy="threshold", threshold=0.9, cache="dual", gen_length=32, block_length=32)
+    texts = prompts(3)
+    firsts = {}
+    for wait in (0.0, 2.0):
+        engine = Engine(lm, max_batch=4, max_queue=8, admission_wait_s=wait)
+        first_rows = []
+
+        def record(batch, first_rows=first_rows, step=engine._step):
+            if not first_rows:
+                first_rows.append(batch.active)
+            return step(batch)
+
+        engine._step = record
+        engine.start()
+        finished = threading.Event()
+        updates: dict[int, list[Update]] = {}
+
+        def sink_for(key, updates=updates, finished=finished):
+            def sink(update: Update) -> None:
+                updates.setdefault(key, []).append(update)
+                if update.finish_reason is not None and len(updates) == len(texts) and all(
+                        u[-1].finish_reason is not None for u in updates.values()):
+                    finished.set()
+            return sink
+
+        try:
+            for key, text in enumerate(texts):
+                ids = lm.encode_prompts([text])[0][0].tolist()
+                engine.submit(Ticket(ids, config, 32, sink_for(key)))
+                time.sleep(0.3)  # the burst arrives over 0.6 s: within a 2 s wait, not at once
+            assert finished.wait(300)
+        finally:
+            engine.shutdown()
+        firsts[wait] = first_rows[0]
+        for key, text in enumerate(texts):
+            assert "".join(u.text for u in updates[key]) == alone(lm, text, config, 32), (wait, key)
+    assert firsts[0.0] == 1 and firsts[2.0] == 3
+
+
+@pytest.mark.parametrize("wait", [-0.1, 11.0, float("nan")])
+def test_admission_wait_out_of_range_is_named(lm, wait):
+    with pytest.raises(ValueError, match=r"admission_wait_s must be in \[0, 10\] seconds"):
+        Engine(lm, admission_wait_s=wait)

@@ -240,12 +240,14 @@ class Metrics:
 
 
 def create_app(lm: DiffusionLM, settings: ServerSettings | None = None, max_batch: int = 8,
-               max_queue: int = 64, warm_prompt_tokens: int | None = None) -> FastAPI:
+               max_queue: int = 64, warm_prompt_tokens: int | None = None,
+               admission_wait_s: float = 0.0) -> FastAPI:
     """The FastAPI app; the engine thread starts and stops with the app's lifespan. ``warm_prompt_tokens``:
     before serving, capture the default spec's steps for every batch bucket (``Engine.warm``) over canvases of
-    that many prompt tokens plus the default ``max_tokens`` (on CUDA; a request that needs more grows them)."""
+    that many prompt tokens plus the default ``max_tokens`` (on CUDA; a request that needs more grows them).
+    ``admission_wait_s``: an idle engine's wait for a burst to gather (``Engine``)."""
     settings = settings or ServerSettings()
-    engine = Engine(lm, max_batch=max_batch, max_queue=max_queue)
+    engine = Engine(lm, max_batch=max_batch, max_queue=max_queue, admission_wait_s=admission_wait_s)
     metrics = Metrics()
     max_length = lm.model.config.max_sequence_length
     max_token_chars = longest_token_chars(lm)

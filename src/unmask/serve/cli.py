@@ -73,12 +73,18 @@ def serve_command(
     warm_prompt_tokens: int = typer.Option(256, "--warm-prompt-tokens",
                                            help="Prompt tokens the warmed canvases hold (plus --max-tokens); a "
                                                 "longer request grows them once."),
+    admission_wait_ms: float = typer.Option(0.0, "--admission-wait-ms",
+                                            help="When nothing is decoding, wait up to this long for a burst to "
+                                                 "gather (up to --max-batch requests) so that its rows start "
+                                                 "together and share each block's refresh (vLLM's scheduler "
+                                                 "delay); 0: start at once."),
 ) -> None:
     """Serve a model over HTTP with OpenAI's completions and chat API (streaming, continuous batching)."""
 
     import unmask
     from unmask.eval.spec import parse_spec
     from unmask.serve.app import ServerSettings, create_app
+    from unmask.serve.engine import MAX_ADMISSION_WAIT_S
 
     parse_spec(spec)  # a bad default fails now, not at the first request
     for name, value in (("--max-batch", max_batch), ("--max-tokens", max_tokens), ("--block-length", block_length)):
@@ -96,6 +102,7 @@ def serve_command(
         raise ValueError(f"--port must be in 1..65535, got {port}")
     check_float("--request-timeout", request_timeout, 0, low_open=True)
     check_float("--max-body-mb", max_body_mb, 0, low_open=True)
+    check_float("--admission-wait-ms", admission_wait_ms, 0, 1e3 * MAX_ADMISSION_WAIT_S)
     if compile not in ("auto", "fused", "exact", "off"):
         raise ValueError(f"--compile must be one of auto, fused, exact, off; got {compile!r}")
     if log_level.lower() not in LOG_LEVELS:
@@ -125,7 +132,8 @@ def serve_command(
                               default_max_tokens=max_tokens, api_key=api_key, request_timeout_s=request_timeout,
                               max_body_bytes=int(max_body_mb * (1 << 20)))
     app = create_app(lm, settings, max_batch=max_batch, max_queue=max_queue,
-                     warm_prompt_tokens=warm_prompt_tokens if warm else None)
+                     warm_prompt_tokens=warm_prompt_tokens if warm else None,
+                     admission_wait_s=admission_wait_ms / 1e3)
     run_server(app, host, port, log_level.lower())
 
 

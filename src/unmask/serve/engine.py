@@ -33,6 +33,8 @@ from unmask.decoding.config import DecodeConfig
 from unmask.decoding.engine import DecodeEngine, EngineOptions, RowRequest, StepCommits
 from unmask.decoding.loop import resolve_compile
 
+MAX_ADMISSION_WAIT_S = 10.0
+
 
 class QueueFull(RuntimeError):
     """The engine's waiting queue is full (the server answers 429 with Retry-After)."""
@@ -240,14 +242,22 @@ class Engine:
     """The decode thread: a bounded queue of ``Ticket``s and the ``SlotBatch``es that decode them.
 
     ``max_batch``: rows decoding at once (over all batches); ``max_queue``: waiting requests beyond
-    which ``submit`` raises ``QueueFull``; ``max_batches``: decode signatures kept allocated at once.
+    which ``submit`` raises ``QueueFull``; ``max_batches``: decode signatures kept allocated at once;
+    ``admission_wait_s``: when nothing is decoding, how long the first waiting request may wait for others
+    (until ``max_batch`` are waiting) so that a burst starts together: rows that start their blocks at the
+    same step share each block's refresh forward (vLLM's scheduler delay; 0: admit at once).
     """
 
-    def __init__(self, lm: DiffusionLM, max_batch: int = 8, max_queue: int = 64, max_batches: int = 4) -> None:
+    def __init__(self, lm: DiffusionLM, max_batch: int = 8, max_queue: int = 64, max_batches: int = 4,
+                 admission_wait_s: float = 0.0) -> None:
         if max_batch < 1 or max_queue < 0 or max_batches < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_batches ({max_batches}) must be >= 1, "
                              f"max_queue ({max_queue}) >= 0")
+        if not 0 <= admission_wait_s <= MAX_ADMISSION_WAIT_S:
+            raise ValueError(f"admission_wait_s must be in [0, {MAX_ADMISSION_WAIT_S:g}] seconds, got "
+                             f"{admission_wait_s!r}")
         self.lm, self.max_batch, self.max_queue, self.max_batches = lm, max_batch, max_queue, max_batches
+        self.admission_wait_s = admission_wait_s
         self.waiting: deque[Ticket] = deque()
         self.batches: dict[tuple, SlotBatch] = {}
         self.condition = threading.Condition()
@@ -291,6 +301,8 @@ class Engine:
                 with self.condition:
                     while self.running and not self.waiting and not self.active_rows:
                         self.condition.wait()
+                    if self.running and self.admission_wait_s and self.waiting and not self.active_rows:
+                        self._wait_for_burst()
                     if not self.running:
                         break
                     self._admit()
@@ -302,6 +314,16 @@ class Engine:
                     self._finish(batch, slot, row, Update(finish_reason="cancelled", error="server shutting down"))
         for ticket in self.waiting:
             ticket.sink(Update(finish_reason="cancelled", error="server shutting down"))
+
+    def _wait_for_burst(self) -> None:
+        """Idle, with requests waiting: wait (holding no rows) until ``max_batch`` are waiting or the first has
+        waited ``admission_wait_s``."""
+        deadline = self.waiting[0].submitted + self.admission_wait_s
+        while self.running and len(self.waiting) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.condition.wait(remaining)
 
     def _admit(self) -> None:
         """Move waiting tickets into free slots, first come first served within each signature."""
