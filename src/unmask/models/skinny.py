@@ -183,7 +183,9 @@ W_MODES = {"int8": 1, "int4": 2, "fp8": 3}  # the kernel's weight layouts (``_sk
 # Quantized weights converted by integer bit operations instead of conversion instructions (which run at a
 # fraction of the integer rate): off until measured against the conversions on a GPU (benchmarks/quant_probe.py
 # --bits). Per x dtype: MAGIC | n is the float MAGIC_VALUE + n for a nibble n; an fp8 e4m3 byte's exponent and
-# mantissa bits shifted by FP8_SHIFT into the 16-bit format give the value times 1 / FP8_FACTOR (subnormals too).
+# mantissa bits shifted by FP8_SHIFT into the 16-bit format give the value times 1 / FP8_FACTOR (subnormals too;
+# in bf16 a product x w below fp32's normal range, |x q| < 2^-6, may be flushed by the MMA: a relative error far
+# below bf16's, to be confirmed by the GPU measurement with the accuracy runs).
 BIT_TRICKS = False
 BIT_CONSTANTS = {
     torch.bfloat16: {"MAGIC": 0x4300, "MAGIC_VALUE": 128.0, "FP8_SHIFT": 4, "FP8_FACTOR": 2.0**120},
