@@ -71,7 +71,7 @@ def main() -> None:
                     ws.append(QuantizedWeight(q.mode, q.data.contiguous(), q.scale.contiguous(), q.group_size))
                 del w
             takes = skinny.applies(x, ws[0])
-            stored = n * k * skinny.weight_bytes(ws[0]) + (0 if mode == "bf16" else ws[0].scale.numel() * 4)
+            stored = n * k * skinny.weight_element_bytes(ws[0]) + (0 if mode == "bf16" else ws[0].scale.numel() * 4)
             floor = 1e6 * stored / bandwidth
             for bits in (False, True) if args.bits and mode != "bf16" else (False,):
                 skinny.BIT_TRICKS = bits

@@ -95,42 +95,37 @@ if triton is not None:
                 w = tl.load(w_ptrs)
                 x_even = tl.load(x_ptrs, mask=m_ok, other=0.0)
                 x_odd = tl.load(x_ptrs + 1, mask=m_ok, other=0.0)
-                if BITS and GROUP % BLOCK_K == 0:  # B + (q + 8) by bits; the bias (B + 8) sum(x) taken off the sums
+                if BITS and GROUP % BLOCK_K == 0:  # B + (q + 8) by bits; (B + 8) sum(x) is taken off the sums
                     low = ((w & 0xF).to(tl.uint16) | MAGIC).to(tl.uint16).to(x_even.dtype, bitcast=True)
                     high = ((w >> 4).to(tl.uint16) | MAGIC).to(tl.uint16).to(x_even.dtype, bitcast=True)
+                else:
+                    low = ((w & 0xF).to(tl.int8) - 8).to(x_even.dtype)  # |q| <= 8: exact in bf16/fp16
+                    high = ((w >> 4).to(tl.int8) - 8).to(x_even.dtype)
+                if GROUP % BLOCK_K == 0:  # one group per tile: the scale applies to the tile's sums
                     s = tl.load(scale_ptr + rn * stride_sn + (k_start + k) // GROUP)
-                    bias = (tl.sum(x_even.to(tl.float32), axis=1) + tl.sum(x_odd.to(tl.float32), axis=1)) * (
-                        MAGIC_VALUE + 8.0)
+                    bias = tl.zeros((BLOCK_M,), dtype=tl.float32)
+                    if BITS:
+                        bias = (tl.sum(x_even.to(tl.float32), axis=1) + tl.sum(x_odd.to(tl.float32), axis=1)) * (
+                            MAGIC_VALUE + 8.0)
                     if SWAP:
                         part = tl.dot(low, tl.trans(x_even)) + tl.dot(high, tl.trans(x_odd)) - bias[None, :]
                         acc += part * s[:, None]
                     else:
                         part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high)) - bias[:, None]
                         acc += part * s[None, :]
-                else:
-                    low = ((w & 0xF).to(tl.int8) - 8).to(x_even.dtype)  # |q| <= 8: exact in bf16/fp16
-                    high = ((w >> 4).to(tl.int8) - 8).to(x_even.dtype)
-                    if GROUP % BLOCK_K == 0:  # one group per tile: the scale applies to the tile's sums
-                        s = tl.load(scale_ptr + rn * stride_sn + (k_start + k) // GROUP)
-                        if SWAP:
-                            part = tl.dot(low, tl.trans(x_even)) + tl.dot(high, tl.trans(x_odd))
-                            acc += part * s[:, None]
-                        else:
-                            part = tl.dot(x_even, tl.trans(low)) + tl.dot(x_odd, tl.trans(high))
-                            acc += part * s[None, :]
-                    else:  # several groups per tile: W = q * s in float32, then x's dtype (QuantizedWeight.dequantize)
-                        HALF_GROUP: tl.constexpr = GROUP // 2
-                        groups = (k_start + k) // GROUP + tl.arange(0, BLOCK_K // GROUP)
-                        s = tl.load(scale_ptr + rn[:, None] * stride_sn + groups[None, :])[:, :, None]
-                        low = tl.reshape(low.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
-                        high = tl.reshape(high.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
-                        low = tl.reshape(low, (BLOCK_N, BLOCK_K // 2))
-                        high = tl.reshape(high, (BLOCK_N, BLOCK_K // 2))
-                        low, high = low.to(x_even.dtype), high.to(x_even.dtype)
-                        if SWAP:
-                            acc = tl.dot(high, tl.trans(x_odd), tl.dot(low, tl.trans(x_even), acc))
-                        else:
-                            acc = tl.dot(x_odd, tl.trans(high), tl.dot(x_even, tl.trans(low), acc))
+                else:  # several groups per tile: W = q * s in float32, then x's dtype (QuantizedWeight.dequantize)
+                    HALF_GROUP: tl.constexpr = GROUP // 2
+                    groups = (k_start + k) // GROUP + tl.arange(0, BLOCK_K // GROUP)
+                    s = tl.load(scale_ptr + rn[:, None] * stride_sn + groups[None, :])[:, :, None]
+                    low = tl.reshape(low.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
+                    high = tl.reshape(high.to(tl.float32), (BLOCK_N, BLOCK_K // GROUP, HALF_GROUP)) * s
+                    low = tl.reshape(low, (BLOCK_N, BLOCK_K // 2))
+                    high = tl.reshape(high, (BLOCK_N, BLOCK_K // 2))
+                    low, high = low.to(x_even.dtype), high.to(x_even.dtype)
+                    if SWAP:
+                        acc = tl.dot(high, tl.trans(x_odd), tl.dot(low, tl.trans(x_even), acc))
+                    else:
+                        acc = tl.dot(x_odd, tl.trans(high), tl.dot(x_even, tl.trans(low), acc))
                 x_ptrs += BLOCK_K
                 w_ptrs += BLOCK_K // 2
             else:
@@ -148,10 +143,9 @@ if triton is not None:
                     x_sum += tl.sum(x.to(tl.float32), axis=1)
                     if SWAP:
                         acc_low = tl.dot(w, tl.trans(x), acc_low)
-                        w = high
                     else:
                         acc_low = tl.dot(x, tl.trans(w), acc_low)
-                        w = high
+                    w = high  # the high nibbles go through the dot below
                 elif BITS and W_MODE == 3:  # sign and exponent/mantissa bits moved into x's 16-bit format
                     b = w.to(tl.uint8, bitcast=True).to(tl.uint16)
                     w = (((b & 0x80) << 8) | ((b & 0x7F) << FP8_SHIFT)).to(tl.uint16).to(x.dtype, bitcast=True)
@@ -193,7 +187,7 @@ BIT_CONSTANTS = {
 }
 
 
-def weight_bytes(weight: torch.Tensor | QuantizedWeight) -> float:
+def weight_element_bytes(weight: torch.Tensor | QuantizedWeight) -> float:
     """Bytes per weight element the kernel streams: 2 (bf16/fp16), 1 (int8, fp8), 0.5 (int4)."""
     if isinstance(weight, QuantizedWeight):
         return 0.5 if weight.mode == "int4" else 1.0
@@ -347,7 +341,7 @@ def _launch_config(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight) -> S
     if quantized and weight.mode == "int4" and cfg.block_k % weight.group_size and weight.group_size % cfg.block_k:
         return None
     return fit_stages(cfg, m, _SHARED_MEMORY.get(x.device.index, SM90_SHARED_MEMORY), x.element_size(),
-                      weight_bytes(weight))
+                      weight_element_bytes(weight))
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
