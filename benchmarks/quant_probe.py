@@ -15,33 +15,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_probe import PROJECTIONS, graph_us  # noqa: E402
+
+from unmask.eval.speed import memory_bandwidth  # noqa: E402
 from unmask.models import skinny  # noqa: E402
 from unmask.models.quantize import QuantizedWeight, quantize_weight  # noqa: E402
 
-SHAPES = {"qkv": (12288, 4096), "out": (4096, 4096), "gate_up": (24576, 4096), "down": (4096, 12288)}
-
-
-def time_us(fn, repeats: int = 50) -> float:
-    for _ in range(3):
-        fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(repeats):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return 1e3 * start.elapsed_time(end) / repeats
-
-
-def copy_bandwidth() -> float:
-    a = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    us = time_us(lambda: b.copy_(a), repeats=10)
-    return 2 * a.numel() / (us * 1e-6)
+SHAPES = {name: PROJECTIONS[name] for name in ("qkv", "attn_out", "gate_up", "down")}
 
 
 def main() -> None:
@@ -56,7 +37,7 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     skinny.prepare(torch.device("cuda"))
-    bandwidth = copy_bandwidth()
+    bandwidth = memory_bandwidth(torch.device("cuda"))
     rows = []
     for name, (n, k) in SHAPES.items():
         x = torch.randn(args.rows, k, device="cuda").bfloat16()
@@ -75,7 +56,7 @@ def main() -> None:
             floor = 1e6 * stored / bandwidth
             for bits in (False, True) if args.bits and mode != "bf16" else (False,):
                 skinny.BIT_TRICKS = bits
-                us = time_us(lambda ws=ws, x=x: [skinny.fast_linear(x, w) for w in ws]) / args.layers
+                us = graph_us(lambda ws=ws, x=x: [skinny.fast_linear(x, w) for w in ws]) / args.layers
                 row = {"shape": name, "n": n, "k": k, "mode": mode + ("+bits" if bits else ""), "kernel": takes,
                        "us": us, "floor_us": floor, "over_floor": us / floor}
                 rows.append(row)
@@ -86,7 +67,7 @@ def main() -> None:
                 if mode == "bf16" or n % cfg.block_n or k % (cfg.split_k * cfg.block_k):
                     continue
                 try:
-                    us = time_us(lambda ws=ws, x=x, cfg=cfg: [skinny.skinny_partials(x, w, cfg) for w in ws])
+                    us = graph_us(lambda ws=ws, x=x, cfg=cfg: [skinny.skinny_partials(x, w, cfg) for w in ws])
                 except Exception as error:  # a configuration that does not fit this GPU
                     print(f"{name} {mode} {spec}: {type(error).__name__}", flush=True)
                     continue
