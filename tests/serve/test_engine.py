@@ -37,13 +37,17 @@ def alone(lm, prompt: str, config: DecodeConfig, max_tokens: int, stop: tuple[st
     return text[: min(cuts)].rstrip() if cuts else text
 
 
-def run_engine(lm, requests, max_batch=4, token_prompts=False, warm=None) -> dict[int, list[Update]]:
+def run_engine(lm, requests, max_batch=4, token_prompts=False, warm=None, admission_wait_s=0.0, spacing_s=0.0,
+               before_start=None) -> dict[int, list[Update]]:
     """Submit ``(prompt, config, max_tokens, stop)`` requests (prompt: text, or token ids with
-    ``token_prompts``) to a fresh engine; every update of each, keyed by request index. ``warm``: a
-    ``(config, length)`` the engine warms before it starts (as on a GPU: every engine it builds is warmed)."""
-    engine = Engine(lm, max_batch=max_batch, max_queue=len(requests))
+    ``token_prompts``) to a fresh engine, ``spacing_s`` apart; every update of each, keyed by request index.
+    ``warm``: a ``(config, length)`` the engine warms before it starts (as on a GPU: every engine it builds is
+    warmed); ``before_start(engine)``: called before the engine thread starts."""
+    engine = Engine(lm, max_batch=max_batch, max_queue=len(requests), admission_wait_s=admission_wait_s)
     if warm is not None:
         engine.warm(*warm).warm = True  # on the CPU only the slots are built: warm every engine regardless
+    if before_start is not None:
+        before_start(engine)
     engine.start()
     results: dict[int, list[Update]] = {}
     done = threading.Event()
@@ -65,6 +69,7 @@ def run_engine(lm, requests, max_batch=4, token_prompts=False, warm=None) -> dic
         for key, (prompt, config, max_tokens, stop) in enumerate(requests):
             ids = prompt if token_prompts else lm.encode_prompts([prompt])[0][0].tolist()
             engine.submit(Ticket(ids, config, max_tokens, sink_for(key), stop))
+            time.sleep(spacing_s)
         assert done.wait(300), f"only {len(results)} of {len(requests)} answers finished"
     finally:
         engine.shutdown()
@@ -218,38 +223,23 @@ def test_an_idle_engine_waits_for_a_burst_to_gather(lm):
     texts = prompts(3)
     firsts = {}
     for wait in (0.0, 2.0):
-        engine = Engine(lm, max_batch=4, max_queue=8, admission_wait_s=wait)
         first_rows = []
 
-        def record(batch, first_rows=first_rows, step=engine._step):
-            if not first_rows:
-                first_rows.append(batch.active)
-            return step(batch)
+        def record_first_step(engine, first_rows=first_rows):
+            step = engine._step
 
-        engine._step = record
-        engine.start()
-        finished = threading.Event()
-        updates: dict[int, list[Update]] = {}
+            def recorded(batch):
+                if not first_rows:
+                    first_rows.append(batch.active)
+                return step(batch)
+            engine._step = recorded
 
-        def sink_for(key, updates=updates, finished=finished):
-            def sink(update: Update) -> None:
-                updates.setdefault(key, []).append(update)
-                if update.finish_reason is not None and len(updates) == len(texts) and all(
-                        u[-1].finish_reason is not None for u in updates.values()):
-                    finished.set()
-            return sink
-
-        try:
-            for key, text in enumerate(texts):
-                ids = lm.encode_prompts([text])[0][0].tolist()
-                engine.submit(Ticket(ids, config, 32, sink_for(key)))
-                time.sleep(0.3)  # the burst arrives over 0.6 s: within a 2 s wait, not at once
-            assert finished.wait(300)
-        finally:
-            engine.shutdown()
+        # the burst arrives over 0.6 s: within a 2 s wait, not at once
+        results = run_engine(lm, [(text, config, 32, ()) for text in texts], admission_wait_s=wait, spacing_s=0.3,
+                             before_start=record_first_step)
         firsts[wait] = first_rows[0]
         for key, text in enumerate(texts):
-            assert "".join(u.text for u in updates[key]) == alone(lm, text, config, 32), (wait, key)
+            assert "".join(u.text for u in results[key]) == alone(lm, text, config, 32), (wait, key)
     assert firsts[0.0] == 1 and firsts[2.0] == 3
 
 
