@@ -59,6 +59,11 @@ def slot_bucket(n: int, slots: int) -> int:
     return min(b, slots)
 
 
+def interval_block(block: int, every: float) -> bool:
+    """Whether ``block`` is one of 0, N, 2N, ... for ``every`` = N (an integer, or inf: block 0 only)."""
+    return block == 0 or (every != float("inf") and block % int(every) == 0)
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Everything that fixes the engine's step functions besides the data (the key of a cached engine)."""
@@ -627,15 +632,14 @@ class DecodeEngine:
 
     def _partial_block(self, slot: int) -> bool:
         """Whether the ``partial`` row in ``slot`` starts its block with the partial step (not a full refresh)."""
-        block = self.slots[slot].block
-        return block > 0 and (self.partial_every == float("inf") or block % int(self.partial_every) != 0)
+        return not interval_block(self.slots[slot].block, self.partial_every)
 
     def _full_refresh(self, block: int) -> bool:
         """Whether ``block`` starts with the full refresh (else with the answer-only one; a block-diffusion row:
         with the window of its previous and new blocks, ``_append_window``)."""
         if self.block_causal:
             return block == 0
-        return block == 0 or (self.every != float("inf") and block % int(self.every) == 0)
+        return interval_block(block, self.every)
 
     def _answer_step(self, rows: int) -> None:
         """The answer-only refresh of the slots ``answer_slots[:rows]`` (``prompt_stale``): their answer columns
