@@ -1,6 +1,7 @@
 """The skinny matmul on quantized weights in isolation (issue 28): microseconds per call at the LLaDA-8B
-projection shapes, 32 rows, bf16 vs int8 / fp8 / int4 through ``skinny.fast_linear`` (and whether it takes the
-kernel), each against its own weight-read floor (stored bytes over the device's measured copy bandwidth).
+projection shapes, 32 rows, bf16 vs int8 / fp8 / int4 / fp8-w8a8 (x in float8 too) through
+``skinny.fast_linear`` (and whether it takes the kernel), each against its own weight-read floor (stored bytes
+over the device's measured copy bandwidth).
 
     python benchmarks/quant_probe.py --json out.json
 """
@@ -41,7 +42,7 @@ def main() -> None:
     rows = []
     for name, (n, k) in SHAPES.items():
         x = torch.randn(args.rows, k, device="cuda").bfloat16()
-        for mode in ("bf16", "int8", "fp8", "int4"):
+        for mode in ("bf16", "int8", "fp8", "int4", "fp8-w8a8"):
             ws = []
             for _ in range(args.layers):
                 w = torch.randn(n, k, device="cuda") * 0.02
@@ -54,7 +55,7 @@ def main() -> None:
             takes = skinny.applies(x, ws[0])
             stored = n * k * skinny.weight_element_bytes(ws[0]) + (0 if mode == "bf16" else ws[0].scale.numel() * 4)
             floor = 1e6 * stored / bandwidth
-            for bits in (False, True) if args.bits and mode != "bf16" else (False,):
+            for bits in (False, True) if args.bits and mode in ("int8", "fp8", "int4") else (False,):
                 skinny.BIT_TRICKS = bits
                 us = graph_us(lambda ws=ws, x=x: [skinny.fast_linear(x, w) for w in ws]) / args.layers
                 row = {"shape": name, "n": n, "k": k, "mode": mode + ("+bits" if bits else ""), "kernel": takes,

@@ -15,7 +15,7 @@ from unmask.decoding.scorers import Scorer, _fused_argmax_confidence, argmax_con
 from unmask.models import skinny
 from unmask.models.config import LLaDAConfig
 from unmask.models.loading import random_model
-from unmask.models.quantize import QuantizedWeight, quantize_weight
+from unmask.models.quantize import QuantizedWeight, quantize_rows_fp8, quantize_weight
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available() or skinny.triton is None, reason="Triton kernels need CUDA")
 # the kernels' indexing runs on the CPU under the Triton interpreter (TRITON_INTERPRET=1, Triton installed), in
@@ -165,6 +165,34 @@ def test_quantized_weights_are_read_in_their_own_bytes(mode, n, k, split, block_
     torch.testing.assert_close(y, ref, rtol=1e-2, atol=5e-3 * ref.abs().max().item())
 
 
+@kernel
+@pytest.mark.parametrize("n,k,split,block_k", [(128, 512, 1, 128), (128, 512, 2, 256), (64, 1024, 4, 128)])
+@pytest.mark.parametrize("rows", [1, 7, 33])
+def test_fp8_w8a8_meets_x_in_float8(n, k, split, block_k, rows):
+    """fp8-w8a8: x quantized per row (``quantize_rows_fp8``) meets Q in an fp8 MMA; y = (x_q @ Q^T) s_x s, the
+    formula ``scaled_mm_linear`` gives, from x in bf16/fp16 or from x_q and its scales, every split."""
+    device = KERNEL_DEVICES[0]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    if device == "cuda":
+        skinny.prepare(torch.device("cuda"))
+        if torch.cuda.get_device_capability() < (8, 9):
+            pytest.skip("fp8 needs sm89+")
+    g = torch.Generator().manual_seed(rows * n + k)
+    q = on(quantize_weight(torch.randn(n, k, generator=g) * 0.05, "fp8-w8a8"), device)
+    x = torch.randn(rows, k, generator=g).to(device, dtype)
+    x_q, s_x = quantize_rows_fp8(x)
+    ref = (x_q.double() @ q.data.double().T) * s_x.double() * q.scale.double().view(1, -1)
+    config = skinny.SkinnyConfig(64, block_k, split, 2, 4)
+    for out in (skinny.skinny_partials(x, q, config), skinny.skinny_partials(x_q, q, config, x_scale=s_x,
+                                                                             out_dtype=dtype)):
+        assert out.dtype == (dtype if split == 1 else torch.float32)
+        y = out.double() if split == 1 else out.sum(0).double()
+        torch.testing.assert_close(y, ref, rtol=1e-2, atol=1e-3 * ref.abs().max().item())
+    # against the unquantized product: the two roundings of w8a8 (x and W to float8)
+    exact = x.double() @ q.dequantize(torch.float64).T
+    assert (y - exact).norm() / exact.norm() < 0.08
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_bit_trick_constants_give_exact_values(dtype):
     """The kernel's integer conversions (``BIT_CONSTANTS``), restated with torch's bit views: MAGIC | n is the float
@@ -194,8 +222,12 @@ def test_quantized_weights_the_kernel_cannot_tile_are_refused():
     with pytest.raises(ValueError, match="int4 weight \\[128, 688\\] \\(group 86\\) is not tiled"):
         skinny.skinny_partials(x, q, skinny.SkinnyConfig(64, 128, 1, 2, 4))
     w8a8 = quantize_weight(torch.randn(128, 256), "fp8-w8a8")
-    with pytest.raises(ValueError, match="reads int8, fp8 and int4 weights, not 'fp8-w8a8'"):
-        skinny.skinny_partials(torch.zeros(4, 256, dtype=torch.float16), w8a8, skinny.SkinnyConfig(64, 128, 1, 2, 4))
+    with pytest.raises(ValueError, match="x_scale \\[M, 1\\] goes with a float8 x and an fp8-w8a8 weight only"):
+        skinny.skinny_partials(torch.zeros(4, 256, dtype=torch.float16), w8a8, skinny.SkinnyConfig(64, 128, 1, 2, 4),
+                               x_scale=torch.ones(3, 1))
+    with pytest.raises(ValueError, match="reads int8, int4, fp8, fp8-w8a8 weights, not 'nf4'"):
+        skinny.skinny_partials(torch.zeros(4, 344, dtype=torch.float16), QuantizedWeight("nf4", q.data, q.scale, 86),
+                               skinny.SkinnyConfig(64, 128, 1, 2, 4))
 
 
 def test_quantized_weights_on_the_cpu_take_their_own_linear():
@@ -221,10 +253,10 @@ def test_quantized_tiles_fit_the_shared_memory_of_sm90():
 
 
 @cuda
-@pytest.mark.parametrize("mode", ["int8", "fp8", "int4"])
+@pytest.mark.parametrize("mode", ["int8", "fp8", "int4", "fp8-w8a8"])
 def test_fast_linear_takes_the_kernel_for_quantized_weights(mode):
     skinny.prepare(torch.device("cuda"))
-    if mode == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+    if mode.startswith("fp8") and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs sm89+")
     q = on(quantize_weight(torch.randn(4096, 4096) * 0.02, mode), "cuda")
     x = torch.randn(2, 16, 4096, device="cuda").bfloat16()

@@ -91,13 +91,19 @@ def scaled_mm_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor,
     """x @ (Q * s)^T with x quantized per row to float8 (s_x = max |x_m| / 448) and one fp8 matmul that applies
     both scales (``torch._scaled_mm``, float32 accumulation), in x's dtype (float32 for a float64 x)."""
     shape, k = x.shape, x.shape[-1]
-    rows = x.reshape(-1, k).float()
-    s_x = (rows.abs().amax(dim=-1, keepdim=True) / QMAX["fp8"]).clamp(min=torch.finfo(torch.float32).tiny)
-    x_q = (rows / s_x).to(FP8)
+    x_q, s_x = quantize_rows_fp8(x.reshape(-1, k))
     out = x.dtype if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
     y = torch._scaled_mm(x_q, data.t(), scale_a=s_x, scale_b=scale.view(1, -1), out_dtype=out)
     y = y.to(x.dtype).reshape(*shape[:-1], data.shape[0])
     return y if bias is None else y + bias
+
+
+def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of x [M, K] to float8: s_m = max_k |x_mk| / 448 (float32, at least the smallest normal), x_q = x / s
+    (round to nearest); returns (x_q [M, K], s [M, 1])."""
+    rows = x.float()
+    s_x = (rows.abs().amax(dim=-1, keepdim=True) / QMAX["fp8"]).clamp(min=torch.finfo(torch.float32).tiny)
+    return (rows / s_x).to(FP8), s_x
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,7 +8,8 @@ partial sums [SPLIT_K, M, N] and the caller adds them, so the reduction fuses in
 kernel consumes y (a residual add, a norm) instead of costing a kernel of its own.
 
 Weight-only quantized weights (``models/quantize.py``: int8, fp8, int4) are read in their own bytes and converted
-in registers (``W_MODE`` of the kernel), so a batch-1 step streams 1 (int4: 1/2) byte per weight.
+in registers (``W_MODE`` of the kernel), so a batch-1 step streams 1 (int4: 1/2) byte per weight; ``fp8-w8a8``
+weights meet x quantized per row to float8 in the tensor cores' fp8 MMA (sm89+), with no conversion at all.
 
 CUDA only (Triton; the Triton interpreter runs it on the CPU for tests). ``fast_linear`` is the entry point:
 ``F.linear`` through this kernel where it applies
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from unmask.models.quantize import QuantizedWeight
+from unmask.models.quantize import FP8, QuantizedWeight, quantize_rows_fp8
 
 try:  # Triton ships with CUDA builds of PyTorch, not with the CPU build
     import triton
@@ -55,7 +56,7 @@ if triton is not None:
 
     @triton.jit
     def _skinny_mm_kernel(
-        x_ptr, w_ptr, out_ptr, scale_ptr, M, N, K, k_per_split,
+        x_ptr, w_ptr, out_ptr, scale_ptr, x_scale_ptr, M, N, K, k_per_split,
         stride_xm, stride_wn, stride_os, stride_om, stride_sn,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
         EVEN_K: tl.constexpr, W_MODE: tl.constexpr, GROUP: tl.constexpr,
@@ -63,6 +64,8 @@ if triton is not None:
         FP8_SHIFT: tl.constexpr = 0, FP8_FACTOR: tl.constexpr = 1.0,
     ):
         # W_MODE 0: W in x's dtype; 1 (int8), 3 (fp8): one float32 scale per row (applied to the sums);
+        # 4 (fp8-w8a8): x already float8 with one float32 scale per row of x (x_scale_ptr), an fp8 x fp8 MMA, both
+        # scales on the sums;
         # 2: int4, two per byte (low nibble the even column) met by x's even and odd columns in two dots, one
         # scale per row and GROUP columns (applied to the tile's sums where a group spans whole tiles, else to
         # the tile: W = q * s in float32, then x's dtype, as QuantizedWeight.dequantize).
@@ -151,7 +154,7 @@ if triton is not None:
                     w = (((b & 0x80) << 8) | ((b & 0x7F) << FP8_SHIFT)).to(tl.uint16).to(x.dtype, bitcast=True)
                 elif W_MODE == 1 or W_MODE == 3:
                     w = w.to(x.dtype)
-                if SWAP:
+                if SWAP:  # (W_MODE 4: both fp8, the tensor cores' own format)
                     acc = tl.dot(w, tl.trans(x), acc)
                 else:
                     acc = tl.dot(x, tl.trans(w), acc)
@@ -161,9 +164,12 @@ if triton is not None:
             acc = 16.0 * acc + acc_low - (128.0 + 17.0 * MAGIC_VALUE) * (x_sum[None, :] if SWAP else x_sum[:, None])
         if BITS and W_MODE == 3:
             acc = acc * FP8_FACTOR
-        if W_MODE == 1 or W_MODE == 3:
+        if W_MODE == 1 or W_MODE == 3 or W_MODE == 4:
             s = tl.load(scale_ptr + rn * stride_sn)
             acc = acc * (s[:, None] if SWAP else s[None, :])
+        if W_MODE == 4:
+            s_x = tl.load(x_scale_ptr + rm, mask=rm < M, other=0.0)
+            acc = acc * (s_x[None, :] if SWAP else s_x[:, None])
         out_ptrs = out_ptr + pid_k * stride_os
         if SWAP:
             tl.store(out_ptrs + rm[None, :] * stride_om + rn[:, None], acc.to(out_ptr.dtype.element_ty),
@@ -173,7 +179,7 @@ if triton is not None:
                      mask=m_ok)
 
 
-W_MODES = {"int8": 1, "int4": 2, "fp8": 3}  # the kernel's weight layouts (``_skinny_mm_kernel``); 0: plain
+W_MODES = {"int8": 1, "int4": 2, "fp8": 3, "fp8-w8a8": 4}  # the kernel's layouts (``_skinny_mm_kernel``); 0: plain
 # Quantized weights converted by integer bit operations instead of conversion instructions (which run at a
 # fraction of the integer rate): off until measured against the conversions on a GPU (benchmarks/quant_probe.py
 # --bits). Per x dtype: MAGIC | n is the float MAGIC_VALUE + n for a nibble n; an fp8 e4m3 byte's exponent and
@@ -195,14 +201,17 @@ def weight_element_bytes(weight: torch.Tensor | QuantizedWeight) -> float:
 
 
 def skinny_partials(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, config: SkinnyConfig,
-                    bits: bool | None = None) -> torch.Tensor:
+                    bits: bool | None = None, x_scale: torch.Tensor | None = None,
+                    out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T as ``config.split_k`` float32 partial sums [split_k, M, N] (or, with
-    one split, y [M, N] in x's dtype). N must be a multiple of ``config.block_n``.
+    one split, y [M, N] in x's dtype, or ``out_dtype``). N must be a multiple of ``config.block_n``.
 
     A weight-only quantized ``weight`` (int8, fp8: y = (x @ Q^T) * s per row; int4: W = Q * s per row and group,
     ``models/quantize.py``) is read in its own bytes and converted in the kernel's registers; its reduction
     must be tiled by the configuration (and, int4, its group a multiple or a divisor of ``block_k``). ``bits``:
-    convert by integer bit operations (default ``BIT_TRICKS``)."""
+    convert by integer bit operations (default ``BIT_TRICKS``). An ``fp8-w8a8`` weight meets x in float8, the
+    tensor cores' own format, no conversion: y = (x_q @ Q^T) * s_x * s with x_q, s_x = ``quantize_rows_fp8(x)``
+    (pass them as ``x``, ``x_scale`` and the output dtype as ``out_dtype``, or pass x in bf16/fp16)."""
     if triton is None:
         raise RuntimeError("skinny_partials needs Triton (a CUDA build of PyTorch)")
     M, K = x.shape
@@ -215,25 +224,31 @@ def skinny_partials(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, con
     w_mode, group, scale = 0, 1, x
     if isinstance(weight, QuantizedWeight):
         if weight.mode not in W_MODES:
-            raise ValueError(f"skinny matmul reads int8, fp8 and int4 weights, not {weight.mode!r}")
+            raise ValueError(f"skinny matmul reads {', '.join(W_MODES)} weights, not {weight.mode!r}")
         w_mode, group, scale = W_MODES[weight.mode], weight.group_size, weight.scale
         if not even_k or (w_mode == 2 and config.block_k % group and group % config.block_k):
             raise ValueError(f"skinny matmul: a {weight.mode} weight [{N}, {K}] (group {weight.group_size}) is not "
                              f"tiled by block_k {config.block_k} x split_k {split}")
         weight = weight.data
+    if w_mode == 4 and x_scale is None:
+        out_dtype = out_dtype or x.dtype
+        x, x_scale = quantize_rows_fp8(x)
+    if (x_scale is not None) != (w_mode == 4) or (w_mode == 4 and (x.dtype != FP8 or x_scale.shape != (M, 1))):
+        raise ValueError("skinny matmul: x_scale [M, 1] goes with a float8 x and an fp8-w8a8 weight only")
     if x.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError("skinny matmul needs x and weight contiguous along K")
-    dtype = x.dtype if split == 1 else torch.float32
+    dtype = (out_dtype or x.dtype) if split == 1 else torch.float32
     out = torch.empty((split, M, N), device=x.device, dtype=dtype)
     block_m = block_rows(M)
     grid = (N // config.block_n, split, triton.cdiv(M, block_m))
     # Triton launches on the current device (the Triton interpreter, TRITON_INTERPRET=1: on the CPU)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _skinny_mm_kernel[grid](
-            x, weight, out, scale, M, N, K, k_per_split, x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
-            scale.stride(0), BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWAP=config.swap,
-            EVEN_K=even_k, W_MODE=w_mode, GROUP=group, num_warps=config.warps, num_stages=config.stages,
-            BITS=bool(BIT_TRICKS if bits is None else bits) and w_mode > 0, **BIT_CONSTANTS.get(x.dtype, {}),
+            x, weight, out, scale, scale if x_scale is None else x_scale, M, N, K, k_per_split, x.stride(0),
+            weight.stride(0), out.stride(0), out.stride(1), scale.stride(0), BLOCK_M=block_m, BLOCK_N=config.block_n,
+            BLOCK_K=config.block_k, SWAP=config.swap, EVEN_K=even_k, W_MODE=w_mode, GROUP=group,
+            num_warps=config.warps, num_stages=config.stages,
+            BITS=bool(BIT_TRICKS if bits is None else bits) and w_mode in (1, 2, 3), **BIT_CONSTANTS.get(x.dtype, {}),
         )
     return out[0] if split == 1 else out
 
@@ -327,7 +342,7 @@ def _launch_config(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight) -> S
         return None
     quantized = isinstance(weight, QuantizedWeight)
     if quantized:
-        if weight.mode not in W_MODES or (weight.mode == "fp8" and _CAPABILITY[x.device.index] < (8, 9)):
+        if weight.mode not in W_MODES or (weight.mode.startswith("fp8") and _CAPABILITY[x.device.index] < (8, 9)):
             return None
         if weight.data.stride(1) != 1 or weight.scale.stride(-1) != 1:
             return None
@@ -364,16 +379,19 @@ def _(x, weight, block_n, block_k, split_k, stages, warps):
 
 @torch.library.custom_op("unmask::skinny_qmm", mutates_args=(), device_types="cuda")
 def skinny_qmm(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, mode: str, group_size: int, block_n: int,
-               block_k: int, split_k: int, stages: int, warps: int, bits: bool) -> torch.Tensor:
-    """``skinny_partials`` of a quantized weight (``data``, ``scale``) as an operator."""
+               block_k: int, split_k: int, stages: int, warps: int, bits: bool, x_scale: torch.Tensor | None = None,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``skinny_partials`` of a quantized weight (``data``, ``scale``) as an operator (fp8-w8a8: x in float8 with
+    its row scales ``x_scale``, the output in ``out_dtype``)."""
     return skinny_partials(x, QuantizedWeight(mode, data, scale, group_size),
-                           SkinnyConfig(block_n, block_k, split_k, stages, warps), bits)
+                           SkinnyConfig(block_n, block_k, split_k, stages, warps), bits, x_scale, out_dtype)
 
 
 @skinny_qmm.register_fake
-def _(x, data, scale, mode, group_size, block_n, block_k, split_k, stages, warps, bits):
+def _(x, data, scale, mode, group_size, block_n, block_k, split_k, stages, warps, bits, x_scale=None, out_dtype=None):
     m, n = x.shape[0], data.shape[0]
-    return x.new_empty((m, n)) if split_k == 1 else x.new_empty((split_k, m, n), dtype=torch.float32)
+    return x.new_empty((m, n), dtype=out_dtype or x.dtype) if split_k == 1 else x.new_empty((split_k, m, n),
+                                                                                          dtype=torch.float32)
 
 
 @torch.library.custom_op("unmask::quantized_linear", mutates_args=())
@@ -409,8 +427,12 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight,
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
     if isinstance(weight, QuantizedWeight):
+        x_scale = None
+        if weight.mode == "fp8-w8a8":  # x to float8 here, where torch.compile fuses it with what made x
+            x2, x_scale = quantize_rows_fp8(x2)
         out = torch.ops.unmask.skinny_qmm(x2, weight.data, weight.scale, weight.mode, weight.group_size, cfg.block_n,
-                                          cfg.block_k, cfg.split_k, cfg.stages, cfg.warps, BIT_TRICKS)
+                                          cfg.block_k, cfg.split_k, cfg.stages, cfg.warps, BIT_TRICKS, x_scale,
+                                          x.dtype)
     else:
         out = torch.ops.unmask.skinny_mm(x2, weight, cfg.block_n, cfg.block_k, cfg.split_k, cfg.stages, cfg.warps)
     y = (out if cfg.split_k == 1 else out.sum(0).to(x.dtype)).reshape(*x.shape[:-1], n)
