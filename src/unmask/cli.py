@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from unmask.cli_errors import OneLineErrorsGroup, friendly_errors, make_console
-from unmask.decoding.config import DecodeConfig
+from unmask.decoding.config import DEFAULT_SPEC, DecodeConfig
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.loop import check_lengths
 from unmask.decoding.policies import POLICY_NAMES, REGISTRY
@@ -128,7 +128,8 @@ def generate(
     prompts: list[str] | None = typer.Argument(None, help="One or more prompts (the chat template is applied)."),
     file: Path | None = typer.Option(None, "--file", "-f", help="Prompts file: JSON lines {\"prompt\": ...} or text."),
     model: str | None = MODEL_OPTION,
-    policy: str | None = typer.Option(None, help=f"Commit policy: {', '.join(POLICY_NAMES)} (default topk)."),
+    policy: str | None = typer.Option(None, help=f"Commit policy: {', '.join(POLICY_NAMES)} (default: {DEFAULT_SPEC}, "
+                                                 "the fast default; topk: LLaDA's baseline)."),
     spec: str | None = typer.Option(None, "--spec", "-s", help=f"Instead of --policy/--cache/--credit: {SPEC_FORMS}."),
     gen_length: int = gen_length_option(128),
     block_length: int = BLOCK_LENGTH_OPTION,
@@ -178,7 +179,7 @@ def generate(
             if name in knobs:
                 raise ValueError(f"--{name} and --knob {name}=... both given; give one")
             knobs[name] = value
-    decoding = {"policy": "topk" if policy is None else policy, "cache": cache,
+    decoding = {**({} if policy is None else {"policy": policy}), "cache": cache,
                 "credit": build_credit(credit, credit_alpha, credit_beta, credit_gamma, credit_adaptive) or False,
                 **knobs}
     if spec is not None:
@@ -218,7 +219,8 @@ def generate(
     if quiet:
         return
     console.print(
-        f"[dim]{len(texts)} prompt(s) | policy {decoding['policy']} | cache {decoding['cache']} | NFE {out.nfe} | "
+        f"[dim]{len(texts)} prompt(s) | policy {out.config.build_policy()!r} | cache {out.config.cache} | "
+        f"NFE {out.nfe} | "
         f"tokens/NFE {out.tokens_per_nfe:.2f} | {out.elapsed_s:.2f} s[/]"
     )
 

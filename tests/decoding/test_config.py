@@ -70,3 +70,22 @@ def test_api_knobs_are_numbers_as_temperature_is():
         with pytest.raises(ValueError, match=message):
             DecodeConfig.create(gen_length=16, block_length=8, **settings)
     assert parse_spec("threshold:0.9").generate_kwargs()["threshold"] == 0.9  # text in a spec is read
+
+
+def test_the_default_is_the_fast_spec_and_the_baseline_one_keyword_away():
+    """No policy: ``DEFAULT_SPEC`` (the tuned fast default, the same settings as the spec grammar's); options given
+    without a policy go to the default when they are its own, to topk when they name its steps (LLaDA's calls),
+    else an error that names the policies they belong to."""
+    from unmask.decoding.config import DEFAULT_SPEC
+    from unmask.eval.spec import parse_spec
+
+    default = DecodeConfig()
+    assert repr(default.build_policy()) == repr(DecodeConfig.create(**parse_spec(DEFAULT_SPEC).generate_kwargs())
+                                                .build_policy())
+    assert repr(default.build_policy()) == "EntropyBounded(gamma=0.01)" and default.cache == "none"
+    assert DecodeConfig.create(gamma=0.1).build_policy().gamma == 0.1
+    assert DecodeConfig.create(policy="topk").build_policy().name == "topk"
+    assert DecodeConfig.create(steps=64).build_policy().name == "topk"
+    assert DecodeConfig.create(policy="threshold").options == {}  # another policy: the default's option goes
+    with pytest.raises(ValueError, match="threshold=0.8 given without a policy: they belong to threshold, .*klass"):
+        DecodeConfig.create(threshold=0.8)

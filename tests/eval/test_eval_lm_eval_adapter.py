@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from unmask.decoding.config import DEFAULT_SPEC
+
 lm_eval = pytest.importorskip("lm_eval", reason="lm_eval is not installed")
 
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -83,7 +85,8 @@ def test_registration_and_args():
     assert get_model("unmask") is UnmaskLM
     assert build_spec(None, "frechet", {"margin": 0.3}, None, "prefix").label == "frechet:0.3@prefix"
     assert build_spec("factor:2+credit", None, {}, None, None).label == "factor:2+credit"
-    assert build_spec(None, None, {"threshold": None}, None, None).label == "topk"
+    assert build_spec(None, None, {"threshold": None}, None, None).label == DEFAULT_SPEC  # the fast default
+    assert build_spec(None, "topk", {}, None, None).label == "topk"  # LLaDA's baseline
     with pytest.raises(ValueError, match="do not apply to policy 'threshold'"):
         build_spec(None, "threshold", {"factor": 1.0}, None, None)
     with pytest.raises(ValueError, match="not both"):

@@ -54,7 +54,9 @@ def test_block_causal_attention_hides_later_blocks(tiny):
     y = x.clone()
     y[0, 9] = (y[0, 9] + 1) % 100  # block 2 of B = 4
     a, b = model.forward(x, block_length=4), model.forward(y, block_length=4)
-    assert torch.equal(a[0, :8], b[0, :8])
+    # equal up to float64 rounding: the changed token can route to other experts, and the experts' matmuls then
+    # run over other row counts (another BLAS blocking: ulp-level differences, machine-dependent)
+    torch.testing.assert_close(a[0, :8], b[0, :8], rtol=1e-12, atol=1e-12)
     assert not torch.isclose(a[0, 8:12], b[0, 8:12]).all(dim=-1).any()
     assert torch.equal(block_causal_mask(6, 2).long(), torch.tensor(
         [[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1],

@@ -17,14 +17,52 @@ import torch
 
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.loop import check_lengths, resolve_compile
-from unmask.decoding.policies import CommitPolicy, get_policy_class, knob_names, make_policy, policy_names
+from unmask.decoding.policies import (
+    REGISTRY,
+    CommitPolicy,
+    get_policy_class,
+    knob_names,
+    make_policy,
+    policy_names,
+)
 from unmask.decoding.scorers import CONFIDENCE_DTYPES, CONFIDENCE_FROM, SCORER_NAMES, Scorer
 from unmask.models.cache import canonical_cache
+
+# The default spec of generate(), the CLI and eval's Python API: the cheapest spec (fewest forwards) whose dev accuracy
+# is within 0.5 point of LLaDA's baseline (topk) on both embedded testbeds, math and code (``unmask tune``; docs/
+# benchmarks/rules.md). The baseline is one keyword away: ``policy="topk"``.
+DEFAULT_POLICY = "eb"
+DEFAULT_OPTIONS: dict[str, Any] = {"gamma": 0.01}
+DEFAULT_SPEC = "eb:0.01"
+
+
+def _default_options() -> dict[str, Any]:
+    return dict(DEFAULT_OPTIONS)
+
+
+def policy_of_options(options: dict[str, Any]) -> str:
+    """The policy that options given without one belong to: the default's if they are its own, else LLaDA's baseline
+    topk if they name its knob (``steps=128``), else the one policy whose main knob they name; an error where that
+    is not one policy."""
+    def accepts(cls) -> set[str]:
+        return {cls.knob.name, *cls.knob.aliases, *(o.name for o in cls.options)}
+    if set(options) <= accepts(REGISTRY[DEFAULT_POLICY]):
+        return DEFAULT_POLICY
+    named = [name for name, cls in REGISTRY.items() if set(options) <= accepts(cls)
+             and set(options) & {cls.knob.name, *cls.knob.aliases}]
+    if "topk" in named or len(named) == 1:
+        return "topk" if "topk" in named else named[0]
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    owners = ", ".join(named) or "no single policy"
+    raise ValueError(f"policy option(s) {given} given without a policy: they belong to {owners}; name the policy, "
+                     f"e.g. policy={(named or ['topk'])[0]!r} (the default policy is {DEFAULT_SPEC}: "
+                     f"{REGISTRY[DEFAULT_POLICY].knob.name} only)")
 
 
 @dataclass
 class DecodeConfig:
-    """Decoding settings (defaults: LLaDA's baseline, one token per step, block 32, no cache).
+    """Decoding settings (defaults: the fast default ``DEFAULT_SPEC``, EB-Sampler at gamma 0.01, block 32, no
+    cache; ``policy="topk"`` is LLaDA's baseline, one token per step).
 
     policy: a registered policy name or a policy object; ``options`` holds the named policy's option,
     e.g. ``{"threshold": 0.9}`` (``DecodeConfig.create(policy="threshold", threshold=0.9)`` sorts the
@@ -38,8 +76,8 @@ class DecodeConfig:
     softmax; LLaDA, Fast-dLLM) or ``sampling`` (the distribution the candidate is drawn from; Dream).
     """
 
-    policy: str | CommitPolicy = "topk"
-    options: dict[str, Any] = field(default_factory=dict)
+    policy: str | CommitPolicy = DEFAULT_POLICY
+    options: dict[str, Any] = field(default_factory=_default_options)
     gen_length: int = 128
     block_length: int = 32
     credit: bool | CreditConfig = False
@@ -116,6 +154,8 @@ class DecodeConfig:
             raise ValueError(f"options must be a dict of the policy's option, e.g. {{'threshold': 0.9}}, "
                              f"got {settings['options']!r}")
         options = {k: settings.pop(k) for k in list(settings) if k not in fields}
+        if config is None and "policy" not in settings and (options or settings.get("options")):
+            settings["policy"] = policy_of_options({**options, **settings.get("options", {})})
         base = config or cls()
         if "policy" in settings and settings["policy"] != base.policy:
             base = dataclasses.replace(base, options={})  # another policy: the old policy's option goes

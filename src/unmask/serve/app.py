@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unmask.api import DiffusionLM
-from unmask.decoding.config import DecodeConfig
+from unmask.decoding.config import DEFAULT_SPEC, DecodeConfig
 from unmask.decoding.credit import CreditConfig
 from unmask.decoding.policies import knob_names
 from unmask.eval.spec import parse_spec
@@ -128,7 +128,7 @@ class ServerSettings:
     """What ``unmask serve`` fixes for every request (request fields override the decoding defaults)."""
 
     model_name: str = "unmask-testbed"
-    spec: str = "threshold:0.9@dual"
+    spec: str = DEFAULT_SPEC
     block_length: int = 32
     default_max_tokens: int = 256
     api_key: str | None = None
