@@ -87,5 +87,9 @@ def test_the_default_is_the_fast_spec_and_the_baseline_one_keyword_away():
     assert DecodeConfig.create(policy="topk").build_policy().name == "topk"
     assert DecodeConfig.create(steps=64).build_policy().name == "topk"
     assert DecodeConfig.create(policy="threshold").options == {}  # another policy: the default's option goes
+    assert DecodeConfig(policy="threshold").build_policy() == Threshold(0.9)
+    # a named policy takes its own default, as the spec grammar does ("eb": gamma 0.15); the unnamed default: 0.01
+    assert repr(DecodeConfig.create(policy="eb").build_policy()) == repr(DecodeConfig.create(
+        **parse_spec("eb").generate_kwargs()).build_policy()) == "EntropyBounded(gamma=0.15)"
     with pytest.raises(ValueError, match="threshold=0.8 given without a policy: they belong to threshold, .*klass"):
         DecodeConfig.create(threshold=0.8)

@@ -33,23 +33,27 @@ from unmask.models.cache import canonical_cache
 # benchmarks/rules.md). The baseline is one keyword away: ``policy="topk"``.
 DEFAULT_POLICY = "eb"
 DEFAULT_OPTIONS: dict[str, Any] = {"gamma": 0.01}
-DEFAULT_SPEC = "eb:0.01"
+DEFAULT_SPEC = f"{DEFAULT_POLICY}:{DEFAULT_OPTIONS['gamma']:g}"  # the same in the spec grammar
 
 
-def _default_options() -> dict[str, Any]:
-    return dict(DEFAULT_OPTIONS)
+class _Unnamed:
+    """The ``policy`` field left out (``None`` stays an error, as any other bad value)."""
+
+    def __repr__(self) -> str:
+        return "<unnamed: the policy the options belong to>"
+
+
+UNNAMED = _Unnamed()
 
 
 def policy_of_options(options: dict[str, Any]) -> str:
     """The policy that options given without one belong to: the default's if they are its own, else LLaDA's baseline
     topk if they name its knob (``steps=128``), else the one policy whose main knob they name; an error where that
     is not one policy."""
-    def accepts(cls) -> set[str]:
-        return {cls.knob.name, *cls.knob.aliases, *(o.name for o in cls.options)}
-    if set(options) <= accepts(REGISTRY[DEFAULT_POLICY]):
+    if set(options) <= REGISTRY[DEFAULT_POLICY].option_keywords():
         return DEFAULT_POLICY
-    named = [name for name, cls in REGISTRY.items() if set(options) <= accepts(cls)
-             and set(options) & {cls.knob.name, *cls.knob.aliases}]
+    named = [name for name, cls in REGISTRY.items() if set(options) <= cls.option_keywords()
+             and set(options) & cls.knob_keywords()]
     if "topk" in named or len(named) == 1:
         return "topk" if "topk" in named else named[0]
     given = ", ".join(f"{k}={v!r}" for k, v in options.items())
@@ -76,8 +80,8 @@ class DecodeConfig:
     softmax; LLaDA, Fast-dLLM) or ``sampling`` (the distribution the candidate is drawn from; Dream).
     """
 
-    policy: str | CommitPolicy = DEFAULT_POLICY
-    options: dict[str, Any] = field(default_factory=_default_options)
+    policy: str | CommitPolicy = UNNAMED  # left out: ``policy_of_options(options)``, the default without options
+    options: dict[str, Any] = field(default_factory=dict)
     gen_length: int = 128
     block_length: int = 32
     credit: bool | CreditConfig = False
@@ -100,6 +104,11 @@ class DecodeConfig:
         if not isinstance(self.options, dict):
             raise ValueError(f"options must be a dict of the policy's option, e.g. {{'threshold': 0.9}}, "
                              f"got {self.options!r}")
+        if self.policy is UNNAMED:
+            self.options = {k: v for k, v in dict(self.options).items() if v is not None}
+            self.policy = policy_of_options(self.options)
+            if self.policy == DEFAULT_POLICY:
+                self.options = {**DEFAULT_OPTIONS, **self.options}
         if isinstance(self.policy, str):
             self.options = {k: v for k, v in dict(self.options).items() if v is not None}
             self.build_policy()  # the policy's name and option are checked here
@@ -154,9 +163,9 @@ class DecodeConfig:
             raise ValueError(f"options must be a dict of the policy's option, e.g. {{'threshold': 0.9}}, "
                              f"got {settings['options']!r}")
         options = {k: settings.pop(k) for k in list(settings) if k not in fields}
-        if config is None and "policy" not in settings and (options or settings.get("options")):
-            settings["policy"] = policy_of_options({**options, **settings.get("options", {})})
-        base = config or cls()
+        if config is None:  # from the defaults: an unnamed policy is the one the options belong to (__post_init__)
+            return cls(**{**settings, "options": {**options, **settings.get("options", {})}})
+        base = config
         if "policy" in settings and settings["policy"] != base.policy:
             base = dataclasses.replace(base, options={})  # another policy: the old policy's option goes
         merged = {**base.options, **options, **settings.pop("options", {})}

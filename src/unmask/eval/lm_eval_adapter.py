@@ -35,7 +35,7 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry, register_model
 
-from unmask.decoding.config import DEFAULT_OPTIONS, DEFAULT_POLICY
+from unmask.decoding.config import DEFAULT_OPTIONS, DEFAULT_POLICY, policy_of_options
 from unmask.decoding.policies import REGISTRY, get_policy_class, knob_names
 from unmask.eval.spec import DecodeSpec, parse_spec
 
@@ -69,15 +69,16 @@ def build_spec(spec: str | None, policy: str | None, knobs: dict[str, Any], cred
         if given or credit not in (None, False):
             raise ValueError(f"give either spec= or the separate args ({', '.join(given) or 'credit'}), not both")
         return parse_spec(str(spec))
-    policy = policy or DEFAULT_POLICY
+    if policy is None:  # as DecodeConfig: the policy the options belong to, the default's option where not given
+        policy = policy_of_options(knobs)
+        knobs = {**DEFAULT_OPTIONS, **knobs} if policy == DEFAULT_POLICY else knobs
     if policy not in REGISTRY:
         return parse_spec(policy)  # raises with the allowed forms
     own = get_policy_class(policy).knob
     others = sorted(k for k in knobs if k != own.name)
     if others:
         raise ValueError(f"model arg(s) {', '.join(others)} do not apply to policy {policy!r} (its arg: {own.name})")
-    knob = knobs.get(own.name, DEFAULT_OPTIONS.get(own.name) if policy == DEFAULT_POLICY else None)
-    text = policy if knob is None else f"{policy}:{knob}"
+    text = policy if own.name not in knobs else f"{policy}:{knobs[own.name]}"
     if credit not in (None, False):
         text += "+credit-adaptive" if str(credit).lower() == "adaptive" else (
             "+credit" if _as_bool("credit", credit) else "")

@@ -181,6 +181,16 @@ class CommitPolicy:
         raise NotImplementedError
 
     @classmethod
+    def knob_keywords(cls) -> set[str]:
+        """The names that set the policy's main knob: the knob and its aliases."""
+        return {cls.knob.name, *cls.knob.aliases}
+
+    @classmethod
+    def option_keywords(cls) -> set[str]:
+        """Every option name the policy takes: its knob, the knob's aliases and its further options."""
+        return cls.knob_keywords() | {o.name for o in cls.options}
+
+    @classmethod
     def from_knob(cls, value: float | int | None, gen_length: int | None = None,
                   block_length: int | None = None, **options: float | int) -> CommitPolicy:
         """The policy for a knob value (``None``: the default) and its options; the decode's lengths where the
@@ -211,8 +221,7 @@ def get_policy_class(name: str) -> type[CommitPolicy]:
 
 def knob_names() -> set[str]:
     """Every policy option name (knobs, their aliases and the policies' further options)."""
-    return {name for cls in REGISTRY.values()
-            for name in (cls.knob.name, *cls.knob.aliases, *(o.name for o in cls.options))}
+    return {name for cls in REGISTRY.values() for name in cls.option_keywords()}
 
 
 def make_policy(
@@ -229,8 +238,7 @@ def make_policy(
         if key not in known:
             raise ValueError(f"unknown policy option {key!r} (options: {', '.join(sorted(known))})")
     extras = {o.name: o for o in cls.options}
-    own = {cls.knob.name, *cls.knob.aliases, *extras}
-    foreign = sorted(k for k in given if k not in own)
+    foreign = sorted(k for k in given if k not in cls.option_keywords())
     if foreign:
         names = ", ".join([cls.knob.name, *extras])
         raise ValueError(f"option(s) {', '.join(foreign)} do not apply to policy {name!r} (its option"
