@@ -10,6 +10,7 @@ Per-row Python loops are on purpose: readability over speed.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -277,11 +278,14 @@ def ref_prompt_stale_generate(w, cfg, prompt, gen_length, block_length, mask_id,
     return x, nfe
 
 
-def ref_partial_generate(w, cfg, prompt, gen_length, block_length, mask_id, threshold, budget, every=math.inf):
+def ref_partial_generate(w, cfg, prompt, gen_length, block_length, mask_id, threshold, budget, every=math.inf,
+                         reuse=False):
     """Dual-cache generate with the threshold rule where only block 0 (and blocks every, 2 every, ...) starts
     with the full forward; every other forward recomputes the block's columns and ``budget`` more: the columns
     whose token differs from the one their cached keys/values were computed from, then the most steps since
-    their last recompute, then the lower column. One row (batch 1), temperature 0. Returns (x, nfe)."""
+    their last recompute, then the lower column. ``reuse``: only the block's masked columns keep their places;
+    each decoded one's place, left to right, then the ``budget`` more, take the next columns of that order among
+    all the others (the block's decoded columns included). One row (batch 1), temperature 0. Returns (x, nfe)."""
     P = prompt.shape[1]
     L = P + gen_length
     x = torch.full((1, L), mask_id, dtype=torch.long)
@@ -297,9 +301,12 @@ def ref_partial_generate(w, cfg, prompt, gen_length, block_length, mask_id, thre
             if first:
                 block_logits, first = logits[:, s:e], False
             else:
-                others = [c for c in range(L) if not s <= c < e]
+                held = [c for c in range(s, e) if not reuse or int(x[0, c]) == mask_id]
+                others = [c for c in range(L) if c not in held]
                 others.sort(key=lambda c: (int(x[0, c]) != kv_token[c], age[c], -c), reverse=True)
-                columns = torch.tensor(list(range(s, e)) + others[:budget])
+                order = iter(others)
+                places = [c if c in held else next(order) for c in range(s, e)]
+                columns = torch.tensor(places + list(itertools.islice(order, budget)))  # at most the whole canvas
                 out, past = ref_forward(w, cfg, x[:, columns], past=past, columns=columns)
                 block_logits = out[:, :e - s]
                 age = [a + 1 for a in age]

@@ -37,6 +37,8 @@ def test_registry_and_labels():
     # a knob added later is shown only away from its default, so earlier labels (records, sweeps) stay valid
     assert canonical_cache("partial(every=inf)") == "partial(budget=16)"
     assert canonical_cache("partial(every=2, budget=8)") == "partial(budget=8,every=2)"
+    assert canonical_cache("partial(reuse=0)") == "partial(budget=16)"
+    assert canonical_cache("partial(reuse=1,budget=4)") == "partial(budget=4,reuse=1)"
     assert canonical_cache("prompt_stale") == "prompt_stale(every=4)"
     assert canonical_cache(" prompt_stale(every=inf) ") == "prompt_stale(every=inf)"
     assert parse_cache_mode("prompt_stale(every=2)").knob("every") == 2 and parse_cache_mode("dual").window == "dual"
@@ -52,6 +54,7 @@ def test_registry_and_labels():
     ("dual(every=2)", "cache mode 'dual': bad option 'every=2' (its options: none)"),
     ("partial(budget=0)", "budget must be an integer in [1, 4096], got '0'"),
     ("partial(budget=1.5)", "budget must be an integer in [1, 4096], got '1.5'"),
+    ("partial(reuse=2)", "reuse must be 0 or 1, got '2'"),
 ])
 def test_bad_modes_name_the_value(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -110,6 +113,34 @@ def test_partial_equals_its_restatement(model, tiny_cfg, tiny_weights, budget, e
         assert differs, "the partial refresh never changed a decode: the fixture proves nothing"
 
 
+@pytest.mark.parametrize("budget,every", [(1, math.inf), (5, math.inf), (3, 2)])
+@pytest.mark.parametrize("tau", [0.3, 0.6])
+def test_partial_reuse_equals_its_restatement(model, tiny_cfg, tiny_weights, budget, every, tau):
+    """``partial(reuse=1)``: the block's decoded columns give their slots to the next changed/stalest columns."""
+    mask_id = tiny_cfg["mask_token_id"]
+    knobs = f"budget={budget},reuse=1" + ("" if every == math.inf else f",every={every}")
+    differs = 0
+    for row in prompts(3):
+        x = row[None]
+        ref, ref_nfe = ref_partial_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, tau, budget, every, reuse=True)
+        out = decode(model, x, Threshold(tau), mask_id=mask_id, gen_length=32, block_length=8,
+                     cache=f"partial({knobs})", early_stop=False)
+        assert torch.equal(out.sequences, ref) and out.nfe == ref_nfe
+        plain, plain_nfe = ref_partial_generate(tiny_weights, tiny_cfg, x, 32, 8, mask_id, tau, budget, every)
+        differs += not torch.equal(plain, ref) or plain_nfe != ref_nfe
+    assert differs, "reuse=1 never changed a decode against reuse=0: the fixture proves nothing"
+
+
+def test_partial_reuse_refuses_a_policy_that_scores_decoded_tokens(model, tiny_cfg):
+    from unmask.decoding.policies import make_policy
+
+    editing = make_policy("llada2_edit")
+    assert editing.edits
+    with pytest.raises(ValueError, match="reuse=1 computes no logits"):
+        decode(model, prompts(), editing, mask_id=tiny_cfg["mask_token_id"], gen_length=32, block_length=8,
+               cache="partial(reuse=1)", early_stop=False)
+
+
 def test_partial_with_the_whole_canvas_is_no_cache(model, tiny_cfg):
     """A budget covering every column recomputes the whole canvas every step: the tokens of no cache."""
     kw = dict(mask_id=tiny_cfg["mask_token_id"], gen_length=32, block_length=8, early_stop=False)
@@ -127,7 +158,8 @@ def test_partial_interval_refreshes_change_the_decode(model, tiny_cfg, tiny_weig
     assert any(not torch.equal(a[0], b[0]) or a[1] != b[1] for a, b in zip(pairs[0::2], pairs[1::2], strict=True))
 
 
-@pytest.mark.parametrize("cache", ["prompt_stale(every=2)", "partial(budget=3)", "partial(budget=3,every=2)"])
+@pytest.mark.parametrize("cache", ["prompt_stale(every=2)", "partial(budget=3)", "partial(budget=3,every=2)",
+                                   "partial(budget=3,reuse=1)"])
 def test_ragged_batch_through_fewer_slots_equals_alone(model, tiny_cfg, cache):
     g = torch.Generator().manual_seed(3)
     rows = [torch.randint(0, 100, (n,), generator=g) for n in (9, 4, 7, 5)]

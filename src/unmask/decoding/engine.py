@@ -179,6 +179,11 @@ class DecodeEngine:
         self.partial = self.mode.kind.refresh == "partial"
         self.budget = min(int(self.mode.knob("budget")), T - BL) if self.partial else 0
         self.partial_every = self.mode.knob("every") if self.partial else 1  # blocks between full refreshes
+        # partial(reuse=1): the block's decoded columns keep their keys/values, their slots recompute other columns
+        self.reuse = self.partial and self.mode.knob("reuse") == 1
+        if self.reuse and (policy.edits or policy.revocable):
+            raise ValueError(f"cache mode {opts.cache!r}: reuse=1 computes no logits at the block's decoded columns, "
+                             f"which policy {policy.name!r} scores (it may edit or re-mask them); use reuse=0")
         if self.cfg and (self.every != 1 or self.partial):
             raise ValueError(f"cfg_scale > 0 is not supported with cache mode {opts.cache!r} (use dual or prefix)")
         self.Bm = 2 * S if self.cfg else S  # rows through the model (CFG adds the unconditional copy)
@@ -213,6 +218,7 @@ class DecodeEngine:
         if self.partial:  # per column: the token its cached keys/values were computed from (-1: never), steps since
             self.kv_token = torch.full((S, T), -1, **longs)
             self.kv_age = torch.zeros((S, T), **longs)
+            self.budget_offsets = torch.arange(self.budget, **longs)
         self.cos, self.sin = model.rotary(torch.arange(T, **longs)[None])  # [1, 1, T, hd]: position = column
         self.schedule = None
         if policy.schedule_length is not None:
@@ -685,19 +691,35 @@ class DecodeEngine:
     def _partial_step(self, hi: int) -> None:
         """``partial(budget=K)``: every slot of ``[0, hi)`` recomputes its block's columns plus K more of its
         canvas: the columns whose token changed since their keys/values were computed first, then the stalest,
-        ties to the lower column (one key per column, so the choice is a plain top-K), against its cache."""
-        T, K = self.T, self.budget
+        ties to the lower column (one key per column, so the choice is a plain top-K), against its cache.
+        ``reuse=1``: only the block's masked columns keep their slots (in place: the logits of slot j are block
+        position j's where it is masked); the slots of its decoded columns, left to right, then the K more, take the
+        next columns of that order over the rest of the canvas, the block's decoded columns included (a column
+        committed last step is changed, so first)."""
+        T, K, W = self.T, self.budget, self.BL
         start = self.prompt_length[:hi] + self.block[:hi] * self.BL
         block = (start[:, None] + self.offsets).clamp(max=T - 1)  # [hi, W]
         x = self.x[:hi]
         inside = (self.columns_T >= start[:, None]) & (self.columns_T < start[:, None] + self.BL)
+        if self.reuse:  # only the block's masked columns hold their slots; its decoded ones compete with the rest
+            inside = inside & (x == self.opts.mask_id)
         valid = self.columns_T < self.canvas_length[:hi, None]
         changed = (x != self.kv_token[:hi]).long()
         # changed first, then age, then the lower column; past the canvas: below every valid column; the block: last
         key = (changed << 40) + self.kv_age[:hi] * T + (T - 1 - self.columns_T)
         key = torch.where(valid, key, -1 - self.columns_T)
         key = torch.where(inside, -2 * T - self.columns_T, key)
-        columns = torch.cat([block, key.topk(K, dim=1).indices], dim=1)  # [hi, W + K]
+        if self.reuse:
+            # the extra columns in priority order fill the block's decoded slots, left to right, then the K more
+            extra = key.topk(W + K, dim=1).indices  # [hi, W + K]
+            masked = x.gather(1, block) == self.opts.mask_id  # [hi, W]
+            decoded = (~masked).long()
+            rank = (decoded.cumsum(1) - decoded).clamp(max=W + K - 1)
+            slots = torch.where(masked, block, extra.gather(1, rank))
+            tail = decoded.sum(1, keepdim=True) + self.budget_offsets
+            columns = torch.cat([slots, extra.gather(1, tail)], dim=1)  # [hi, W + K]
+        else:
+            columns = torch.cat([block, key.topk(K, dim=1).indices], dim=1)  # [hi, W + K]
         tokens = x.gather(1, columns)
         cache = self.kv if self.Bm == hi else self.kv.head(hi)
         cos, sin = self.cos[0, 0][columns][:, None], self.sin[0, 0][columns][:, None]

@@ -100,6 +100,10 @@ register_cache(CacheKind(
     "dual cache whose block refresh recomputes only the answer against the cached prompt keys/values"))
 
 
+def _switch(value: float) -> bool:
+    return value in (0.0, 1.0)
+
+
 def _budget(value: float) -> bool:
     return 1 <= value <= 4096 and float(value).is_integer()
 
@@ -110,6 +114,10 @@ register_cache(CacheKind(
                "columns recomputed per step besides the block: changed tokens first, then the stalest"),
      CacheKnob("every", math.inf, "an integer >= 1 or inf", _every,
                "blocks between full refreshes (blocks 0, N, 2N, ... start with one; inf: block 0 only)",
+               in_label_at_default=False),
+     CacheKnob("reuse", 0.0, "0 or 1", _switch,
+               "1: the block's decoded columns keep their cached keys/values and their slots in the step recompute "
+               "more changed/stalest columns instead (same step cost, more of the canvas refreshed)",
                in_label_at_default=False)),
     "no block refresh after the first (or every N blocks): every step recomputes the block plus a budget of "
     "changed/stalest columns"))
