@@ -52,8 +52,8 @@ def test_registry_and_labels():
     ("prompt_stale(every=2.5)", "every must be an integer >= 1 or inf, got '2.5'"),
     ("prompt_stale(often=2)", "bad option 'often=2' (its options: every)"),
     ("dual(every=2)", "cache mode 'dual': bad option 'every=2' (its options: none)"),
-    ("partial(budget=0)", "budget must be an integer in [1, 4096], got '0'"),
-    ("partial(budget=1.5)", "budget must be an integer in [1, 4096], got '1.5'"),
+    ("partial(budget=-1)", "budget must be an integer in [0, 4096], got '-1'"),
+    ("partial(budget=1.5)", "budget must be an integer in [0, 4096], got '1.5'"),
     ("partial(reuse=2)", "reuse must be 0 or 1, got '2'"),
 ])
 def test_bad_modes_name_the_value(text, message):
@@ -113,7 +113,7 @@ def test_partial_equals_its_restatement(model, tiny_cfg, tiny_weights, budget, e
         assert differs, "the partial refresh never changed a decode: the fixture proves nothing"
 
 
-@pytest.mark.parametrize("budget,every", [(1, math.inf), (5, math.inf), (3, 2)])
+@pytest.mark.parametrize("budget,every", [(0, math.inf), (1, math.inf), (5, math.inf), (3, 2)])
 @pytest.mark.parametrize("tau", [0.3, 0.6])
 def test_partial_reuse_equals_its_restatement(model, tiny_cfg, tiny_weights, budget, every, tau):
     """``partial(reuse=1)``: the block's decoded columns give their slots to the next changed/stalest columns."""

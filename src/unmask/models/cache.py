@@ -105,12 +105,12 @@ def _switch(value: float) -> bool:
 
 
 def _budget(value: float) -> bool:
-    return 1 <= value <= 4096 and float(value).is_integer()
+    return 0 <= value <= 4096 and float(value).is_integer()
 
 
 register_cache(CacheKind(
     "partial", "dual", "partial",
-    (CacheKnob("budget", 16.0, "an integer in [1, 4096]", _budget,
+    (CacheKnob("budget", 16.0, "an integer in [0, 4096]", _budget,
                "columns recomputed per step besides the block: changed tokens first, then the stalest"),
      CacheKnob("every", math.inf, "an integer >= 1 or inf", _every,
                "blocks between full refreshes (blocks 0, N, 2N, ... start with one; inf: block 0 only)",
