@@ -1,6 +1,9 @@
 """RoPE + KV-cache write in one Triton kernel (``unmask.models.rope_kv``): the same q and cache as the
-compiled step's ``apply_rotary`` + ``write_kv`` (shared or no columns, grouped-query heads, per-row
-rotary tables); where it does not apply the compiled kernels keep their own path."""
+compiled step's ``apply_rotary`` + ``write_kv`` (shared, per-row or no columns, grouped-query heads, per-row
+rotary tables); where it does not apply the compiled kernels keep their own path. On the CPU the kernel runs
+under the Triton interpreter (TRITON_INTERPRET=1, Triton installed)."""
+
+import os
 
 import pytest
 import torch
@@ -9,7 +12,9 @@ from unmask.models import rope_kv
 from unmask.models.cache import write_kv
 from unmask.models.llada import apply_rotary, rotary_tables
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available() or rope_kv.triton is None, reason="Triton kernels need CUDA")
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and rope_kv.triton is not None
+DEVICE = "cuda" if torch.cuda.is_available() and rope_kv.triton is not None else ("cpu" if INTERPRET else None)
+kernel = pytest.mark.skipif(DEVICE is None, reason="needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
 
 
 def reference(qkv, cos, sin, cache, columns, H, Hkv):
@@ -25,31 +30,42 @@ def reference(qkv, cos, sin, cache, columns, H, Hkv):
     return q
 
 
-def test_does_not_apply_on_cpu_or_to_per_row_columns():
-    cache = torch.zeros(2, 1, 4, 16, 8)
+def test_does_not_apply_on_cpu_or_to_strided_per_row_columns():
+    cache = torch.zeros(2, 2, 4, 16, 8)
     cos = torch.zeros(1, 1, 4, 8)
-    assert not rope_kv.applies(torch.zeros(1, 4, 96), cos, cache, torch.arange(4))
-    assert not rope_kv.applies(torch.zeros(1, 4, 96), cos, None, None)
+    assert not rope_kv.applies(torch.zeros(2, 4, 96), cos, cache, torch.arange(4))
+    assert not rope_kv.applies(torch.zeros(2, 4, 96), cos, None, None)
+    if torch.cuda.is_available() and rope_kv.triton is not None:
+        cache, cos = cache.cuda(), cos.cuda()
+        per_row = torch.arange(8, device="cuda").reshape(4, 2).t()  # [2, 4], not contiguous
+        assert not rope_kv.applies(torch.zeros(2, 4, 96, device="cuda"), cos, cache, per_row)
+        assert rope_kv.applies(torch.zeros(2, 4, 96, device="cuda"), cos, cache, per_row.contiguous())
 
 
-@cuda
+@kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("B,W,H,Hkv,T,shared,per_row_tables", [
-    (1, 32, 32, 32, 512, True, False), (2, 8, 4, 2, 40, True, True), (3, 12, 4, 4, 12, False, False),
-    (2, 7, 6, 1, 30, True, False)])
-def test_rope_write_kv_equals_rotary_and_write(dtype, B, W, H, Hkv, T, shared, per_row_tables):
-    g = torch.Generator(device="cuda").manual_seed(B * W + H)
+@pytest.mark.parametrize("B,W,H,Hkv,T,columns_kind,per_row_tables", [
+    (1, 32, 32, 32, 512, "shared", False), (2, 8, 4, 2, 40, "shared", True), (3, 12, 4, 4, 12, "none", False),
+    (2, 7, 6, 1, 30, "shared", False), (3, 10, 4, 2, 40, "per_row", True), (1, 48, 32, 32, 512, "per_row", True)])
+def test_rope_write_kv_equals_rotary_and_write(dtype, B, W, H, Hkv, T, columns_kind, per_row_tables):
+    if DEVICE == "cpu" and (dtype == torch.bfloat16 or H == 32):
+        pytest.skip("the interpreter: float32 (its bfloat16 arithmetic is not faithful), small shapes")
+    g = torch.Generator(device=DEVICE).manual_seed(B * W + H)
     hd = 128 if H == 32 else 16
-    qkv = torch.randn(B, W, (H + 2 * Hkv) * hd, device="cuda", generator=g).to(dtype)
-    columns = torch.randperm(T, device="cuda", generator=g)[:W] if shared else None
-    positions = (columns if shared else torch.arange(W, device="cuda"))[None]
-    if per_row_tables:  # a ragged batch: each row its own positions
-        positions = positions + torch.arange(B, device="cuda")[:, None]
+    qkv = torch.randn(B, W, (H + 2 * Hkv) * hd, device=DEVICE, generator=g).to(dtype)
+    columns = None
+    if columns_kind == "shared":
+        columns = torch.randperm(T, device=DEVICE, generator=g)[:W]
+    elif columns_kind == "per_row":  # partial(budget=K): each row its own columns (distinct within the row)
+        columns = torch.stack([torch.randperm(T, device=DEVICE, generator=g)[:W] for _ in range(B)])
+    positions = (columns if columns is not None else torch.arange(W, device=DEVICE)).expand(B, W)
+    if per_row_tables and columns_kind != "per_row":  # a ragged batch: each row its own positions
+        positions = positions + torch.arange(B, device=DEVICE)[:, None]
     cos, sin = rotary_tables(hd, 10000.0, positions)
-    cache = torch.randn(2, B, Hkv, T, hd, device="cuda", generator=g).to(dtype)
+    cache = torch.randn(2, B, Hkv, T, hd, device=DEVICE, generator=g).to(dtype)
     expected_cache = cache.clone()
     expected_q = reference(qkv, cos, sin, expected_cache, columns, H, Hkv)
-    assert rope_kv.applies(qkv, cos, cache, columns)
+    assert rope_kv.applies(qkv, cos, cache, columns) == (DEVICE == "cuda")
     q = rope_kv.rope_write_kv(qkv, cos, sin, cache, columns, H, Hkv)
     assert q.shape == (B, H, W, hd) and q.transpose(1, 2).is_contiguous()  # the layout SDPA's output keeps
     tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}

@@ -10,6 +10,8 @@ rotate_half([x1, x2]) = [-x2, x1], computed in float32 and cast back, as ``llada
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -29,7 +31,7 @@ if triton is not None:
         qkv_ptr, cos_ptr, sin_ptr, cache_ptr, columns_ptr, q_ptr,
         W, n_heads, n_kv_heads, stride_qkv, stride_cos_b, stride_cos_l, stride_cache_kv, stride_cache_b,
         stride_cache_h, stride_cache_t,
-        HEAD_DIM: tl.constexpr, HEADS: tl.constexpr, HAS_COLUMNS: tl.constexpr,
+        HEAD_DIM: tl.constexpr, HEADS: tl.constexpr, HAS_COLUMNS: tl.constexpr, PER_ROW: tl.constexpr,
     ):
         row = tl.program_id(0)  # b * W + l
         group = tl.program_id(1)
@@ -57,7 +59,9 @@ if triton is not None:
         q_mask = (is_q & live)[:, None]
         tl.store(q_base, y1.to(dtype), mask=q_mask)
         tl.store(q_base + half, y2.to(dtype), mask=q_mask)
-        if HAS_COLUMNS:
+        if PER_ROW:  # columns [B, W]: each row its own
+            column = tl.load(columns_ptr + row)
+        elif HAS_COLUMNS:
             column = tl.load(columns_ptr + l_idx)
         else:
             column = l_idx
@@ -73,12 +77,14 @@ if triton is not None:
 
 def applies(qkv: torch.Tensor, cos: torch.Tensor, cache: torch.Tensor | None, columns: torch.Tensor | None) -> bool:
     """Whether ``rope_write_kv`` can take this step: CUDA, a layer cache [2, B, H_kv, T, hd] in the
-    projection's dtype, columns shared by the rows ([W]) or none (the whole canvas), tables [1 or B, 1, W, hd]."""
+    projection's dtype, columns shared by the rows ([W]), per row ([B, W], contiguous) or none (the whole canvas),
+    tables [1 or B, 1, W, hd]."""
     if not ENABLED or triton is None or cache is None or not qkv.is_cuda or torch.version.hip is not None:
         return False
     if cache.dtype != qkv.dtype or cache.stride(-1) != 1:
         return False
-    if columns is not None and columns.dim() != 1:
+    if columns is not None and not (columns.dim() == 1 or (
+            columns.dim() == 2 and columns.shape == qkv.shape[:2] and columns.is_contiguous())):
         return False
     hd = cache.shape[-1]
     return hd % 2 == 0 and (hd // 2) & (hd // 2 - 1) == 0 and cos.stride(-1) == 1 and cos.dtype == torch.float32
@@ -89,7 +95,7 @@ def rope_write_kv(
     n_heads: int, n_kv_heads: int,
 ) -> torch.Tensor:
     """q after RoPE [B, H, W, hd] from the projection ``qkv`` [B, W, (H + 2 H_kv) hd]; k after RoPE and v are
-    written into ``cache`` [2, B, H_kv, T, hd] at ``columns`` [W] (at 0..W-1 if ``None``).
+    written into ``cache`` [2, B, H_kv, T, hd] at ``columns`` [W] or [B, W] (at 0..W-1 if ``None``).
 
     cos/sin: float32 tables [1 or B, 1, W, hd] of the window's positions.
     """
@@ -105,11 +111,13 @@ def rope_write_kv(
         cos, sin = cos.contiguous(), sin.contiguous()
     cos_b = cos.stride(0) if cos.shape[0] > 1 else 0
     grid = (B * W, triton.cdiv(n_heads + 2 * n_kv_heads, HEADS_PER_PROGRAM))
-    with torch.cuda.device(qkv.device):  # Triton launches on the current device
+    # Triton launches on the current device (the Triton interpreter, TRITON_INTERPRET=1: on the CPU)
+    with torch.cuda.device(qkv.device) if qkv.is_cuda else contextlib.nullcontext():
         _rope_write_kv_kernel[grid](
             flat, cos, sin, cache, columns if columns is not None else flat, q,
             W, n_heads, n_kv_heads, flat.stride(0), cos_b, cos.stride(2), cache.stride(0), cache.stride(1),
             cache.stride(2), cache.stride(3),
-            HEAD_DIM=hd, HEADS=HEADS_PER_PROGRAM, HAS_COLUMNS=columns is not None, num_warps=4,
+            HEAD_DIM=hd, HEADS=HEADS_PER_PROGRAM, HAS_COLUMNS=columns is not None,
+            PER_ROW=columns is not None and columns.dim() == 2, num_warps=4,
         )
     return q.transpose(1, 2)
