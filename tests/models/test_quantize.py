@@ -131,7 +131,7 @@ def test_saved_quantized_checkpoint_loads_back_as_saved(tmp_path, tiny_ckpt, mod
     assert (out / "tokenizer.json").is_file()
     back = unmask.load(str(out), dtype="float32")
     assert isinstance(back.model.get_submodule(name), QuantizedLinear)
-    x = torch.randint(0, 100, (1, 10))
+    x = torch.randint(0, 100, (1, 10), device=lm.model.device)  # on CUDA the model loads onto the GPU
     assert torch.equal(back.model.forward(x), lm.model.forward(x))  # the same stored weights, not re-quantized
     assert unmask.load(str(out), quantize=mode).model.quantization_config["mode"] == mode
     other = next(m for m in MODES if m != mode)
