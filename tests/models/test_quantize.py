@@ -97,7 +97,7 @@ def test_every_family_quantizes_close_to_its_logits(tmp_path, mode):
         assert names and all(isinstance(quantized.get_submodule(n), QuantizedLinear) for n in names)
         assert not any("experts" in n.split(".") or n.endswith(".gate") for n in names), name  # MoE: kept
         assert not any(n in ("lm_head", "model.transformer.ff_out") for n in names), name  # the head: kept
-        x = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(3))
+        x = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(3)).to(full.device)
         a, b = full.forward(x), quantized.forward(x)
         assert float((a - b).norm() / a.norm()) < 2 * TOLERANCE[mode], (name, mode)
         assert weight_bytes(quantized) < weight_bytes(full) and parameter_count(quantized) == parameter_count(full)

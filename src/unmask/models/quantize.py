@@ -89,11 +89,16 @@ class QuantizedWeight:
 def scaled_mm_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (Q * s)^T with x quantized per row to float8 (s_x = max |x_m| / 448) and one fp8 matmul that applies
-    both scales (``torch._scaled_mm``, float32 accumulation), in x's dtype (float32 for a float64 x)."""
+    both scales (``torch._scaled_mm``, float32 accumulation), in x's dtype (float32 for a float64 x). Off CUDA the
+    same product in float32 ((x_q @ Q^T) s_x s^T: every fp8 value is exact in float32), since the CPU
+    ``_scaled_mm`` of some torch releases (2.11) takes per-tensor scales only."""
     shape, k = x.shape, x.shape[-1]
     x_q, s_x = quantize_rows_fp8(x.reshape(-1, k))
     out = x.dtype if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
-    y = torch._scaled_mm(x_q, data.t(), scale_a=s_x, scale_b=scale.view(1, -1), out_dtype=out)
+    if x.is_cuda:
+        y = torch._scaled_mm(x_q, data.t(), scale_a=s_x, scale_b=scale.view(1, -1), out_dtype=out)
+    else:
+        y = ((x_q.float() @ data.float().t()) * s_x * scale.view(1, -1).float()).to(out)
     y = y.to(x.dtype).reshape(*shape[:-1], data.shape[0])
     return y if bias is None else y + bias
 
