@@ -152,7 +152,8 @@ def test_generate_exact_mode_on_cpu_is_eager(tiny_ckpt):
     assert lm.generate("hello world", compile="exact", **kw).texts == lm.generate("hello world", **kw).texts
 
 
-REFRESH_LIGHT = [(Threshold(0.3), cache, credit) for cache in ("prompt_stale(every=2)", "partial(budget=5)")
+REFRESH_LIGHT = [(Threshold(0.3), cache, credit) for cache in ("prompt_stale(every=2)", "partial(budget=5)",
+                                                                         "partial(budget=2,reuse=1)")
                  for credit in (None, CreditConfig())]
 # the context policies (entropy budget; KL history in per-row state; WINO's shadow block and re-masks)
 CONTEXT_RULES = [(EntropyBounded(6.0), "dual", CreditConfig()), (EntropyBounded(6.0), "none", None),

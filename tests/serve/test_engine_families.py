@@ -22,6 +22,7 @@ SETTINGS = [
     {"policy": "frechet", "margin": 0.25, "cache": "dual"},
     {"policy": "threshold", "threshold": 0.6, "cache": "prompt_stale(every=2)"},  # answer-only refreshes
     {"policy": "threshold", "threshold": 0.6, "cache": "partial(budget=3)", "credit": True},  # no block refresh
+    {"policy": "threshold", "threshold": 0.6, "cache": "partial(budget=0,reuse=1)"},  # decoded block columns reused
 ]
 # policies that revise tokens (WINO re-masks: the server settles only the blocks a row has left); LLaDA-type
 REVISING = [{"policy": "wino", "threshold": 0.3, "cache": "none"}]
