@@ -11,7 +11,7 @@ OUT="${OUT:-runs/gpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PARTS="${PARTS:-speed acc}"
-MODES="${MODES:-dual prompt_stale(every=inf) partial(budget=16) partial(budget=64)}"
+MODES="${MODES:-dual partial(budget=16) partial(budget=8,reuse=1) partial(budget=0,reuse=1)}"
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 part() { echo "=== $1 ($(date +%T))"; }
 cache_args=()
