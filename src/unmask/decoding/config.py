@@ -104,13 +104,12 @@ class DecodeConfig:
         if not isinstance(self.options, dict):
             raise ValueError(f"options must be a dict of the policy's option, e.g. {{'threshold': 0.9}}, "
                              f"got {self.options!r}")
-        if self.policy is UNNAMED:
+        if self.policy is UNNAMED or isinstance(self.policy, str):
             self.options = {k: v for k, v in dict(self.options).items() if v is not None}
-            self.policy = policy_of_options(self.options)
-            if self.policy == DEFAULT_POLICY:
-                self.options = {**DEFAULT_OPTIONS, **self.options}
-        if isinstance(self.policy, str):
-            self.options = {k: v for k, v in dict(self.options).items() if v is not None}
+            if self.policy is UNNAMED:  # the policy the options belong to, with the default's option where not given
+                self.policy = policy_of_options(self.options)
+                if self.policy == DEFAULT_POLICY:
+                    self.options = {**DEFAULT_OPTIONS, **self.options}
             self.build_policy()  # the policy's name and option are checked here
         elif not isinstance(self.policy, CommitPolicy):
             raise ValueError(f"policy must be a name ({', '.join(policy_names())}) or a policy object, "

@@ -218,7 +218,7 @@ class DecodeEngine:
         if self.partial:  # per column: the token its cached keys/values were computed from (-1: never), steps since
             self.kv_token = torch.full((S, T), -1, **longs)
             self.kv_age = torch.zeros((S, T), **longs)
-            self.budget_offsets = torch.arange(self.budget, **longs)
+            self.budget_offsets = torch.arange(self.budget, **longs) if self.reuse else None  # reuse: the K more slots
         self.cos, self.sin = model.rotary(torch.arange(T, **longs)[None])  # [1, 1, T, hd]: position = column
         self.schedule = None
         if policy.schedule_length is not None:
@@ -714,7 +714,7 @@ class DecodeEngine:
             extra = key.topk(W + K, dim=1).indices  # [hi, W + K]
             masked = x.gather(1, block) == self.opts.mask_id  # [hi, W]
             decoded = (~masked).long()
-            rank = (decoded.cumsum(1) - decoded).clamp(max=W + K - 1)
+            rank = decoded.cumsum(1) - decoded  # decoded slots before j: at most W - 1, inside extra's W + K
             slots = torch.where(masked, block, extra.gather(1, rank))
             tail = decoded.sum(1, keepdim=True) + self.budget_offsets
             columns = torch.cat([slots, extra.gather(1, tail)], dim=1)  # [hi, W + K]
